@@ -1,0 +1,291 @@
+"""Typed sweep configuration: YAML + ``--set key=value`` overrides, validated before any training.
+
+Every field has a default, so an empty config is the default sweep (MNIST-1D, MLP-64, SGD with
+cosine decay, T = 3000). Validation errors are raised as :class:`ConfigError` with one clear
+sentence that names the field and the allowed values.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration value a user can fix. The message names the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    """Which data set to train on. ``seed`` fixes how a generated data set is drawn."""
+
+    name: Literal["mnist1d", "digits", "synthetic"] = "mnist1d"
+    seed: int = Field(0, ge=0, description="seed of a generated data set (mnist1d, synthetic)")
+    n_train: int = Field(4000, ge=2, description="synthetic only: training examples")
+    n_test: int = Field(1000, ge=1, description="synthetic only: test examples")
+    n_features: int = Field(20, ge=1, description="synthetic only: input dimension")
+    n_classes: int = Field(10, ge=2, description="synthetic only: number of classes")
+
+
+class ModelConfig(_Strict):
+    """Architecture. ``width`` is the hidden width (MLP) or base channel count (CNN, ResNet)."""
+
+    name: Literal["mlp", "cnn", "resnet"] = "mlp"
+    width: int = Field(64, ge=1)
+    depth: int = Field(2, ge=1, description="hidden layers (mlp), conv layers (cnn), 6n+2 (resnet)")
+
+    @model_validator(mode="after")
+    def _resnet_depth(self) -> ModelConfig:
+        if self.name == "resnet" and (self.depth < 8 or (self.depth - 2) % 6 != 0):
+            raise ValueError(
+                f"model.depth must be 6n+2 (8, 14, 20, 32, ...) for a ResNet; got {self.depth}"
+            )
+        return self
+
+
+class RecipeConfig(_Strict):
+    """Optimizer and schedule, all as functions of the step so a run can resume anywhere."""
+
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup: float = Field(0.0, ge=0, lt=1, description="warm-up length as a fraction of steps")
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    steps: int = Field(3000, ge=1, description="total training steps T")
+    batch_size: int = Field(128, ge=1)
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in v):
+            raise ValueError("recipe.betas must both lie in [0, 1)")
+        return v
+
+
+Kind = Literal["batch", "gaussian"]
+Mask = Literal["weights", "weights+biases", "norm", "biases", "all"]
+
+
+class PerturbConfig(_Strict):
+    """The perturbation grid: times t, sizes sigma, kinds, masks (paper Eq. 2, 3, 6)."""
+
+    times: list[float] = Field(
+        default_factory=lambda: [0.0, 0.01, 0.05, 0.25, 0.5, 0.75],
+        description="perturbation times as fractions of T, in [0, 1)",
+    )
+    steps: list[int] = Field(default_factory=list, description="perturbation times as steps")
+    sigmas: list[float] = Field(default_factory=lambda: [1e-4, 1e-3, 1e-2, 1e-1])
+    kinds: list[Kind] = Field(default_factory=lambda: ["batch", "gaussian"])
+    mask: Mask = "weights"
+    fractions: list[float] = Field(
+        default_factory=lambda: [1.0], description="fraction of the masked weights perturbed"
+    )
+    normalize: bool = Field(True, description="scale the masked direction by Eq. 6")
+    directions: int = Field(1, ge=1, description="independent directions per (kind, sigma)")
+    batch_size: int | None = Field(None, ge=1, description="batch perturbation batch size")
+
+    @field_validator("times")
+    @classmethod
+    def _times(cls, v: list[float]) -> list[float]:
+        for x in v:
+            if not 0.0 <= x < 1.0:
+                raise ValueError(f"perturb.times are fractions of T in [0, 1); got {x}")
+        return v
+
+    @field_validator("sigmas")
+    @classmethod
+    def _sigmas(cls, v: list[float]) -> list[float]:
+        for x in v:
+            if not x > 0 or x != x or x == float("inf"):
+                raise ValueError(
+                    f"perturb.sigmas must be positive and finite; got {x} "
+                    "(the sigma = 0 control is always added)"
+                )
+        return v
+
+    @field_validator("fractions")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        for x in v:
+            if not 0.0 < x <= 1.0:
+                raise ValueError(f"perturb.fractions must lie in (0, 1]; got {x}")
+        return v
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, v: list[int]) -> list[int]:
+        for x in v:
+            if x < 0:
+                raise ValueError(f"perturb.steps must be >= 0; got {x}")
+        return v
+
+
+class EvalConfig(_Strict):
+    """How the end-of-training metrics are computed (paper section 3.4, appendix B.1)."""
+
+    alphas: int = Field(11, ge=3, description="points on the linear path, endpoints included")
+    max_train_examples: int | None = Field(
+        None, ge=1, description="evaluate train loss on at most this many examples"
+    )
+    batch_size: int = Field(2048, ge=1, description="examples per evaluation forward pass")
+
+
+class RuntimeConfig(_Strict):
+    """Where and how to run. Does not change results except through ``device``/``threads``."""
+
+    device: str = "cpu"
+    threads: int = Field(1, ge=1, description="torch intra-op threads per process")
+    workers: int = Field(0, ge=0, description="worker processes; 0 = one per core")
+    mode: Literal["auto", "vmap", "loop"] = Field("auto", description="population training mode")
+    checkpoints: bool = Field(True, description="save final weights of every member")
+
+
+class RunConfig(_Strict):
+    """A whole sweep. ``seeds`` repeat the experiment: each seed fixes init, batches and noise."""
+
+    name: str = "default"
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    recipe: RecipeConfig = Field(default_factory=RecipeConfig)
+    perturb: PerturbConfig = Field(default_factory=PerturbConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+    @model_validator(mode="after")
+    def _grid(self) -> RunConfig:
+        if not self.seeds:
+            raise ValueError("seeds is empty: give at least one seed")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds has duplicates: {self.seeds}")
+        p = self.perturb
+        if not p.times and not p.steps:
+            raise ValueError("perturb.times and perturb.steps are both empty: no perturbation time")
+        if not p.sigmas:
+            raise ValueError("perturb.sigmas is empty: give at least one perturbation size")
+        if not p.kinds:
+            raise ValueError("perturb.kinds is empty: choose from batch, gaussian")
+        if not p.fractions:
+            raise ValueError("perturb.fractions is empty: use [1.0] to perturb every masked weight")
+        for s in p.steps:
+            if s >= self.recipe.steps:
+                raise ValueError(
+                    f"perturb.steps contains {s}, beyond the last step; it must be < recipe.steps "
+                    f"= {self.recipe.steps}"
+                )
+        return self
+
+    # ---- derived quantities -------------------------------------------------------------
+    def perturbation_steps(self) -> list[int]:
+        """All perturbation times t in steps, sorted and unique."""
+        T = self.recipe.steps
+        ts = {round(f * T) for f in self.perturb.times} | set(self.perturb.steps)
+        return sorted(t for t in ts if t < T)
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(self.model_dump_json())
+
+
+# ---- loading, overrides, errors -------------------------------------------------------------
+
+
+def _format_error(err: ValidationError) -> str:
+    e = err.errors()[0]
+    field = ".".join(str(p) for p in e["loc"]) or "config"
+    msg = e["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    if e["type"] == "extra_forbidden":
+        return f"unknown config key '{field}': check its spelling (see README, 'Configuration')"
+    if e["type"] == "literal_error":
+        return f"config field '{field}': {msg}, got {e.get('input')!r}"
+    if msg.startswith(("seeds", "perturb.", "model.", "recipe.")):
+        return msg
+    return f"config field '{field}': {msg} (got {e.get('input')!r})"
+
+
+def _parse_value(text: str) -> Any:
+    """Parse an override value as YAML, so ``1e-3``, ``[0, 0.5]`` and ``true`` work."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    # YAML 1.1 reads "1e-3" as a string; accept it as a float.
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides to a raw config dict (a copy is returned)."""
+    out = json.loads(json.dumps(raw))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got '{item}'")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = out
+        for p in parts[:-1]:
+            child = node.setdefault(p, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {key}: '{p}' is not a section")
+            node = child
+        node[parts[-1]] = _parse_value(text)
+    return out
+
+
+def _fix_floats(raw: Any) -> Any:
+    """YAML 1.1 leaves '1e-3' as a string; convert such strings to floats."""
+    if isinstance(raw, dict):
+        return {k: _fix_floats(v) for k, v in raw.items()}
+    if isinstance(raw, list):
+        return [_fix_floats(v) for v in raw]
+    if isinstance(raw, str):
+        try:
+            return float(raw) if any(c in raw.lower() for c in "e.") else raw
+        except ValueError:
+            return raw
+    return raw
+
+
+def build_config(
+    raw: dict[str, Any] | None = None, overrides: list[str] | None = None
+) -> RunConfig:
+    """Validate a raw dict (plus overrides) into a :class:`RunConfig`, or raise ConfigError."""
+    data = apply_overrides(raw or {}, overrides or [])
+    try:
+        return RunConfig.model_validate(_fix_floats(data))
+    except ValidationError as err:
+        raise ConfigError(_format_error(err)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config (or none: the default sweep) and apply ``--set`` overrides."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file '{p}' does not exist")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file '{p}' is not valid YAML: {err}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file '{p}' must hold a mapping of keys to values")
+        raw = loaded
+    return build_config(raw, overrides)

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from butterfly.config import RunConfig, build_config
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def tiny_config(**sections: Any) -> RunConfig:
+    """A sweep that trains in about a second: synthetic data, small MLP, 60 steps."""
+    raw: dict[str, Any] = {
+        "name": "tiny",
+        "seeds": [0],
+        "data": {
+            "name": "synthetic",
+            "n_train": 256,
+            "n_test": 128,
+            "n_features": 12,
+            "n_classes": 4,
+        },
+        "model": {"name": "mlp", "width": 16, "depth": 2},
+        "recipe": {"steps": 60, "batch_size": 32, "lr": 0.1},
+        "perturb": {"times": [0.0, 0.5], "sigmas": [1e-3, 1e-1], "kinds": ["batch", "gaussian"]},
+        "runtime": {"workers": 1},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict):
+            raw.setdefault(key, {}).update(value)
+        else:
+            raw[key] = value
+    return build_config(raw)
+
+
+@pytest.fixture
+def tiny() -> RunConfig:
+    return tiny_config()
