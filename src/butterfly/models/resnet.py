@@ -1,0 +1,72 @@
+"""CIFAR-style ResNet (He et al., 2016) with LayerNorm in place of BatchNorm (paper appendix A.1).
+
+``ResNet(depth=20, width=32)`` is the paper's ResNet20-32 and ``ResNet(depth=8, width=64)`` its
+ResNet8-64: three stages of ``(depth - 2) / 6`` basic blocks with ``width, 2 width, 4 width``
+channels. LayerNorm normalises each example over (channels, positions) with a per-channel affine
+(``GroupNorm(1, C)``), so no running statistics exist and interpolated networks need no
+re-estimation. Works on 2-D images and, with 1-D convolutions, on 1-D signals.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from butterfly.models.cnn import conv_cls
+
+
+def layer_norm(channels: int) -> nn.GroupNorm:
+    """LayerNorm over (C, *spatial) with a per-channel scale and shift."""
+    return nn.GroupNorm(1, channels)
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, conv: type[nn.Module], c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.conv1 = conv(c_in, c_out, 3, stride, 1, bias=False)
+        self.norm1 = layer_norm(c_out)
+        self.conv2 = conv(c_out, c_out, 3, 1, 1, bias=False)
+        self.norm2 = layer_norm(c_out)
+        self.shortcut: nn.Module
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(
+                conv(c_in, c_out, 1, stride, 0, bias=False), layer_norm(c_out)
+            )
+        else:
+            self.shortcut = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.norm1(self.conv1(x)))
+        h = self.norm2(self.conv2(h))
+        return torch.relu(h + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    def __init__(
+        self, input_shape: tuple[int, ...], n_classes: int, depth: int = 20, width: int = 32
+    ):
+        super().__init__()
+        if depth < 8 or (depth - 2) % 6:
+            raise ValueError(f"ResNet depth must be 6n+2, got {depth}")
+        n = (depth - 2) // 6
+        conv = conv_cls(input_shape)
+        self.conv = conv(input_shape[0], width, 3, 1, 1, bias=False)
+        self.norm = layer_norm(width)
+        blocks: list[nn.Module] = []
+        c_in = width
+        for stage, c_out in enumerate((width, 2 * width, 4 * width)):
+            for i in range(n):
+                stride = 2 if (stage > 0 and i == 0) else 1
+                blocks.append(BasicBlock(conv, c_in, c_out, stride))
+                c_in = c_out
+        self.blocks = nn.Sequential(*blocks)
+        self.out = nn.Linear(c_in, n_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Output of the last residual block, pooled over positions."""
+        h = torch.relu(self.norm(self.conv(x)))
+        h = self.blocks(h)
+        return h.flatten(2).mean(-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.features(x))

@@ -1,0 +1,82 @@
+"""Training recipes as pure functions of the step: learning-rate schedules and optimizers.
+
+Optimizers are functional and act on dicts of *stacked* tensors (leading axis = population
+member), updating them in place with element-wise operations only, so a member's update never
+depends on the other members. State (momentum, Adam moments) lives in plain dicts that are
+saved with every parent checkpoint; the schedule position is the global step, so a run resumed
+at step t continues exactly where its parent was.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from butterfly.config import RecipeConfig
+
+Tensors = dict[str, torch.Tensor]
+OptState = dict[str, Tensors]
+
+
+def lr_at(cfg: RecipeConfig, step: int) -> float:
+    """Learning rate used for the update at ``step`` (0-based): linear warm-up, then decay."""
+    T = cfg.steps
+    warm = round(cfg.warmup * T)
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    if cfg.schedule == "constant":
+        return cfg.lr
+    span = max(T - warm, 1)
+    progress = min((step - warm) / span, 1.0)
+    if cfg.schedule == "linear":
+        return cfg.lr * (1.0 - progress)
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def init_state(cfg: RecipeConfig, params: Tensors) -> OptState:
+    """Zero optimizer state shaped like ``params``."""
+    if cfg.optimizer == "sgd":
+        return {"momentum": {k: torch.zeros_like(v) for k, v in params.items()}}
+    return {
+        "exp_avg": {k: torch.zeros_like(v) for k, v in params.items()},
+        "exp_avg_sq": {k: torch.zeros_like(v) for k, v in params.items()},
+    }
+
+
+@torch.no_grad()
+def apply_update(
+    cfg: RecipeConfig, params: Tensors, grads: Tensors, state: OptState, step: int
+) -> None:
+    """One optimizer step at ``step`` (PyTorch's SGD and AdamW semantics), in place."""
+    lr = lr_at(cfg, step)
+    names = list(params)
+    p = [params[k] for k in names]
+    g = [grads[k] for k in names]
+    if cfg.optimizer == "sgd":
+        # torch.optim.SGD: g += wd * p; buf = momentum * buf + g; p -= lr * buf
+        if cfg.weight_decay:
+            g = torch._foreach_add(g, p, alpha=cfg.weight_decay)
+        if cfg.momentum:
+            buf = [state["momentum"][k] for k in names]
+            torch._foreach_mul_(buf, cfg.momentum)
+            torch._foreach_add_(buf, g)
+            g = buf
+        torch._foreach_add_(p, g, alpha=-lr)
+        return
+    # torch.optim.AdamW (decoupled weight decay, bias-corrected moments)
+    b1, b2 = cfg.betas
+    k = step + 1
+    m = [state["exp_avg"][n] for n in names]
+    v = [state["exp_avg_sq"][n] for n in names]
+    if cfg.weight_decay:
+        torch._foreach_mul_(p, 1.0 - lr * cfg.weight_decay)
+    torch._foreach_lerp_(m, g, 1.0 - b1)
+    torch._foreach_mul_(v, b2)
+    torch._foreach_addcmul_(v, g, g, value=1.0 - b2)
+    bc1 = 1.0 - b1**k
+    bc2_sqrt = math.sqrt(1.0 - b2**k)
+    denom = torch._foreach_sqrt(v)
+    torch._foreach_div_(denom, bc2_sqrt)
+    torch._foreach_add_(denom, cfg.eps)
+    torch._foreach_addcdiv_(p, m, denom, value=-lr / bc1)
