@@ -1,0 +1,113 @@
+"""The ``butterfly`` command line, thin over the Python API.
+
+    butterfly run [CONFIG.yaml] [--set key=value ...] [--out DIR] [--workers N]
+
+Exit codes: 0 success, 1 a failed run (including a determinism failure), 2 a bad config or
+command line. Errors print one sentence; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from butterfly.config import ConfigError
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="butterfly",
+        description="Spawn-and-perturb experiments: how far do identically trained networks "
+        "diverge after a tiny perturbation at step t?",
+    )
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run (or resume) a sweep; no CONFIG = the default sweep")
+    r.add_argument("config", nargs="?", help="YAML config file (default: the built-in sweep)")
+    r.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set recipe.lr=0.05 --set 'seeds=[0,1]'",
+    )
+    r.add_argument("--out", default=None, help="run folder (default: runs/<name>)")
+    r.add_argument("--workers", type=int, default=None, help="worker processes (default: cores)")
+    r.add_argument("--quiet", action="store_true", help="print only the final table")
+    r.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    return p
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from butterfly.config import load_config
+    from butterfly.report import barrier_vs_sigma, format_table
+    from butterfly.sweep import run_sweep
+    from butterfly.sweep.runner import check_control
+
+    cfg = load_config(args.config, args.overrides)
+    if args.workers is not None and args.workers < 0:
+        raise ConfigError("--workers must be >= 0 (0 = one per core)")
+    out = Path(args.out) if args.out else Path("runs") / cfg.name
+    outcome = run_sweep(cfg, out, workers=args.workers, quiet=args.quiet)
+    df = outcome.results
+    fig = barrier_vs_sigma(df, out / "figures" / "barrier_vs_sigma.png")
+    print(format_table(df))
+    print()
+    print(
+        f"{len(df)} rows -> {out / 'results.db'} (table results), {out / 'results.csv'}; "
+        f"figure {fig}"
+    )
+    print(
+        f"wall {outcome.wall_s:.1f} s; {outcome.units_run} units run, {outcome.units_skipped} "
+        f"resumed; {outcome.steps} member-steps executed (minimum for this grid: "
+        f"{outcome.minimum_steps})"
+    )
+    problems = check_control(df)
+    n_ctrl = int((df["control"] == 1).sum())
+    if problems:
+        print(
+            f"DETERMINISM FAILURE: the sigma = 0 control differs from the original in "
+            f"{len(problems)} of {n_ctrl} populations:",
+            file=sys.stderr,
+        )
+        for p in problems:
+            print(f"  {p}", file=sys.stderr)
+        return EXIT_FAILED
+    print(
+        f"determinism check: all {n_ctrl} sigma = 0 controls have l2 = 0.0 and barrier = 0.0 exactly"
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    debug = bool(getattr(args, "debug", False))
+    try:
+        if args.command == "run":
+            return cmd_run(args)
+    except ConfigError as err:
+        if debug:
+            raise
+        print(f"butterfly: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(
+            "butterfly: interrupted; finished units are saved, run the same command to resume",
+            file=sys.stderr,
+        )
+        return 130
+    except Exception as err:
+        if debug:
+            raise
+        print(f"butterfly: error: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""Checkpoints as safetensors, written atomically (temporary file, then rename).
+
+A checkpoint holds parameters (``param.NAME``) and, for parent states, optimizer state
+(``state.SLOT.NAME``); its metadata carries the model spec needed to rebuild the network, the
+step and anything else given.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+Tensors = dict[str, torch.Tensor]
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing or unreadable."""
+
+
+def save_checkpoint(
+    path: Path,
+    params: Tensors,
+    state: dict[str, Tensors] | None = None,
+    meta: dict[str, Any] | None = None,
+) -> None:
+    tensors = {f"param.{k}": v.detach().contiguous().cpu() for k, v in params.items()}
+    for slot, d in (state or {}).items():
+        tensors.update({f"state.{slot}.{k}": v.detach().contiguous().cpu() for k, v in d.items()})
+    metadata = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (meta or {}).items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> tuple[Tensors, dict[str, Tensors], dict[str, Any]]:
+    """(params, optimizer state, metadata) of a checkpoint."""
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        tensors = load_file(str(path))
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as fh:
+            raw_meta = fh.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"checkpoint {path} is corrupted or unreadable ({err})") from None
+    meta: dict[str, Any] = {}
+    for k, v in raw_meta.items():
+        try:
+            meta[k] = json.loads(v)
+        except json.JSONDecodeError:
+            meta[k] = v
+    params = {k[6:]: v for k, v in tensors.items() if k.startswith("param.")}
+    state: dict[str, Tensors] = {}
+    for k, v in tensors.items():
+        if k.startswith("state."):
+            slot, name = k[6:].split(".", 1)
+            state.setdefault(slot, {})[name] = v
+    return params, state, meta

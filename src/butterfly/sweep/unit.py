@@ -1,0 +1,344 @@
+"""The work itself: a parent run per seed, and one population unit per (seed, t).
+
+These functions are what executors call, in-process or in a worker process. They read the
+config and the parent's checkpoints, write checkpoints atomically, and return result rows; only
+the driver writes the results store.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from butterfly.config import RunConfig
+from butterfly.data import BatchStream, Dataset, independent_batch, load_dataset
+from butterfly.metrics import (
+    alphas,
+    barrier,
+    evaluate,
+    interpolate,
+    is_finite,
+    l2_distance,
+    l2_norm,
+)
+from butterfly.models import ParamInfo, build_model, model_spec, param_info
+from butterfly.perturb import (
+    Perturbation,
+    apply_perturbation,
+    eligible,
+    gaussian_direction,
+    make_mask,
+    scale_direction,
+)
+from butterfly.sweep.checkpoint import load_checkpoint, save_checkpoint
+from butterfly.sweep.plan import ChildSpec, Unit
+from butterfly.train import Population, PopulationTrainer
+from butterfly.train.population import clone, member, member_state
+
+Tensors = dict[str, torch.Tensor]
+
+
+def configure_torch(threads: int) -> None:
+    """Deterministic algorithms and a fixed intra-op thread count (recorded with each run)."""
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True, warn_only=False)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    if torch.backends.cudnn.is_available():
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+
+
+def environment(cfg: RunConfig) -> dict[str, Any]:
+    """What a run's numbers depend on besides its config."""
+    return {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": cfg.runtime.device,
+        "threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+    }
+
+
+@dataclass
+class Context:
+    """Everything a worker builds once per (config, seed): data, model template, trainer."""
+
+    cfg: RunConfig
+    seed: int
+    data: Dataset
+    model: nn.Module
+    init: Tensors
+    info: dict[str, ParamInfo]
+    trainer: PopulationTrainer
+    spec: dict[str, Any] = field(default_factory=dict)
+
+
+@lru_cache(maxsize=4)
+def _dataset(data_json: str, device: str) -> Dataset:
+    from butterfly.config import DataConfig
+
+    return load_dataset(DataConfig.model_validate_json(data_json)).to(device)
+
+
+def make_context(cfg: RunConfig, seed: int) -> Context:
+    device = cfg.runtime.device
+    data = _dataset(cfg.data.model_dump_json(), device)
+    model = build_model(cfg.model, data.input_shape, data.n_classes, seed).to(device)
+    init = {k: v.detach().clone() for k, v in model.named_parameters()}
+    stream = BatchStream(len(data.y_train), cfg.recipe.batch_size, seed)
+    trainer = PopulationTrainer(model, data, stream, cfg.recipe, cfg.runtime.mode)
+    return Context(
+        cfg,
+        seed,
+        data,
+        model,
+        init,
+        param_info(model),
+        trainer,
+        model_spec(cfg.model, data.input_shape, data.n_classes),
+    )
+
+
+def parent_path(run_dir: Path, seed: int, t: int) -> Path:
+    return run_dir / "parents" / f"seed{seed}" / f"step{t:07d}.safetensors"
+
+
+def member_path(run_dir: Path, seed: int, t: int, name: str) -> Path:
+    return run_dir / "checkpoints" / f"seed{seed}" / f"t{t:07d}" / f"{name}.safetensors"
+
+
+# ---- the parent ----------------------------------------------------------------------------
+
+
+def run_parent(cfg: RunConfig, seed: int, run_dir: Path) -> dict[str, Any]:
+    """Train the parent of ``seed`` once, saving its full state at every perturbation time t.
+
+    Resumes from the latest saved state; never retrains past what is saved.
+    """
+    start = time.perf_counter()
+    ctx = make_context(cfg, seed)
+    ts = cfg.perturbation_steps()
+    missing = [t for t in ts if not parent_path(run_dir, seed, t).is_file()]
+    if not missing:
+        return {"seed": seed, "steps": 0, "wall_s": time.perf_counter() - start}
+    saved = [t for t in ts if t < missing[0]]
+    if saved:
+        params, state, _ = load_checkpoint(parent_path(run_dir, seed, saved[-1]))
+        pop = Population.from_members(["parent"], [params], [state], saved[-1])
+    else:
+        pop = Population.fresh(cfg.recipe, ctx.init)
+    first = pop.step
+
+    def save(step: int, p: Population) -> None:
+        path = parent_path(run_dir, seed, step)
+        if not path.is_file():
+            save_checkpoint(
+                path,
+                member(p.params, 0),
+                member_state(p.state, 0),
+                {"seed": seed, "step": step, "model_spec": ctx.spec, "role": "parent"},
+            )
+
+    ctx.trainer.train(pop, max(missing), record=missing, on_record=save)
+    if bool(pop.diverged.any()):
+        raise FloatingPointError(
+            f"the parent of seed {seed} diverged (non-finite loss) before step {max(missing)}; "
+            "lower recipe.lr or check the data"
+        )
+    return {"seed": seed, "steps": max(missing) - first, "wall_s": time.perf_counter() - start}
+
+
+# ---- a population unit ---------------------------------------------------------------------
+
+
+def _perturbation(ctx: Context, params_t: Tensors, child: ChildSpec, t: int) -> Perturbation:
+    p = ctx.cfg.perturb
+    names = eligible(ctx.info, p.mask)
+    shapes = {n: params_t[n].shape for n in names}
+    key = (ctx.seed, t, child.direction)
+    mask = make_mask(shapes, names, child.fraction, *key, p.mask)
+    if child.kind == "gaussian":
+        direction = gaussian_direction(shapes, ctx.info, names, *key)
+    elif child.kind == "batch":
+        n = len(ctx.data.y_train)
+        idx = independent_batch(n, p.batch_size or ctx.cfg.recipe.batch_size, *key)
+        idx = idx.to(ctx.data.x_train.device)
+        grads = ctx.trainer.single_gradient(params_t, ctx.data.x_train[idx], ctx.data.y_train[idx])
+        direction = {k: grads[k].detach().cpu() for k in names}
+    else:
+        raise ValueError(f"unknown perturbation kind '{child.kind}'")
+    return scale_direction(direction, mask, ctx.info, p.normalize)
+
+
+@dataclass
+class UnitResult:
+    seed: int
+    t: int
+    rows: list[dict[str, Any]]
+    steps: int
+    wall_s: float
+    population: int
+
+
+def run_unit(cfg: RunConfig, unit: Unit, run_dir: Path) -> UnitResult:
+    """Train one population from the parent's state at t to T and measure every child."""
+    start = time.perf_counter()
+    ctx = make_context(cfg, unit.seed)
+    T = cfg.recipe.steps
+    params_t, state_t, _ = load_checkpoint(parent_path(run_dir, unit.seed, unit.t))
+    device = cfg.runtime.device
+    params_t = {k: v.to(device) for k, v in params_t.items()}
+    state_t = {s: {k: v.to(device) for k, v in d.items()} for s, d in state_t.items()}
+
+    cache: dict[tuple[str, float, int], Perturbation] = {}
+    member_params: list[Tensors] = []
+    noise: list[tuple[float, int]] = []
+    for child in unit.members:
+        p = clone(params_t)
+        if child.kind in ("batch", "gaussian"):
+            k = (child.kind, child.fraction, child.direction)
+            if k not in cache:
+                cache[k] = _perturbation(ctx, params_t, child, unit.t)
+            pert = cache[k]
+            apply_perturbation(p, pert, child.sigma)
+            noise.append((child.sigma * l2_norm(pert.eps), pert.n_masked))
+        else:
+            noise.append((0.0, 0))
+        member_params.append(p)
+    pop = Population.from_members(
+        [c.name for c in unit.members],
+        member_params,
+        [{s: clone(d) for s, d in state_t.items()} for _ in unit.members],
+        unit.t,
+    )
+    ctx.trainer.train(pop, T)
+
+    finals = [member(pop.params, i) for i in range(pop.size)]
+    if cfg.runtime.checkpoints:
+        for i, child in enumerate(unit.members):
+            save_checkpoint(
+                member_path(run_dir, unit.seed, unit.t, child.name),
+                finals[i],
+                None,
+                {
+                    "model_spec": ctx.spec,
+                    "seed": unit.seed,
+                    "t": unit.t,
+                    "step": T,
+                    "member": child.name,
+                    "kind": child.kind,
+                    "sigma": child.sigma,
+                    "fraction": child.fraction,
+                    "direction": child.direction,
+                },
+            )
+    rows = measure(ctx, unit, finals, pop.diverged.tolist(), noise)
+    wall = time.perf_counter() - start
+    for r in rows:
+        r["unit_wall_s"] = wall
+    return UnitResult(unit.seed, unit.t, rows, (T - unit.t) * pop.size, wall, pop.size)
+
+
+def measure(
+    ctx: Context,
+    unit: Unit,
+    finals: list[Tensors],
+    diverged: list[bool],
+    noise: list[tuple[float, int]],
+) -> list[dict[str, Any]]:
+    """One row per non-original member: L2, barriers (Eq. 4) and endpoint performance."""
+    cfg = ctx.cfg
+    T = cfg.recipe.steps
+    d = ctx.data
+    n_train = cfg.eval.max_train_examples or len(d.y_train)
+    xtr, ytr = d.x_train[:n_train], d.y_train[:n_train]
+    bs = cfg.eval.batch_size
+    ws = alphas(cfg.eval.alphas)
+
+    def ev(params: Tensors) -> tuple[float, float, float, float]:
+        tr = evaluate(ctx.model, params, xtr, ytr, bs)
+        te = evaluate(ctx.model, params, d.x_test, d.y_test, bs)
+        return tr.loss, tr.error, te.loss, te.error
+
+    a = finals[0]
+    a_ok = not diverged[0] and is_finite(a)
+    ea = ev(a) if a_ok else None
+    rows: list[dict[str, Any]] = []
+    for i, child in enumerate(unit.members):
+        if i == 0:
+            continue
+        b = finals[i]
+        row: dict[str, Any] = {
+            "seed": ctx.seed,
+            "kind": child.kind,
+            "t": unit.t,
+            "t_frac": unit.t / T,
+            "sigma": child.sigma,
+            "fraction": child.fraction,
+            "direction": child.direction,
+            "control": int(child.control),
+            "member": child.name,
+            "noise_l2": noise[i][0],
+            "n_perturbed": noise[i][1],
+        }
+        ok = a_ok and not diverged[i] and is_finite(b)
+        row["diverged"] = int(not ok)
+        if ok:
+            assert ea is not None
+            eb = ev(b)
+            path = [ea] + [ev(interpolate(a, b, w)) for w in ws[1:-1]] + [eb]
+            row.update(
+                l2=l2_distance(a, b),
+                barrier_train_loss=barrier([p[0] for p in path], ws),
+                barrier_train_error=barrier([p[1] for p in path], ws),
+                barrier_test_loss=barrier([p[2] for p in path], ws),
+                barrier_test_error=barrier([p[3] for p in path], ws),
+                train_loss_a=ea[0],
+                train_loss_b=eb[0],
+                test_acc_a=1.0 - ea[3],
+                test_acc_b=1.0 - eb[3],
+                test_loss_a=ea[2],
+                test_loss_b=eb[2],
+                l2_init_a=l2_distance(a, ctx.init),
+                l2_init_b=l2_distance(b, ctx.init),
+            )
+        else:
+            for col in METRIC_COLUMNS:
+                row[col] = None
+        rows.append(row)
+    return rows
+
+
+METRIC_COLUMNS = (
+    "l2",
+    "barrier_train_loss",
+    "barrier_train_error",
+    "barrier_test_loss",
+    "barrier_test_error",
+    "train_loss_a",
+    "train_loss_b",
+    "test_acc_a",
+    "test_acc_b",
+    "test_loss_a",
+    "test_loss_b",
+    "l2_init_a",
+    "l2_init_b",
+)
+
+
+def config_json(cfg: RunConfig) -> str:
+    return json.dumps(cfg.to_dict(), sort_keys=True)
+
+
+def finite_or_none(x: float | None) -> float | None:
+    return x if x is None or math.isfinite(x) else None

@@ -1,0 +1,41 @@
+"""The main job, end to end: `butterfly run` with no arguments, and the paper's butterfly effect.
+
+Runs the real command (about 2.5 minutes on 2 cores), so it stays in the default test run.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+
+def test_default_sweep_reproduces_the_butterfly_effect(tmp_path: Path) -> None:
+    out = tmp_path / "default"
+    proc = subprocess.run(
+        [sys.executable, "-m", "butterfly.cli", "run", "--out", str(out), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "determinism check: all 18 sigma = 0 controls" in proc.stdout
+    assert (out / "figures" / "barrier_vs_sigma.png").is_file()
+
+    df = pd.read_csv(out / "results.csv")
+    assert len(df) == 3 * 6 * 9  # seeds x times x (control + 2 kinds x 4 sigmas)
+    ctrl = df[df.control == 1]
+    assert (ctrl.l2 == 0.0).all() and (ctrl.barrier_train_loss == 0.0).all()
+    assert (ctrl.barrier_test_error == 0.0).all()
+
+    kids = df[(df.control == 0)]
+    assert (kids.diverged == 0).all()
+    for kind in ("batch", "gaussian"):
+        for sigma in (1e-4, 1e-3, 1e-2):
+            d = kids[(kids.kind == kind) & (kids.sigma == sigma)]
+            early = d[d.t == 0].barrier_train_loss.mean()
+            late = d[d.t_frac >= 0.5].barrier_train_loss.mean()
+            assert early > 1e-3, (kind, sigma, early)
+            assert early >= 10 * late, (kind, sigma, early, late)
