@@ -146,7 +146,9 @@ class RuntimeConfig(_Strict):
     device: str = "cpu"
     threads: int = Field(1, ge=1, description="torch intra-op threads per process")
     workers: int = Field(0, ge=0, description="worker processes; 0 = one per core")
-    mode: Literal["auto", "vmap", "loop"] = Field("auto", description="population training mode")
+    mode: Literal["auto", "vmap", "batched", "loop"] = Field(
+        "auto", description="population training mode"
+    )
     checkpoints: bool = Field(True, description="save final weights of every member")
 
 

@@ -51,7 +51,14 @@ Tensors = dict[str, torch.Tensor]
 def configure_torch(threads: int) -> None:
     """Deterministic algorithms and a fixed intra-op thread count (recorded with each run)."""
     torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True, warn_only=False)
+    # torch.use_deterministic_algorithms(True) also sets an inductor flag, and importing
+    # inductor costs ~2.5 s per process; nothing here compiles, so set the switch directly.
+    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if setter is not None:
+        setter(True, warn_only=False)
+    else:  # pragma: no cover - other torch versions
+        torch.use_deterministic_algorithms(True)
+    assert torch.are_deterministic_algorithms_enabled()
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     if torch.backends.cudnn.is_available():
         torch.backends.cudnn.benchmark = False
