@@ -39,3 +39,14 @@ def test_default_sweep_reproduces_the_butterfly_effect(tmp_path: Path) -> None:
             late = d[d.t_frac >= 0.5].barrier_train_loss.mean()
             assert early > 1e-3, (kind, sigma, early)
             assert early >= 10 * late, (kind, sigma, early, late)
+
+    # issue 3: aligned barriers stay close to the unaligned ones (weight matching does not undo
+    # the divergence), and representations differ more after early than late perturbations
+    early_kids = kids[kids.t == 0]
+    for col in ("barrier_train_loss_wm", "barrier_train_loss_am"):
+        ratio = early_kids[col].mean() / early_kids.barrier_train_loss.mean()
+        assert 0.5 <= ratio <= 2.0, (col, ratio)
+    for kind in ("batch", "gaussian"):
+        d = kids[kids.kind == kind]
+        assert d[d.t == 0].cka.mean() > 2 * d[d.t_frac >= 0.5].cka.mean(), kind
+    assert (ctrl.cka == 0.0).all() and (ctrl.l2_wm == 0.0).all()

@@ -40,6 +40,13 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--workers", type=int, default=None, help="worker processes (default: cores)")
     r.add_argument("--quiet", action="store_true", help="print only the final table")
     r.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    c = sub.add_parser("compare", help="every divergence measure between two checkpoints")
+    c.add_argument("a", help="checkpoint of the first network (.safetensors)")
+    c.add_argument("b", help="checkpoint of the second network")
+    c.add_argument("--json", action="store_true", help="print one JSON object")
+    c.add_argument("--data", default=None, help="data set to evaluate on (default: A's own)")
+    c.add_argument("--no-align", action="store_true", help="skip weight and activation matching")
+    c.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     return p
 
 
@@ -84,12 +91,37 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    import json
+
+    from butterfly.compare import compare_checkpoints
+    from butterfly.config import EvalConfig, build_config
+
+    data = None
+    if args.data:
+        data = build_config({"data": {"name": args.data}}).data
+    ev = None
+    if args.no_align:
+        ev = EvalConfig(weight_matching=False, activation_matching=False)
+    result = compare_checkpoints(args.a, args.b, data, ev)
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+        return 0
+    width = max(len(k) for k in result)
+    for k, v in result.items():
+        text = f"{v:.6g}" if isinstance(v, float) else str(v)
+        print(f"{k:<{width}s}  {text}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     debug = bool(getattr(args, "debug", False))
     try:
         if args.command == "run":
             return cmd_run(args)
+        if args.command == "compare":
+            return cmd_compare(args)
     except ConfigError as err:
         if debug:
             raise

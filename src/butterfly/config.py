@@ -138,6 +138,20 @@ class EvalConfig(_Strict):
         None, ge=1, description="evaluate train loss on at most this many examples"
     )
     batch_size: int = Field(2048, ge=1, description="examples per evaluation forward pass")
+    weight_matching: bool = Field(True, description="barrier/L2 after weight matching")
+    activation_matching: bool = Field(True, description="barrier after activation matching")
+    cka: bool = Field(True, description="angular CKA of the last block's outputs")
+    ensemble: bool = Field(True, description="test accuracy of the logit-averaged pair")
+    cka_examples: int = Field(1000, ge=4, description="test inputs for CKA (m)")
+    align_examples: int = Field(1000, ge=2, description="train inputs for activation matching")
+    wm_max_iter: int = Field(100, ge=1, description="weight matching: passes at most")
+    proxy_fractions: list[float] = Field(
+        default_factory=lambda: [0.0, 0.2, 0.4, 0.6, 0.8, 0.9, 0.95, 1.0],
+        description="random-permutation proxy: fractions of fixed points ([] = off)",
+    )
+    trajectory_points: int = Field(
+        20, ge=0, description="log-spaced steps at which L2 is recorded during training (0: off)"
+    )
 
 
 class RuntimeConfig(_Strict):

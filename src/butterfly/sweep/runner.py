@@ -127,8 +127,9 @@ def run_sweep(
         def commit(res: UnitResult) -> None:
             nonlocal steps, n_done
             store.commit_unit(
-                res.seed, res.t, res.rows, res.population, res.steps, res.wall_s, time.time()
-            )
+                res.seed, res.t, res.rows, res.trajectory, res.proxy, res.population, res.steps,
+                res.wall_s, time.time(),
+            )  # fmt: skip
             steps += res.steps
             n_done += 1
             _log(

@@ -40,9 +40,37 @@ RESULT_COLUMNS: dict[str, str] = {
     "test_loss_b": "REAL",
     "l2_init_a": "REAL",
     "l2_init_b": "REAL",
+    "barrier_train_loss_wm": "REAL",
+    "barrier_test_error_wm": "REAL",
+    "fixed_point_fraction_wm": "REAL",
+    "fixed_points_wm": "TEXT",
+    "l2_wm": "REAL",
+    "wm_iterations": "INTEGER",
+    "barrier_train_loss_am": "REAL",
+    "barrier_test_error_am": "REAL",
+    "fixed_point_fraction_am": "REAL",
+    "fixed_points_am": "TEXT",
+    "l2_am": "REAL",
+    "cka": "REAL",
+    "ensemble_test_acc": "REAL",
     "diverged": "INTEGER NOT NULL",
     "unit_wall_s": "REAL",
 }
+
+PROXY_COLUMNS = (
+    "seed", "fixed_fraction", "fixed_point_fraction", "l2", "barrier_train_loss",
+    "barrier_test_error",
+)  # fmt: skip
+TRAJECTORY_COLUMNS = (
+    "seed",
+    "t",
+    "member",
+    "kind",
+    "sigma",
+    "step",
+    "l2_to_original",
+    "l2_from_init",
+)
 
 
 class Store:
@@ -65,6 +93,16 @@ class Store:
                 "PRIMARY KEY (seed, t))"
             )
             self.conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+            self.conn.execute(
+                "CREATE TABLE IF NOT EXISTS permutation_proxy (seed INTEGER NOT NULL, "
+                "fixed_fraction REAL NOT NULL, fixed_point_fraction REAL, l2 REAL, "
+                "barrier_train_loss REAL, barrier_test_error REAL, UNIQUE(seed, fixed_fraction))"
+            )
+            self.conn.execute(
+                "CREATE TABLE IF NOT EXISTS trajectories (seed INTEGER NOT NULL, t INTEGER NOT NULL, "
+                "member TEXT NOT NULL, kind TEXT NOT NULL, sigma REAL NOT NULL, step INTEGER NOT NULL, "
+                "l2_to_original REAL, l2_from_init REAL, UNIQUE(seed, t, member, step))"
+            )
 
     def close(self) -> None:
         self.conn.close()
@@ -95,6 +133,8 @@ class Store:
         seed: int,
         t: int,
         rows: Iterable[dict[str, Any]],
+        trajectory: Iterable[dict[str, Any]],
+        proxy: Iterable[dict[str, Any]],
         population: int,
         steps: int,
         wall_s: float,
@@ -108,6 +148,18 @@ class Store:
                 f"INSERT OR REPLACE INTO results ({', '.join(cols)}) VALUES ({placeholders})",
                 [tuple(r.get(c) for c in cols) for r in rows],
             )
+            tcols = list(TRAJECTORY_COLUMNS)
+            self.conn.executemany(
+                f"INSERT OR REPLACE INTO trajectories ({', '.join(tcols)}) "
+                f"VALUES ({', '.join('?' for _ in tcols)})",
+                [tuple(r[c] for c in tcols) for r in trajectory],
+            )
+            pcols = list(PROXY_COLUMNS)
+            self.conn.executemany(
+                f"INSERT OR REPLACE INTO permutation_proxy ({', '.join(pcols)}) "
+                f"VALUES ({', '.join('?' for _ in pcols)})",
+                [tuple(r[c] for c in pcols) for r in proxy],
+            )
             self.conn.execute(
                 "INSERT OR REPLACE INTO units (seed, t, population, steps, wall_s, finished) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
@@ -118,6 +170,16 @@ class Store:
     def results(self) -> pd.DataFrame:
         return pd.read_sql_query(
             "SELECT * FROM results ORDER BY seed, t, kind, sigma, member", self.conn
+        )
+
+    def trajectories(self) -> pd.DataFrame:
+        return pd.read_sql_query(
+            "SELECT * FROM trajectories ORDER BY seed, t, member, step", self.conn
+        )
+
+    def permutation_proxy(self) -> pd.DataFrame:
+        return pd.read_sql_query(
+            "SELECT * FROM permutation_proxy ORDER BY seed, fixed_fraction", self.conn
         )
 
     def units(self) -> pd.DataFrame:

@@ -7,8 +7,6 @@ the driver writes the results store.
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import platform
 import time
@@ -22,15 +20,8 @@ from torch import nn
 
 from butterfly.config import RunConfig
 from butterfly.data import BatchStream, Dataset, independent_batch, load_dataset
-from butterfly.metrics import (
-    alphas,
-    barrier,
-    evaluate,
-    interpolate,
-    is_finite,
-    l2_distance,
-    l2_norm,
-)
+from butterfly.divergence import Comparer
+from butterfly.metrics import is_finite, l2_distance, l2_norm
 from butterfly.models import ParamInfo, build_model, model_spec, param_info
 from butterfly.perturb import (
     Perturbation,
@@ -88,6 +79,7 @@ class Context:
     info: dict[str, ParamInfo]
     trainer: PopulationTrainer
     spec: dict[str, Any] = field(default_factory=dict)
+    comparer: Comparer | None = None
 
 
 @lru_cache(maxsize=4)
@@ -113,6 +105,7 @@ def make_context(cfg: RunConfig, seed: int) -> Context:
         param_info(model),
         trainer,
         model_spec(cfg.model, data.input_shape, data.n_classes),
+        Comparer(model, data, cfg.eval, seed),
     )
 
 
@@ -192,6 +185,8 @@ class UnitResult:
     seed: int
     t: int
     rows: list[dict[str, Any]]
+    trajectory: list[dict[str, Any]]
+    proxy: list[dict[str, Any]]
     steps: int
     wall_s: float
     population: int
@@ -228,7 +223,21 @@ def run_unit(cfg: RunConfig, unit: Unit, run_dir: Path) -> UnitResult:
         [{s: clone(d) for s, d in state_t.items()} for _ in unit.members],
         unit.t,
     )
-    ctx.trainer.train(pop, T)
+    trajectory: list[dict[str, Any]] = []
+
+    def record(step: int, p: Population) -> None:
+        to_orig, from_init = distances(p.params, ctx.init)
+        for i, child in enumerate(unit.members):
+            trajectory.append(
+                {
+                    "seed": unit.seed, "t": unit.t, "member": child.name, "kind": child.kind,
+                    "sigma": child.sigma, "step": step, "l2_to_original": to_orig[i],
+                    "l2_from_init": from_init[i],
+                }
+            )  # fmt: skip
+
+    marks = log_spaced_steps(unit.t, T, cfg.eval.trajectory_points)
+    ctx.trainer.train(pop, T, record=marks, on_record=record)
 
     finals = [member(pop.params, i) for i in range(pop.size)]
     if cfg.runtime.checkpoints:
@@ -247,13 +256,50 @@ def run_unit(cfg: RunConfig, unit: Unit, run_dir: Path) -> UnitResult:
                     "sigma": child.sigma,
                     "fraction": child.fraction,
                     "direction": child.direction,
+                    "data": cfg.data.model_dump(),
+                    "eval": cfg.eval.model_dump(),
                 },
             )
     rows = measure(ctx, unit, finals, pop.diverged.tolist(), noise)
+    proxy: list[dict[str, Any]] = []
+    fractions = cfg.eval.proxy_fractions
+    if fractions and unit.t == cfg.perturbation_steps()[0] and not bool(pop.diverged[0]):
+        assert ctx.comparer is not None
+        proxy = [
+            {"seed": unit.seed, **r}
+            for r in ctx.comparer.permutation_proxy(finals[0], fractions, unit.seed)
+        ]
     wall = time.perf_counter() - start
     for r in rows:
         r["unit_wall_s"] = wall
-    return UnitResult(unit.seed, unit.t, rows, (T - unit.t) * pop.size, wall, pop.size)
+    return UnitResult(
+        unit.seed, unit.t, rows, trajectory, proxy, (T - unit.t) * pop.size, wall, pop.size
+    )
+
+
+def log_spaced_steps(t: int, T: int, n: int) -> list[int]:
+    """``t``, ``T`` and about ``n`` steps between them, log-spaced in the steps after t."""
+    if n <= 0:
+        return []
+    import numpy as np
+
+    offsets = np.unique(np.round(np.geomspace(1, T - t, num=n)).astype(int)) if t < T else []
+    return sorted({t, T, *(t + int(o) for o in offsets)})
+
+
+@torch.no_grad()
+def distances(params: Tensors, init: Tensors) -> tuple[list[float], list[float]]:
+    """Per member: L2 to member 0 (the original) and L2 from the initialisation, in float64."""
+    to_orig = None
+    from_init = None
+    for k, v in params.items():
+        v64 = v.to(torch.float64).flatten(1)
+        a = (v64 - v64[:1]).square().sum(1)
+        b = (v64 - init[k].to(torch.float64).flatten().to(v.device)).square().sum(1)
+        to_orig = a if to_orig is None else to_orig + a
+        from_init = b if from_init is None else from_init + b
+    assert to_orig is not None and from_init is not None
+    return to_orig.sqrt().tolist(), from_init.sqrt().tolist()
 
 
 def measure(
@@ -263,23 +309,14 @@ def measure(
     diverged: list[bool],
     noise: list[tuple[float, int]],
 ) -> list[dict[str, Any]]:
-    """One row per non-original member: L2, barriers (Eq. 4) and endpoint performance."""
-    cfg = ctx.cfg
-    T = cfg.recipe.steps
-    d = ctx.data
-    n_train = cfg.eval.max_train_examples or len(d.y_train)
-    xtr, ytr = d.x_train[:n_train], d.y_train[:n_train]
-    bs = cfg.eval.batch_size
-    ws = alphas(cfg.eval.alphas)
-
-    def ev(params: Tensors) -> tuple[float, float, float, float]:
-        tr = evaluate(ctx.model, params, xtr, ytr, bs)
-        te = evaluate(ctx.model, params, d.x_test, d.y_test, bs)
-        return tr.loss, tr.error, te.loss, te.error
-
+    """One row per non-original member: every divergence measure against the original."""
+    assert ctx.comparer is not None
+    cmp = ctx.comparer
+    T = ctx.cfg.recipe.steps
     a = finals[0]
     a_ok = not diverged[0] and is_finite(a)
-    ea = ev(a) if a_ok else None
+    ea = cmp.endpoint(a) if a_ok else None
+    feats_a = cmp.features(a) if a_ok and ctx.cfg.eval.cka else None
     rows: list[dict[str, Any]] = []
     for i, child in enumerate(unit.members):
         if i == 0:
@@ -301,51 +338,8 @@ def measure(
         ok = a_ok and not diverged[i] and is_finite(b)
         row["diverged"] = int(not ok)
         if ok:
-            assert ea is not None
-            eb = ev(b)
-            path = [ea] + [ev(interpolate(a, b, w)) for w in ws[1:-1]] + [eb]
-            row.update(
-                l2=l2_distance(a, b),
-                barrier_train_loss=barrier([p[0] for p in path], ws),
-                barrier_train_error=barrier([p[1] for p in path], ws),
-                barrier_test_loss=barrier([p[2] for p in path], ws),
-                barrier_test_error=barrier([p[3] for p in path], ws),
-                train_loss_a=ea[0],
-                train_loss_b=eb[0],
-                test_acc_a=1.0 - ea[3],
-                test_acc_b=1.0 - eb[3],
-                test_loss_a=ea[2],
-                test_loss_b=eb[2],
-                l2_init_a=l2_distance(a, ctx.init),
-                l2_init_b=l2_distance(b, ctx.init),
-            )
-        else:
-            for col in METRIC_COLUMNS:
-                row[col] = None
+            row.update(cmp.compare(a, b, ea, feats_a))
+            row["l2_init_a"] = l2_distance(a, ctx.init)
+            row["l2_init_b"] = l2_distance(b, ctx.init)
         rows.append(row)
     return rows
-
-
-METRIC_COLUMNS = (
-    "l2",
-    "barrier_train_loss",
-    "barrier_train_error",
-    "barrier_test_loss",
-    "barrier_test_error",
-    "train_loss_a",
-    "train_loss_b",
-    "test_acc_a",
-    "test_acc_b",
-    "test_loss_a",
-    "test_loss_b",
-    "l2_init_a",
-    "l2_init_b",
-)
-
-
-def config_json(cfg: RunConfig) -> str:
-    return json.dumps(cfg.to_dict(), sort_keys=True)
-
-
-def finite_or_none(x: float | None) -> float | None:
-    return x if x is None or math.isfinite(x) else None

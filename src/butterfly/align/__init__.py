@@ -1,0 +1,31 @@
+"""Permutation alignment: specs as data, weight matching and activation matching."""
+
+from butterfly.align.activation_matching import activation_matching, hidden_activations
+from butterfly.align.permute import (
+    apply_permutation,
+    compose,
+    fixed_point_fraction,
+    identity,
+    inverse,
+    random_perms,
+)
+from butterfly.align.spec import NoPermutationSpec, PermutationSpec, analyse, derive_spec, spec_for
+from butterfly.align.weight_matching import MatchResult, weight_matching
+
+__all__ = [
+    "MatchResult",
+    "NoPermutationSpec",
+    "PermutationSpec",
+    "activation_matching",
+    "analyse",
+    "apply_permutation",
+    "compose",
+    "derive_spec",
+    "fixed_point_fraction",
+    "hidden_activations",
+    "identity",
+    "inverse",
+    "random_perms",
+    "spec_for",
+    "weight_matching",
+]

@@ -1,0 +1,240 @@
+"""Permutation specs as data (after samuela/git-re-basin): which axes of which tensors share a
+permutation of hidden units.
+
+A :class:`PermutationSpec` maps each permutation name to the ``(tensor, axis)`` pairs it acts
+on. Specs for the built-in models are written by hand next to each model (:func:`spec_for`);
+:func:`derive_spec` derives the same axis groups from the model's ``torch.fx`` graph by tracking
+which tensors' axes index the same "channel space", and tests check the two agree.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections import defaultdict
+from dataclasses import dataclass
+
+import torch
+import torch.fx
+from torch import nn
+
+from butterfly.models import CNN, MLP, NORM_TYPES, WEIGHT_TYPES, ResNet
+
+Axis = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class PermutationSpec:
+    """``perm_to_axes[p]`` lists the (tensor name, axis) pairs permuted by ``p``."""
+
+    perm_to_axes: dict[str, tuple[Axis, ...]]
+
+    @property
+    def axes_to_perm(self) -> dict[str, dict[int, str]]:
+        out: dict[str, dict[int, str]] = defaultdict(dict)
+        for p, axes in self.perm_to_axes.items():
+            for name, axis in axes:
+                out[name][axis] = p
+        return dict(out)
+
+    def sizes(self, params: dict[str, torch.Tensor]) -> dict[str, int]:
+        return {p: params[axes[0][0]].shape[axes[0][1]] for p, axes in self.perm_to_axes.items()}
+
+    def groups(self) -> set[frozenset[Axis]]:
+        """The partition of axes, without the permutation names (for comparing specs)."""
+        return {frozenset(v) for v in self.perm_to_axes.values()}
+
+
+class NoPermutationSpec(ValueError):
+    """Alignment was asked for a model without a permutation spec."""
+
+
+# ---- hand-written specs ----------------------------------------------------------------------
+
+
+def mlp_spec(model: MLP) -> PermutationSpec:
+    n = len(model.hidden)
+    perms: dict[str, list[Axis]] = {}
+    for i in range(n):
+        nxt = f"hidden.{i + 1}.weight" if i + 1 < n else "out.weight"
+        perms[f"P_{i}"] = [(f"hidden.{i}.weight", 0), (f"hidden.{i}.bias", 0), (nxt, 1)]
+    return PermutationSpec({k: tuple(v) for k, v in perms.items()})
+
+
+def cnn_spec(model: CNN) -> PermutationSpec:
+    n = len(model.convs)
+    perms: dict[str, list[Axis]] = {}
+    for i in range(n):
+        nxt = f"convs.{i + 1}.weight" if i + 1 < n else "out.weight"
+        perms[f"P_{i}"] = [(f"convs.{i}.weight", 0), (f"convs.{i}.bias", 0), (nxt, 1)]
+    return PermutationSpec({k: tuple(v) for k, v in perms.items()})
+
+
+def resnet_spec(model: ResNet) -> PermutationSpec:
+    """Residual streams share one permutation per stage; each block has an inner one."""
+    perms: dict[str, list[Axis]] = defaultdict(list)
+
+    def norm(name: str, p: str) -> None:
+        perms[p] += [(f"{name}.weight", 0), (f"{name}.bias", 0)]
+
+    res = "P_res0"
+    perms[res] += [("conv.weight", 0)]
+    norm("norm", res)
+    stage, width = 0, model.blocks[0].conv1.out_channels
+    for i, block in enumerate(model.blocks):
+        b = f"blocks.{i}"
+        if block.conv1.out_channels != width:
+            stage, width = stage + 1, block.conv1.out_channels
+        new_res = f"P_res{stage}"
+        inner = f"P_{b}_inner"
+        perms[res] += [(f"{b}.conv1.weight", 1)]
+        perms[inner] += [(f"{b}.conv1.weight", 0), (f"{b}.conv2.weight", 1)]
+        norm(f"{b}.norm1", inner)
+        perms[new_res] += [(f"{b}.conv2.weight", 0)]
+        norm(f"{b}.norm2", new_res)
+        if isinstance(block.shortcut, nn.Sequential):
+            perms[res] += [(f"{b}.shortcut.0.weight", 1)]
+            perms[new_res] += [(f"{b}.shortcut.0.weight", 0)]
+            norm(f"{b}.shortcut.1", new_res)
+        res = new_res
+    perms[res] += [("out.weight", 1)]
+    return PermutationSpec({k: tuple(v) for k, v in perms.items()})
+
+
+def spec_for(model: nn.Module) -> PermutationSpec:
+    """The hand-written spec of a built-in model."""
+    if type(model) is MLP:
+        return mlp_spec(model)
+    if type(model) is CNN:
+        return cnn_spec(model)
+    if type(model) is ResNet:
+        return resnet_spec(model)
+    raise NoPermutationSpec(
+        f"{type(model).__name__} has no permutation spec; write one next to the model "
+        "(see butterfly.align.spec) or switch off eval.weight_matching/activation_matching"
+    )
+
+
+# ---- derivation from the traced graph --------------------------------------------------------
+
+_PASSTHROUGH_FUNCS = {torch.relu, torch.nn.functional.relu, torch.tanh, torch.sigmoid}
+_MERGE_FUNCS = {operator.add, torch.add, operator.mul}
+
+
+class _UnionFind:
+    def __init__(self) -> None:
+        self.parent: dict[int, int] = {}
+
+    def make(self) -> int:
+        i = len(self.parent)
+        self.parent[i] = i
+        return i
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def union(self, a: int, b: int) -> None:
+        self.parent[self.find(a)] = self.find(b)
+
+
+@dataclass
+class GraphAnalysis:
+    """Channel spaces of a traced model: permutable axis groups and the nodes living in each."""
+
+    graph_module: torch.fx.GraphModule
+    groups: dict[int, list[Axis]]
+    node_group: dict[str, int]
+    relu_nodes: list[str]
+
+    def activation_nodes(self, axes: tuple[Axis, ...]) -> list[str]:
+        """The ReLU outputs whose channels a permutation with these axes reorders."""
+        wanted = set(axes)
+        for root, group in self.groups.items():
+            if wanted & set(group):
+                return [n for n in self.relu_nodes if self.node_group.get(n) == root]
+        return []
+
+
+def derive_spec(model: nn.Module) -> PermutationSpec:
+    """Axis groups from the model's ``torch.fx`` graph (see :func:`analyse`)."""
+    groups = analyse(model).groups
+    return PermutationSpec({f"P_{i}": tuple(v) for i, v in enumerate(groups.values())})
+
+
+def analyse(model: nn.Module) -> GraphAnalysis:
+    """Axis groups from the ``torch.fx`` graph: tensors whose axes index the same channel space.
+
+    Each value in the graph carries a channel space (its axis 1, or last axis for 2-D values).
+    A Linear/Conv reads its input's space on weight axis 1 and creates a new space on weight
+    axis 0 and its bias; norms, ReLUs and pooling keep the space; additions merge spaces. The
+    input and the output are fixed (not permutable), and so is anything merged with them.
+    """
+    gm = torch.fx.symbolic_trace(model)
+    modules = dict(gm.named_modules())
+    uf = _UnionFind()
+    fixed: set[int] = set()
+    space: dict[str, int] = {}
+    members: dict[int, list[Axis]] = defaultdict(list)
+
+    def src(arg: object) -> int:
+        assert isinstance(arg, torch.fx.Node), arg
+        return space[arg.name]
+
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            s = uf.make()
+            fixed.add(s)
+            space[node.name] = s
+        elif node.op == "call_module":
+            m = modules[node.target]
+            s_in = src(node.args[0])
+            if isinstance(m, WEIGHT_TYPES):
+                members[s_in].append((f"{node.target}.weight", 1))
+                s = uf.make()
+                members[s].append((f"{node.target}.weight", 0))
+                if m.bias is not None:
+                    members[s].append((f"{node.target}.bias", 0))
+                space[node.name] = s
+            elif isinstance(m, NORM_TYPES):
+                for pname, _ in m.named_parameters(recurse=False):
+                    members[s_in].append((f"{node.target}.{pname}", 0))
+                space[node.name] = s_in
+            elif isinstance(m, (nn.ReLU, nn.Identity, nn.Tanh)):
+                space[node.name] = s_in
+            else:
+                raise NoPermutationSpec(f"cannot derive a spec through module {type(m).__name__}")
+        elif node.op == "call_function" and node.target in _PASSTHROUGH_FUNCS:
+            space[node.name] = src(node.args[0])
+        elif node.op == "call_function" and node.target in _MERGE_FUNCS:
+            spaces = [space[a.name] for a in node.args if isinstance(a, torch.fx.Node)]
+            for other in spaces[1:]:
+                uf.union(spaces[0], other)
+            space[node.name] = spaces[0]
+        elif node.op == "call_method" and node.target in ("flatten", "mean"):
+            s_in = src(node.args[0])
+            if node.target == "flatten":
+                start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+                if start < 2:  # channels mixed with positions: not a plain axis permutation
+                    fixed.add(s_in)
+            space[node.name] = s_in  # flatten(2) and mean over positions keep the channel axis
+        elif node.op == "output":
+            fixed.add(src(node.args[0]))
+        else:
+            raise NoPermutationSpec(f"cannot derive a spec through {node.op} {node.target}")
+
+    fixed_roots = {uf.find(s) for s in fixed}
+    groups: dict[int, list[Axis]] = defaultdict(list)
+    for s, axes in members.items():
+        root = uf.find(s)
+        if root not in fixed_roots:
+            groups[root].extend(axes)
+    relus = [
+        n.name
+        for n in gm.graph.nodes
+        if (n.op == "call_function" and n.target in (torch.relu, torch.nn.functional.relu))
+        or (n.op == "call_module" and isinstance(modules[n.target], nn.ReLU))
+    ]
+    node_group = {name: uf.find(s) for name, s in space.items()}
+    return GraphAnalysis(gm, dict(groups), node_group, relus)

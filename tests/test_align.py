@@ -1,0 +1,149 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.func import functional_call
+
+from butterfly.align import (
+    activation_matching,
+    apply_permutation,
+    compose,
+    derive_spec,
+    fixed_point_fraction,
+    identity,
+    random_perms,
+    spec_for,
+    weight_matching,
+)
+from butterfly.align.permute import random_permutation
+from butterfly.config import EvalConfig, ModelConfig
+from butterfly.data import Dataset
+from butterfly.divergence import Comparer
+from butterfly.models import build_model
+from butterfly.rng import generator
+
+MODELS = {
+    "mlp": (ModelConfig(width=16, depth=3), (1, 12)),
+    "cnn": (ModelConfig(name="cnn", width=8, depth=3), (1, 12)),
+    "resnet8": (ModelConfig(name="resnet", width=4, depth=8), (3, 8, 8)),
+    "resnet14": (ModelConfig(name="resnet", width=4, depth=14), (1, 12)),
+}
+
+
+def _model(name: str, seed: int = 0):
+    cfg, shape = MODELS[name]
+    m = build_model(cfg, shape, 5, seed).double()
+    # give norm layers non-trivial affine parameters so the test sees them permuted
+    params = {k: v.detach().clone() for k, v in m.named_parameters()}
+    g = torch.Generator().manual_seed(seed + 1)
+    for k, v in params.items():
+        if "norm" in k or "shortcut.1" in k or k.endswith("bias"):
+            v.add_(0.3 * torch.randn(v.shape, generator=g, dtype=v.dtype))
+    return m, shape, params
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_hand_written_spec_matches_the_traced_graph(name: str) -> None:
+    m, _, _ = _model(name)
+    hand, derived = spec_for(m), derive_spec(m)
+    assert hand.groups() == derived.groups()
+    # every tensor with a hidden axis is covered: all but the input and output axes
+    covered = {(n, a) for axes in hand.perm_to_axes.values() for n, a in axes}
+    for n, p in m.named_parameters():
+        if (
+            n.endswith("weight")
+            and p.dim() >= 2
+            and not n.startswith(("out.", "conv.", "convs.0", "hidden.0"))
+        ):
+            assert (n, 1) in covered, n
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_a_random_permutation_computes_the_same_function(name: str) -> None:
+    m, shape, params = _model(name)
+    spec = spec_for(m)
+    perms = random_perms(spec, params, 0.0, generator("test", 0))
+    assert fixed_point_fraction(perms)[0] < 0.2
+    permuted = apply_permutation(spec, perms, params)
+    x = torch.randn(7, *shape, dtype=torch.float64)
+    y0 = functional_call(m, params, (x,))
+    y1 = functional_call(m, permuted, (x,))
+    assert torch.allclose(y0, y1, rtol=1e-12, atol=1e-12)
+    assert any(not torch.equal(params[k], permuted[k]) for k in params)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_weight_matching_recovers_a_random_permutation_exactly(name: str) -> None:
+    m, _, params = _model(name)
+    spec = spec_for(m)
+    perms = random_perms(spec, params, 0.0, generator("test", 1))
+    b = apply_permutation(spec, perms, params)
+    res = weight_matching(spec, params, b, seed=0)
+    assert res.converged
+    undone = compose(res.perms, perms)  # apply the random perm, then the found one
+    assert fixed_point_fraction(undone)[0] == 1.0
+    aligned = apply_permutation(spec, res.perms, b)
+    for k in params:
+        assert torch.equal(aligned[k], params[k]), k
+    # matching a network with itself returns the identity
+    self_match = weight_matching(spec, params, params)
+    assert fixed_point_fraction(self_match.perms)[0] == 1.0 and self_match.iterations == 1
+
+
+def test_random_permutation_has_the_requested_fixed_points() -> None:
+    g = generator("test", 2)
+    for f in (0.0, 0.25, 0.5, 1.0):
+        p = random_permutation(64, f, g)
+        assert sorted(p.tolist()) == list(range(64))
+        assert int((p == torch.arange(64)).sum()) == round(f * 64)
+
+
+def _dataset(shape: tuple[int, ...], n: int = 300) -> Dataset:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, *shape, generator=g)
+    y = torch.randint(0, 5, (n,), generator=g)
+    return Dataset("rand", x, y, x[:100], y[:100], 5)
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn", "resnet8"])
+def test_activation_matching_recovers_a_permuted_copy(name: str) -> None:
+    m, shape, params = _model(name)
+    m = m.float()
+    params = {k: v.float() for k, v in params.items()}
+    spec = spec_for(m)
+    perms = random_perms(spec, params, 0.0, generator("test", 3))
+    b = apply_permutation(spec, perms, params)
+    x = torch.randn(400, *shape)
+    found = activation_matching(m, spec, params, b, x)
+    assert fixed_point_fraction(compose(found, perms))[0] == 1.0
+    same = activation_matching(m, spec, params, params, x)
+    assert fixed_point_fraction(same)[0] == 1.0
+
+
+def test_comparer_on_a_permuted_copy_and_on_itself() -> None:
+    m, shape, params = _model("mlp")
+    m = m.float()
+    a = {k: v.float() for k, v in params.items()}
+    spec = spec_for(m)
+    b = apply_permutation(spec, random_perms(spec, a, 0.25, generator("test", 4)), a)
+    cmp = Comparer(m, _dataset(shape), EvalConfig(cka_examples=100, align_examples=200))
+    r = cmp.compare(a, b)
+    assert r["l2"] > 1.0
+    assert r["l2_wm"] == 0.0 and r["barrier_train_loss_wm"] == 0.0
+    assert r["fixed_point_fraction_wm"] == pytest.approx(0.25, abs=0.05)
+    assert r["l2_am"] == 0.0
+    assert r["cka"] == pytest.approx(0.0, abs=1e-6)  # permuting units does not change CKA
+    itself = cmp.compare(a, dict(a))
+    for col in ("l2", "barrier_train_loss", "barrier_test_error", "l2_wm", "barrier_train_loss_wm",
+                "barrier_train_loss_am", "cka"):  # fmt: skip
+        assert itself[col] == 0.0, col
+    assert itself["fixed_point_fraction_wm"] == itself["fixed_point_fraction_am"] == 1.0
+    assert itself["ensemble_test_acc"] == pytest.approx(itself["test_acc_a"], abs=1e-12)
+
+
+def test_models_without_a_spec_are_refused_clearly() -> None:
+    from butterfly.align import NoPermutationSpec
+
+    with pytest.raises(NoPermutationSpec, match="no permutation spec"):
+        spec_for(torch.nn.Sequential(torch.nn.Linear(3, 3)))
+    assert identity(spec_for(_model("mlp")[0]), _model("mlp")[2])
