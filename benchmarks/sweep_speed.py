@@ -37,6 +37,14 @@ from butterfly.train import Population, PopulationTrainer, lr_at
 from butterfly.train.population import clone
 from butterfly.train.recipe import init_state
 
+# Both designs compute the same per-child quantities (L2, train-loss and test-error barriers);
+# butterfly's extra measures (alignment, CKA, trajectories, ...) are switched off for the race.
+SAME_METRICS = {
+    "eval": {
+        "weight_matching": False, "activation_matching": False, "cka": False, "ensemble": False,
+        "trajectory_points": 0, "proxy_fractions": [],
+    },
+}  # fmt: skip
 QUICK = {
     "seeds": [0],
     "recipe": {"steps": 600},
@@ -177,7 +185,7 @@ def main() -> int:
     ap.add_argument("--skip-throughput", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    cfg = build_config(QUICK if args.quick else {})
+    cfg = build_config({**(QUICK if args.quick else {}), **SAME_METRICS})
     grid = (
         f"{len(cfg.seeds)} seeds x {len(cfg.perturbation_steps())} times x "
         f"{len(cfg.perturb.sigmas)} sigmas x {len(cfg.perturb.kinds)} kinds, T = {cfg.recipe.steps}"

@@ -1,6 +1,9 @@
 """The ``butterfly`` command line, thin over the Python API.
 
     butterfly run [CONFIG.yaml] [--set key=value ...] [--out DIR] [--workers N]
+                  [--executor local|ray] [--address ADDR] [--force-new]
+    butterfly status RUN_DIR
+    butterfly compare A.safetensors B.safetensors [--json]
 
 Exit codes: 0 success, 1 a failed run (including a determinism failure), 2 a bad config or
 command line. Errors print one sentence; ``--debug`` shows the traceback.
@@ -39,7 +42,19 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default=None, help="run folder (default: runs/<name>)")
     r.add_argument("--workers", type=int, default=None, help="worker processes (default: cores)")
     r.add_argument("--quiet", action="store_true", help="print only the final table")
+    r.add_argument(
+        "--executor", choices=["local", "ray"], default="local",
+        help="local worker processes (default) or Ray tasks",
+    )  # fmt: skip
+    r.add_argument("--address", default=None, help="Ray cluster address (default: start one)")
+    r.add_argument(
+        "--force-new", action="store_true",
+        help="if --out holds a run with another config, start a fresh folder OUT-N instead",
+    )  # fmt: skip
     r.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    st = sub.add_parser("status", help="summarise a run folder: units done, running, failed")
+    st.add_argument("run_dir", help="a run folder")
+    st.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     c = sub.add_parser("compare", help="every divergence measure between two checkpoints")
     c.add_argument("a", help="checkpoint of the first network (.safetensors)")
     c.add_argument("b", help="checkpoint of the second network")
@@ -60,7 +75,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers < 0:
         raise ConfigError("--workers must be >= 0 (0 = one per core)")
     out = Path(args.out) if args.out else Path("runs") / cfg.name
-    outcome = run_sweep(cfg, out, workers=args.workers, quiet=args.quiet)
+    outcome = run_sweep(
+        cfg, out, workers=args.workers, quiet=args.quiet, executor=args.executor,
+        address=args.address, force_new=args.force_new,
+    )  # fmt: skip
+    out = outcome.run_dir
     df = outcome.results
     fig = barrier_vs_sigma(df, out / "figures" / "barrier_vs_sigma.png")
     print(format_table(df))
@@ -114,6 +133,28 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from butterfly.sweep.status import run_status
+
+    text, ok = run_status(Path(args.run_dir))
+    print(text)
+    return 0 if ok else EXIT_FAILED
+
+
+def describe(err: BaseException) -> str:
+    """One sentence for an error a user can fix."""
+    import errno
+
+    if isinstance(err, PermissionError):
+        where = err.filename or "the output folder"
+        return f"cannot write to {where} (permission denied); choose another --out"
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        where = err.filename or "the run folder"
+        return f"out of disk space writing {where}; free some space or choose another --out"
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     debug = bool(getattr(args, "debug", False))
@@ -122,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_run(args)
         if args.command == "compare":
             return cmd_compare(args)
+        if args.command == "status":
+            return cmd_status(args)
     except ConfigError as err:
         if debug:
             raise
@@ -136,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:
         if debug:
             raise
-        print(f"butterfly: error: {err}", file=sys.stderr)
+        print(f"butterfly: error: {describe(err)}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_USAGE
 

@@ -193,6 +193,11 @@ class RunConfig(_Strict):
             raise ValueError("perturb.kinds is empty: choose from batch, gaussian")
         if not p.fractions:
             raise ValueError("perturb.fractions is empty: use [1.0] to perturb every masked weight")
+        if self.runtime.mode == "batched" and self.model.name != "mlp":
+            raise ValueError(
+                f"runtime.mode = batched is for MLPs; model.name = {self.model.name} trains with "
+                "auto, vmap or loop"
+            )
         for s in p.steps:
             if s >= self.recipe.steps:
                 raise ValueError(
@@ -225,7 +230,7 @@ def _format_error(err: ValidationError) -> str:
         return f"unknown config key '{field}': check its spelling (see README, 'Configuration')"
     if e["type"] == "literal_error":
         return f"config field '{field}': {msg}, got {e.get('input')!r}"
-    if msg.startswith(("seeds", "perturb.", "model.", "recipe.")):
+    if msg.startswith(("seeds", "perturb.", "model.", "recipe.", "runtime.")):
         return msg
     return f"config field '{field}': {msg} (got {e.get('input')!r})"
 
@@ -298,7 +303,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         try:
             loaded = yaml.safe_load(p.read_text())
         except yaml.YAMLError as err:
-            raise ConfigError(f"config file '{p}' is not valid YAML: {err}") from None
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            problem = getattr(err, "problem", None) or "parse error"
+            raise ConfigError(f"config file '{p}' is not valid YAML{where}: {problem}") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

@@ -1,18 +1,19 @@
 """Run a sweep: plan it, execute parents and population units, commit results, check the control.
 
-Executors: in-process (``workers = 1``) or a pool of worker processes (default: one per core,
-``runtime.threads`` intra-op threads each). Workers return rows; the driver alone writes the
-store, committing each finished unit before it waits for the next.
+Executors: in-process (``workers = 1``), a pool of worker processes (default: one per core,
+``runtime.threads`` intra-op threads each) or Ray (``executor = "ray"``). Workers return rows;
+the driver alone writes the store, committing each finished unit in one transaction before it
+waits for the next. A failing unit is recorded and the others go on; the sweep then ends with
+an error naming the failures, and running it again retries only what is not finished.
 """
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,10 @@ import pandas as pd
 import yaml
 
 from butterfly.config import ConfigError, RunConfig
+from butterfly.sweep.executors import Executor, make_executor
+from butterfly.sweep.lock import RunLock
 from butterfly.sweep.plan import Unit, minimum_steps, plan
+from butterfly.sweep.progress import Progress
 from butterfly.sweep.store import Store
 from butterfly.sweep.unit import UnitResult, configure_torch, environment, run_parent, run_unit
 
@@ -98,73 +102,149 @@ def _log(msg: str, quiet: bool) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
+class SweepFailed(RuntimeError):
+    """Some units failed; finished units are saved."""
+
+
+def preflight(cfg: RunConfig) -> None:
+    """Checks that need the data set, done before anything is written or trained."""
+    from butterfly.data import load_dataset
+    from butterfly.models import build_model
+
+    data = load_dataset(cfg.data)
+    n = len(data.y_train)
+    if cfg.recipe.batch_size > n:
+        raise ConfigError(
+            f"recipe.batch_size = {cfg.recipe.batch_size} exceeds the {n} training examples of "
+            f"'{cfg.data.name}'"
+        )
+    try:
+        model = build_model(cfg.model, data.input_shape, data.n_classes, 0)
+    except ValueError as err:
+        raise ConfigError(
+            f"model '{cfg.model.name}' cannot take '{cfg.data.name}' inputs: {err}"
+        ) from None
+    if cfg.eval.weight_matching or cfg.eval.activation_matching or cfg.eval.proxy_fractions:
+        from butterfly.align import NoPermutationSpec, spec_for
+
+        try:
+            spec_for(model)
+        except NoPermutationSpec as err:
+            raise ConfigError(str(err)) from None
+
+
+def fresh_run_dir(run_dir: Path) -> Path:
+    """``run_dir`` itself if free, else the first ``run_dir-N`` that does not exist."""
+    if not run_dir.exists():
+        return run_dir
+    n = 2
+    while (candidate := run_dir.with_name(f"{run_dir.name}-{n}")).exists():
+        n += 1
+    return candidate
+
+
+def config_differs(cfg: RunConfig, run_dir: Path) -> bool:
+    path = run_dir / "config.yaml"
+    return path.is_file() and yaml.safe_load(path.read_text()) != cfg.to_dict()
+
+
 def run_sweep(
     cfg: RunConfig,
     run_dir: str | Path,
     workers: int | None = None,
     quiet: bool = False,
     on_unit: Callable[[UnitResult], None] | None = None,
+    executor: str = "local",
+    address: str | None = None,
+    force_new: bool = False,
+    progress: bool | None = None,
 ) -> SweepOutcome:
-    """Run (or resume) the sweep of ``cfg`` in ``run_dir`` and return its results."""
+    """Run (or resume) the sweep of ``cfg`` in ``run_dir`` and return its results.
+
+    ``force_new``: if ``run_dir`` holds a run with another config, use a fresh ``run_dir-N``.
+    ``progress``: draw live progress on stderr (default: only when stderr is a terminal).
+    """
     run_dir = Path(run_dir)
+    if force_new and config_differs(cfg, run_dir):
+        run_dir = fresh_run_dir(run_dir)
+        _log(f"config differs from the existing run: starting a fresh run in {run_dir}", quiet)
     start = time.perf_counter()
-    prepare_run_dir(cfg, run_dir)
-    configure_torch(cfg.runtime.threads)
-    units = plan(cfg)
-    n_workers = resolve_workers(cfg, workers)
-    store = Store(run_dir / "results.db")
-    try:
-        store.set_meta("config", cfg.to_dict())
-        store.set_meta("environment", {**environment(cfg), "workers": n_workers})
-        done = store.finished_units()
-        todo = [u for u in units if (u.seed, u.t) not in done]
-        skipped = len(units) - len(todo)
-        if skipped:
-            _log(f"resuming: {skipped} of {len(units)} units already finished", quiet)
-        steps = 0
-        n_done = skipped
-
-        def commit(res: UnitResult) -> None:
-            nonlocal steps, n_done
-            store.commit_unit(
-                res.seed, res.t, res.rows, res.trajectory, res.proxy, res.population, res.steps,
-                res.wall_s, time.time(),
-            )  # fmt: skip
-            steps += res.steps
-            n_done += 1
-            _log(
-                f"[{n_done}/{len(units)}] seed {res.seed} t={res.t}: {res.population} members, "
-                f"{res.steps} member-steps, {res.wall_s:.1f} s",
-                quiet,
+    preflight(cfg)
+    with RunLock(run_dir):
+        prepare_run_dir(cfg, run_dir)
+        configure_torch(cfg.runtime.threads)
+        units = plan(cfg)
+        n_workers = resolve_workers(cfg, workers)
+        store = Store(run_dir / "results.db")
+        try:
+            store.set_meta("config", cfg.to_dict())
+            store.set_meta(
+                "environment", {**environment(cfg), "workers": n_workers, "executor": executor}
             )
-            if on_unit is not None:
-                on_unit(res)
+            done = store.finished_units()
+            todo = [u for u in units if (u.seed, u.t) not in done]
+            skipped = len(units) - len(todo)
+            if skipped:
+                _log(f"resuming: {skipped} of {len(units)} units already finished", quiet)
+            T = cfg.recipe.steps
+            live = progress if progress is not None else (not quiet and sys.stderr.isatty())
+            bar = Progress(len(units), skipped, sum(T - u.t for u in todo), T, enabled=live)
+            steps = 0
 
-        if todo:
-            _log(
-                f"sweep '{cfg.name}': {len(units)} units ({len(cfg.seeds)} seeds x "
-                f"{len(cfg.perturbation_steps())} times), population {len(units[0].members)}, "
-                f"{n_workers} worker{'s' if n_workers > 1 else ''} -> {run_dir}",
-                quiet,
-            )
-            runner = _run_inline if n_workers == 1 else _run_pool
-            parent_steps = runner(cfg, todo, run_dir, n_workers, commit)
-            steps += parent_steps
-        df = store.results()
-    finally:
-        store.close()
-    df.to_csv(run_dir / "results.csv", index=False)
+            def commit(res: UnitResult) -> None:
+                nonlocal steps
+                store.commit_unit(
+                    res.seed, res.t, res.rows, res.trajectory, res.proxy, res.population,
+                    res.steps, res.wall_s, time.time(),
+                )  # fmt: skip
+                steps += res.steps
+                bar.unit_done(res.seed, res.t, T - res.t)
+                if not bar.enabled:
+                    _log(
+                        f"[{bar.done}/{len(units)}] seed {res.seed} t={res.t}: "
+                        f"{res.population} members, {res.steps} member-steps, {res.wall_s:.1f} s",
+                        quiet,
+                    )
+                if on_unit is not None:
+                    on_unit(res)
+
+            failures: list[str] = []
+
+            def fail(seed: int, t: int | None, err: BaseException) -> None:
+                store.record_failure(seed, t, f"{type(err).__name__}: {err}", time.time())
+                where = f"seed {seed}" + (f" t={t}" if t is not None else " (parent)")
+                failures.append(f"{where}: {err}")
+                _log(f"FAILED {where}: {type(err).__name__}: {err}", quiet)
+
+            if todo:
+                _log(
+                    f"sweep '{cfg.name}': {len(units)} units ({len(cfg.seeds)} seeds x "
+                    f"{len(cfg.perturbation_steps())} times), population {len(units[0].members)}, "
+                    f"{n_workers} worker{'s' if n_workers > 1 else ''} ({executor}) -> {run_dir}",
+                    quiet,
+                )
+                pool = make_executor(executor, cfg, n_workers, address, bar.enabled)
+                try:
+                    # (not `steps += schedule(...)`: commit() adds to steps while it runs)
+                    parent_steps = schedule(cfg, todo, run_dir, pool, commit, fail, bar)
+                    steps += parent_steps
+                finally:
+                    pool.shutdown()
+                    bar.close()
+            df = store.results()
+        finally:
+            store.close()
+        df.to_csv(run_dir / "results.csv", index=False)
+    if failures:
+        raise SweepFailed(
+            f"{len(failures)} unit{'s' if len(failures) > 1 else ''} failed (first: "
+            f"{failures[0]}); finished units are saved in {run_dir}, run the same command to retry"
+        )
     problems = check_control(df)
     return SweepOutcome(
-        run_dir,
-        df,
-        time.perf_counter() - start,
-        steps,
-        minimum_steps(cfg),
-        len(todo),
-        skipped,
+        run_dir, df, time.perf_counter() - start, steps, minimum_steps(cfg), len(todo), skipped,
         not problems,
-    )
+    )  # fmt: skip
 
 
 def _by_seed(units: list[Unit]) -> dict[int, list[Unit]]:
@@ -174,64 +254,52 @@ def _by_seed(units: list[Unit]) -> dict[int, list[Unit]]:
     return out
 
 
-def _run_inline(
+def schedule(
     cfg: RunConfig,
     todo: list[Unit],
     run_dir: Path,
-    n_workers: int,
+    pool: Executor,
     commit: Callable[[UnitResult], None],
+    fail: Callable[[int, int | None, BaseException], None],
+    bar: Progress,
 ) -> int:
-    """Everything in this process, one unit after another; returns the parents' steps."""
-    steps = 0
-    for seed, units in _by_seed(todo).items():
-        steps += run_parent(cfg, seed, run_dir)["steps"]
-        for u in units:
-            commit(run_unit(cfg, u, run_dir))
-    return steps
-
-
-def _run_pool(
-    cfg: RunConfig,
-    todo: list[Unit],
-    run_dir: Path,
-    n_workers: int,
-    commit: Callable[[UnitResult], None],
-) -> int:
-    """Parents first (one task per seed); each parent's units are queued when it finishes.
-
-    Returns the parents' steps (units' steps are counted by ``commit``).
-    """
+    """Parents first (one task per seed); each parent's units are queued when it finishes,
+    earliest t (longest) first. Returns the parents' steps (units' steps are counted by
+    ``commit``)."""
     by_seed = _by_seed(todo)
     steps = 0
-    ctx = mp.get_context("spawn")
-    with ProcessPoolExecutor(
-        max_workers=min(n_workers, len(todo)),
-        mp_context=ctx,
-        initializer=configure_torch,
-        initargs=(cfg.runtime.threads,),
-    ) as pool:
-        pending: dict[Future, tuple[str, int]] = {
-            pool.submit(run_parent, cfg, seed, run_dir): ("parent", seed) for seed in by_seed
-        }
-        ready: list[Unit] = []
-        try:
-            while pending:
-                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    what, seed = pending.pop(fut)
-                    res = fut.result()  # re-raises a worker's error here
-                    if what == "parent":
-                        steps += res["steps"]
-                        ready.extend(by_seed[seed])
-                    else:
-                        commit(res)
-                # longest units (earliest t) first keeps the workers balanced at the end
-                ready.sort(key=lambda u: u.t)
-                while ready and len(pending) < 2 * n_workers:
-                    u = ready.pop(0)
-                    pending[pool.submit(run_unit, cfg, u, run_dir)] = ("unit", u.seed)
-        except BaseException:
-            for fut in pending:
-                fut.cancel()
-            raise
+    pending: dict[Future, tuple[str, int, int | None]] = {
+        pool.submit(run_parent, cfg, seed, run_dir): ("parent", seed, None) for seed in by_seed
+    }
+    ready: list[Unit] = []
+    limit = 2 * pool.slots
+    try:
+        while pending or ready:
+            while ready and len(pending) < limit:
+                u = ready.pop(0)
+                fut = pool.submit(run_unit, cfg, u, run_dir, pool.reporter)
+                pending[fut] = ("unit", u.seed, u.t)
+            if not pending:
+                continue
+            finished, _ = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
+            pool.drain(bar)
+            for fut in finished:
+                what, seed, t = pending.pop(fut)
+                err = fut.exception()
+                if err is not None:
+                    if isinstance(err, KeyboardInterrupt):
+                        raise err
+                    fail(seed, t, err)
+                    continue
+                res = fut.result()
+                if what == "parent":
+                    steps += res["steps"]
+                    ready.extend(by_seed[seed])
+                    ready.sort(key=lambda u: u.t)
+                else:
+                    commit(res)
+    except BaseException:
+        for fut in pending:
+            fut.cancel()
+        raise
     return steps

@@ -94,6 +94,10 @@ class Store:
             )
             self.conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
             self.conn.execute(
+                "CREATE TABLE IF NOT EXISTS failures (seed INTEGER NOT NULL, t INTEGER, "
+                "error TEXT NOT NULL, time REAL NOT NULL)"
+            )
+            self.conn.execute(
                 "CREATE TABLE IF NOT EXISTS permutation_proxy (seed INTEGER NOT NULL, "
                 "fixed_fraction REAL NOT NULL, fixed_point_fraction REAL, l2 REAL, "
                 "barrier_train_loss REAL, barrier_test_error REAL, UNIQUE(seed, fixed_fraction))"
@@ -165,6 +169,21 @@ class Store:
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 (seed, t, population, steps, wall_s, finished),
             )
+
+    def record_failure(self, seed: int, t: int | None, error: str, when: float) -> None:
+        with self.conn:
+            self.conn.execute(
+                "INSERT INTO failures (seed, t, error, time) VALUES (?, ?, ?, ?)",
+                (seed, t, error, when),
+            )
+
+    def failures(self) -> pd.DataFrame:
+        """Failures of units that have not finished since (a later success clears them)."""
+        return pd.read_sql_query(
+            "SELECT f.* FROM failures f WHERE NOT EXISTS (SELECT 1 FROM units u WHERE "
+            "u.seed = f.seed AND (f.t IS NULL OR u.t = f.t)) ORDER BY time",
+            self.conn,
+        )
 
     # ---- reading --------------------------------------------------------------------------
     def results(self) -> pd.DataFrame:

@@ -192,7 +192,7 @@ class UnitResult:
     population: int
 
 
-def run_unit(cfg: RunConfig, unit: Unit, run_dir: Path) -> UnitResult:
+def run_unit(cfg: RunConfig, unit: Unit, run_dir: Path, reporter: Any = None) -> UnitResult:
     """Train one population from the parent's state at t to T and measure every child."""
     start = time.perf_counter()
     ctx = make_context(cfg, unit.seed)
@@ -237,7 +237,15 @@ def run_unit(cfg: RunConfig, unit: Unit, run_dir: Path) -> UnitResult:
             )  # fmt: skip
 
     marks = log_spaced_steps(unit.t, T, cfg.eval.trajectory_points)
-    ctx.trainer.train(pop, T, record=marks, on_record=record)
+    every = max(1, (T - unit.t) // 50)
+
+    def report(step: int) -> None:
+        if step % every == 0:
+            reporter.put((unit.seed, unit.t, step))
+
+    ctx.trainer.train(
+        pop, T, record=marks, on_record=record, on_step=report if reporter is not None else None
+    )
 
     finals = [member(pop.params, i) for i in range(pop.size)]
     if cfg.runtime.checkpoints:

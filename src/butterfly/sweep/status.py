@@ -1,0 +1,58 @@
+"""``butterfly status RUN_DIR``: what a run folder holds and whether it is healthy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from butterfly.config import ConfigError, build_config
+from butterfly.sweep.lock import is_locked
+from butterfly.sweep.plan import plan
+from butterfly.sweep.runner import check_control
+from butterfly.sweep.store import Store
+
+
+def run_status(run_dir: Path) -> tuple[str, bool]:
+    """(a summary, healthy?) for a run folder."""
+    cfg_path = run_dir / "config.yaml"
+    db = run_dir / "results.db"
+    if not cfg_path.is_file() or not db.is_file():
+        raise ConfigError(f"{run_dir} is not a butterfly run folder (no config.yaml/results.db)")
+    cfg = build_config(yaml.safe_load(cfg_path.read_text()))
+    units = plan(cfg)
+    with Store(db) as store:
+        done = store.finished_units()
+        failures = store.failures()
+        df = store.results()
+        env = store.get_meta("environment") or {}
+        unit_rows = store.units()
+    running = is_locked(run_dir)
+    todo = [u for u in units if (u.seed, u.t) not in done]
+    failed_keys = {(int(r.seed), None if r.t != r.t else int(r.t)) for r in failures.itertuples()}
+    lines = [
+        f"run {run_dir} ('{cfg.name}'): {len(done)}/{len(units)} units done"
+        + (f", {len(todo)} to do" if todo else "")
+        + (" — a process is running it now" if running else ""),
+        f"environment: torch {env.get('torch', '?')}, device {env.get('device', '?')}, "
+        f"{env.get('threads', '?')} thread(s), {env.get('workers', '?')} worker(s)",
+    ]
+    if len(unit_rows):
+        lines.append(
+            f"compute: {int(unit_rows.steps.sum())} member-steps in "
+            f"{unit_rows.wall_s.sum():.1f} s of unit time"
+        )
+    if failed_keys:
+        lines.append(f"failed units ({len(failed_keys)}), retried by running the same command:")
+        for r in failures.itertuples():
+            where = f"seed {r.seed}" + ("" if r.t != r.t else f" t={int(r.t)}")
+            lines.append(f"  {where}: {r.error}")
+    problems = check_control(df) if len(df) else []
+    n_ctrl = int((df["control"] == 1).sum()) if len(df) else 0
+    if problems:
+        lines.append(f"DETERMINISM FAILURE in {len(problems)} of {n_ctrl} controls:")
+        lines += [f"  {p}" for p in problems]
+    elif n_ctrl:
+        lines.append(f"determinism check: all {n_ctrl} sigma = 0 controls exactly zero")
+    healthy = not problems and not (failed_keys and not running)
+    return "\n".join(lines), healthy
