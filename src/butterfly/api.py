@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 
 from butterfly.config import RunConfig, build_config, load_config
-from butterfly.report import barrier_vs_sigma
+from butterfly.report import build_report
 from butterfly.sweep import DeterminismError, run_sweep
 
 
@@ -40,7 +40,7 @@ def run(
     """
     cfg = resolve_config(config, overrides)
     outcome = run_sweep(cfg, Path(out), workers=workers, quiet=quiet)
-    barrier_vs_sigma(outcome.results, Path(out) / "figures" / "barrier_vs_sigma.png")
+    build_report([outcome.run_dir])
     if check and not outcome.control_ok:
         raise DeterminismError(f"the sigma = 0 control is not exactly zero in {out}")
     return outcome.results

@@ -52,6 +52,10 @@ def _parser() -> argparse.ArgumentParser:
         help="if --out holds a run with another config, start a fresh folder OUT-N instead",
     )  # fmt: skip
     r.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    rp = sub.add_parser("report", help="figures and report.html for one or more run folders")
+    rp.add_argument("run_dirs", nargs="+", help="run folders (several: compared side by side)")
+    rp.add_argument("--out", default=None, help="page to write (default RUN_DIR/report.html)")
+    rp.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     st = sub.add_parser("status", help="summarise a run folder: units done, running, failed")
     st.add_argument("run_dir", help="a run folder")
     st.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
@@ -67,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from butterfly.config import load_config
-    from butterfly.report import barrier_vs_sigma, format_table
+    from butterfly.report import build_report, format_table
     from butterfly.sweep import run_sweep
     from butterfly.sweep.runner import check_control
 
@@ -81,12 +85,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     )  # fmt: skip
     out = outcome.run_dir
     df = outcome.results
-    fig = barrier_vs_sigma(df, out / "figures" / "barrier_vs_sigma.png")
+    page = build_report([out])
     print(format_table(df))
     print()
     print(
         f"{len(df)} rows -> {out / 'results.db'} (table results), {out / 'results.csv'}; "
-        f"figure {fig}"
+        f"report {page} (figures in {out / 'figures'})"
     )
     print(
         f"wall {outcome.wall_s:.1f} s; {outcome.units_run} units run, {outcome.units_skipped} "
@@ -133,6 +137,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from butterfly.report import build_report
+
+    page = build_report([Path(r) for r in args.run_dirs], Path(args.out) if args.out else None)
+    print(f"report: {page}")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from butterfly.sweep.status import run_status
 
@@ -163,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_run(args)
         if args.command == "compare":
             return cmd_compare(args)
+        if args.command == "report":
+            return cmd_report(args)
         if args.command == "status":
             return cmd_status(args)
     except ConfigError as err:

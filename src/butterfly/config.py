@@ -149,6 +149,9 @@ class EvalConfig(_Strict):
         default_factory=lambda: [0.0, 0.2, 0.4, 0.6, 0.8, 0.9, 0.95, 1.0],
         description="random-permutation proxy: fractions of fixed points ([] = off)",
     )
+    trajectory_barriers: bool = Field(
+        True, description="also the train-loss barrier at each trajectory step (Figure 6)"
+    )
     trajectory_points: int = Field(
         20, ge=0, description="log-spaced steps at which L2 is recorded during training (0: off)"
     )

@@ -87,6 +87,15 @@ class Comparer:
         names = ("train_loss", "train_error", "test_loss", "test_error")
         return {f"barrier_{n}": barrier([p[i] for p in path], self.ws) for i, n in enumerate(names)}
 
+    def train_loss_barrier(self, a: Tensors, b: Tensors) -> float:
+        """Eq. 4 on the training loss only (cheaper; used along trajectories)."""
+        bs = self.cfg.batch_size
+        losses = [
+            evaluate(self.model, interpolate(a, b, w), self.x_train, self.y_train, bs).loss
+            for w in self.ws
+        ]
+        return barrier(losses, self.ws)
+
     @torch.no_grad()
     def features(self, params: Tensors) -> torch.Tensor:
         prefixed = {f"m.{k}": v for k, v in params.items()}

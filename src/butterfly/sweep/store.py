@@ -105,8 +105,24 @@ class Store:
             self.conn.execute(
                 "CREATE TABLE IF NOT EXISTS trajectories (seed INTEGER NOT NULL, t INTEGER NOT NULL, "
                 "member TEXT NOT NULL, kind TEXT NOT NULL, sigma REAL NOT NULL, step INTEGER NOT NULL, "
-                "l2_to_original REAL, l2_from_init REAL, UNIQUE(seed, t, member, step))"
+                "l2_to_original REAL, l2_from_init REAL, barrier_train_loss REAL, "
+                "UNIQUE(seed, t, member, step))"
             )
+
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """Upgrade a store written by an older version: add columns it lacks (as NULL)."""
+        wanted = {
+            "results": {k: v.replace(" NOT NULL", "") for k, v in RESULT_COLUMNS.items()},
+            "trajectories": {k: "REAL" for k in TRAJECTORY_COLUMNS},
+        }
+        with self.conn:
+            for table, cols in wanted.items():
+                have = {r[1] for r in self.conn.execute(f"PRAGMA table_info({table})")}
+                for name, decl in cols.items():
+                    if name not in have:
+                        self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
 
     def close(self) -> None:
         self.conn.close()

@@ -227,12 +227,18 @@ def run_unit(cfg: RunConfig, unit: Unit, run_dir: Path, reporter: Any = None) ->
 
     def record(step: int, p: Population) -> None:
         to_orig, from_init = distances(p.params, ctx.init)
+        bars: list[float | None] = [None] * p.size
+        if cfg.eval.trajectory_barriers and ctx.comparer is not None:
+            a = member(p.params, 0)
+            for i in range(1, p.size):
+                if not bool(p.diverged[i]):
+                    bars[i] = ctx.comparer.train_loss_barrier(a, member(p.params, i))
         for i, child in enumerate(unit.members):
             trajectory.append(
                 {
                     "seed": unit.seed, "t": unit.t, "member": child.name, "kind": child.kind,
                     "sigma": child.sigma, "step": step, "l2_to_original": to_orig[i],
-                    "l2_from_init": from_init[i],
+                    "l2_from_init": from_init[i], "barrier_train_loss": bars[i],
                 }
             )  # fmt: skip
 

@@ -1,0 +1,205 @@
+"""``report.html``: one self-contained page per run (or runs): figures embedded as data URIs,
+config, environment, the determinism check, a sortable results table and timings. It loads
+nothing from the network and opens from disk.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from butterfly.report.figures import FigureSpec, all_figures, children, runs_side_by_side
+from butterfly.report.summary import summary_table
+from butterfly.sweep.store import Store
+
+TABLE_COLUMNS = [
+    "seed", "kind", "t", "t_frac", "sigma", "fraction", "control", "noise_l2", "l2",
+    "barrier_train_loss", "barrier_test_error", "barrier_train_loss_wm", "fixed_point_fraction_wm",
+    "barrier_train_loss_am", "fixed_point_fraction_am", "cka", "test_acc_a", "test_acc_b",
+    "ensemble_test_acc", "diverged",
+]  # fmt: skip
+
+CSS = """
+body{font:15px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1b1b1b;background:#fafafa}
+main{max-width:1180px;margin:0 auto;padding:24px}
+h1{font-size:1.6em;margin:.2em 0}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ddd}
+figure{margin:18px 0;background:#fff;border:1px solid #e3e3e3;padding:10px;border-radius:4px}
+figure img{max-width:100%}figcaption{color:#444;font-size:.9em}
+table{border-collapse:collapse;font-size:.82em;background:#fff}
+th,td{border:1px solid #e0e0e0;padding:3px 7px;text-align:right}th{background:#f0f0f0;cursor:pointer;position:sticky;top:0}
+td.s{text-align:left}.ok{color:#0a5c2b;font-weight:600}.bad{color:#a00000;font-weight:700}
+pre{background:#fff;border:1px solid #e3e3e3;padding:10px;overflow:auto;font-size:.85em}
+.scroll{max-height:520px;overflow:auto;border:1px solid #e0e0e0}
+"""
+
+SORT_JS = """
+document.querySelectorAll('table.sortable th').forEach(function(th){
+  th.addEventListener('click', function(){
+    var table = th.closest('table'), body = table.tBodies[0];
+    var i = Array.prototype.indexOf.call(th.parentNode.children, th);
+    var asc = th.dataset.asc !== '1'; th.dataset.asc = asc ? '1' : '0';
+    var rows = Array.prototype.slice.call(body.rows);
+    rows.sort(function(a, b){
+      var x = a.cells[i].dataset.v, y = b.cells[i].dataset.v;
+      var nx = parseFloat(x), ny = parseFloat(y);
+      var c = (isNaN(nx) || isNaN(ny)) ? x.localeCompare(y) : nx - ny;
+      return asc ? c : -c;
+    });
+    rows.forEach(function(r){ body.appendChild(r); });
+  });
+});
+"""
+
+
+def _img(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
+
+
+def _fmt(v: object) -> str:
+    if v is None or (isinstance(v, float) and v != v):
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return html.escape(str(v))
+
+
+def _table(df: pd.DataFrame, sortable: bool = False, cls: str = "") -> str:
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+    rows = []
+    for rec in df.itertuples(index=False):
+        cells = []
+        for v in rec:
+            num = isinstance(v, (int, float)) and not isinstance(v, bool)
+            key = "" if v is None or (isinstance(v, float) and v != v) else str(v)
+            cells.append(
+                f'<td class="{"" if num else "s"}" data-v="{html.escape(key)}">{_fmt(v)}</td>'
+            )
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    klass = " ".join(x for x in ("sortable" if sortable else "", cls) if x)
+    return f'<table class="{klass}"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+def _control_check(df: pd.DataFrame) -> str:
+    from butterfly.sweep.runner import check_control
+
+    n = int((df["control"] == 1).sum())
+    problems = check_control(df)
+    if problems:
+        items = "".join(f"<li>{html.escape(p)}</li>" for p in problems)
+        return f'<p class="bad">DETERMINISM FAILURE in {len(problems)} of {n} controls</p><ul>{items}</ul>'
+    return (
+        f'<p class="ok">Determinism check passed: all {n} σ = 0 controls ended bit-identical to '
+        "their original (L2 = 0.0 and barrier = 0.0 exactly).</p>"
+    )
+
+
+def _summary(df: pd.DataFrame) -> str:
+    t = summary_table(df, "barrier_train_loss")
+    if t.empty:
+        return ""
+    t.columns = [f"σ = {s:.0e}" for s in t.columns]
+    t.index = [f"{k}, t = {tf:.3g} T" for k, tf in t.index]
+    t = t.reset_index().rename(columns={"index": "kind, perturbation time"})
+    return "<h2>Mean train-loss barrier over seeds</h2>" + _table(t)
+
+
+def read_run(run_dir: Path) -> dict:
+    """Everything the report needs from one run's store."""
+    with Store(Path(run_dir) / "results.db") as s:
+        return {
+            "results": s.results(),
+            "trajectories": s.trajectories(),
+            "proxy": s.permutation_proxy(),
+            "units": s.units(),
+            "config": s.get_meta("config") or {},
+            "environment": s.get_meta("environment") or {},
+        }
+
+
+def _run_section(
+    name: str, run: dict, figures: list[tuple[FigureSpec, Path]], heading: bool
+) -> str:
+    df, units, env = run["results"], run["units"], run["environment"]
+    parts = [f"<h2>Run {html.escape(name)}</h2>"] if heading else []
+    parts.append(_control_check(df))
+    kids = children(df)
+    parts.append(
+        f"<p>{len(df)} rows ({len(kids)} perturbed children, "
+        f"{int(df['diverged'].sum())} diverged), {len(units)} population units.</p>"
+    )
+    parts.append(_summary(df))
+    for spec, path in figures:
+        parts.append(
+            f"<figure>{_img(path)}<figcaption><b>{html.escape(spec.title)}.</b> "
+            f"{html.escape(spec.caption)}</figcaption></figure>"
+        )
+    cols = [c for c in TABLE_COLUMNS if c in df.columns]
+    parts.append("<h2>Results (click a column to sort)</h2>")
+    parts.append(f'<div class="scroll">{_table(df[cols], sortable=True, cls="results")}</div>')
+    parts.append("<h2>Timings</h2>")
+    if len(units):
+        total = (
+            f"{units['wall_s'].sum():.1f} s of unit time, {int(units['steps'].sum())} member-steps"
+        )
+        parts.append(f"<p>{total}</p>")
+        parts.append(_table(units[["seed", "t", "population", "steps", "wall_s"]], sortable=True))
+    parts.append("<h2>Environment</h2>")
+    parts.append(_table(pd.DataFrame({"key": list(env), "value": [str(v) for v in env.values()]})))
+    parts.append("<h2>Config</h2>")
+    parts.append(f"<pre>{html.escape(yaml.safe_dump(run['config'], sort_keys=False))}</pre>")
+    return "\n".join(parts)
+
+
+def build_report(run_dirs: list[Path], out: Path | None = None) -> Path:
+    """Write the figures (PNG and PDF) and ``report.html``; returns the page's path."""
+    run_dirs = [Path(r) for r in run_dirs]
+    if not run_dirs:
+        raise ValueError("give at least one run folder")
+    for r in run_dirs:
+        if not (r / "results.db").is_file():
+            raise FileNotFoundError(f"{r} has no results.db: is it a butterfly run folder?")
+    runs = {r.name if r.name else str(r): read_run(r) for r in run_dirs}
+    default = run_dirs[0] / "report.html" if len(run_dirs) == 1 else Path("report.html")
+    page = out or default
+    fig_dir = page.parent / "figures"
+    sections = []
+    if len(runs) > 1:
+        side = runs_side_by_side(
+            {n: r["results"] for n, r in runs.items()}, fig_dir / "runs_compared.png"
+        )
+        sections.append(
+            f"<figure>{_img(side)}<figcaption><b>Settings compared (Figures 4, 12).</b> Train-loss "
+            "barrier against σ by perturbation time, one panel per run.</figcaption></figure>"
+        )
+    for i, (name, run) in enumerate(runs.items()):
+        sub = fig_dir if len(runs) == 1 else fig_dir / f"run{i}-{name}"
+        figs = all_figures(run["results"], run["trajectories"], run["proxy"], sub)
+        sections.append(_run_section(name, run, figs, heading=len(runs) > 1))
+    title = "butterfly report: " + ", ".join(html.escape(n) for n in runs)
+    stamp = time.strftime("%Y-%m-%d %H:%M")
+    meta = json.dumps({"runs": [str(r) for r in run_dirs]})
+    doc = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'">
+<title>{title}</title><style>{CSS}</style></head>
+<body><main>
+<h1>{title}</h1>
+<p>Spawn-and-perturb experiment (Altıntaş, Kwok, Raffel, Rolnick, ICML 2025): each child was
+perturbed once at step t by σ·ε and trained with the original on identical batches to step T.
+Generated {stamp} from the run's results.db.</p>
+<script type="application/json" id="runs">{html.escape(meta)}</script>
+{"".join(sections)}
+</main><script>{SORT_JS}</script></body></html>
+"""
+    page.parent.mkdir(parents=True, exist_ok=True)
+    tmp = page.with_suffix(".html.tmp")
+    tmp.write_text(doc, encoding="utf-8")
+    tmp.replace(page)
+    return page
