@@ -173,6 +173,31 @@ def throughput(cfg: RunConfig, sizes: list[int], steps: int) -> list[tuple[str, 
     return out
 
 
+# ---- evaluation ------------------------------------------------------------------------------
+
+
+def path_evaluation(cfg: RunConfig, repeats: int) -> tuple[float, float]:
+    """Seconds per barrier (11 points, train + test) per point and as one vectorised batch."""
+    from butterfly.divergence import Comparer
+
+    data = load_dataset(cfg.data)
+    model = build_model(cfg.model, data.input_shape, data.n_classes, 0)
+    a = {k: v.detach() for k, v in model.named_parameters()}
+    b = {k: v + 0.01 * torch.randn_like(v) for k, v in a.items()}
+    out = []
+    for batched in (False, True):
+        cmp = Comparer(model, data, cfg.eval.model_copy(update={"batched_path": batched}))
+        ea, eb = cmp.endpoint(a), cmp.endpoint(b)
+        cmp.barriers(a, b, ea, eb)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            cmp.barriers(a, b, ea, eb)
+            times.append(time.perf_counter() - start)
+        out.append(statistics.median(times))
+    return out[0], out[1]
+
+
 # ---- main ----------------------------------------------------------------------------------
 
 
@@ -229,6 +254,12 @@ def main() -> int:
             f"  t = {t:5d}: naive {statistics.mean(nv):10.4g}   butterfly "
             f"{kids[kids.t == t].barrier_train_loss.mean():10.4g}"
         )
+
+    per_point, batched = path_evaluation(cfg, 5 if args.quick else 15)
+    print(
+        f"\nbarrier evaluation (11 points, train + test sets), median: per point "
+        f"{per_point * 1e3:.1f} ms, one batch {batched * 1e3:.1f} ms ({per_point / batched:.2f}x)"
+    )
 
     if not args.skip_throughput:
         print("\npopulation training throughput (samples/s, all members, 1 thread):")

@@ -147,3 +147,21 @@ def test_models_without_a_spec_are_refused_clearly() -> None:
     with pytest.raises(NoPermutationSpec, match="no permutation spec"):
         spec_for(torch.nn.Sequential(torch.nn.Linear(3, 3)))
     assert identity(spec_for(_model("mlp")[0]), _model("mlp")[2])
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn", "resnet8"])
+def test_batched_path_evaluation_matches_per_point_and_keeps_zero_exact(name: str) -> None:
+    m, shape, params = _model(name)
+    m = m.float()
+    a = {k: v.float() for k, v in params.items()}
+    b = {k: v + 0.05 * torch.randn_like(v) for k, v in a.items()}
+    data = _dataset(shape)
+    batched = Comparer(m, data, EvalConfig(batched_path=True, batch_size=256))
+    single = Comparer(m, data, EvalConfig(batched_path=False, batch_size=256))
+    ea, eb = single.endpoint(a), single.endpoint(b)
+    got, ref = batched.barriers(a, b, ea, eb), single.barriers(a, b, ea, eb)
+    for k in ref:
+        assert got[k] == pytest.approx(ref[k], abs=1e-5), k
+    same = batched.barriers(a, dict(a), ea, ea)
+    assert all(v == 0.0 for v in same.values()), same
+    assert batched.train_loss_barrier(a, dict(a)) == 0.0

@@ -237,3 +237,37 @@ def test_corrupted_checkpoint_is_named(tmp_path: Path, capsys: pytest.CaptureFix
     assert code == 1
     assert "step0000030.safetensors is corrupted or unreadable" in err
     pd.testing.assert_frame_equal(_frame(run), before)
+
+
+def test_progress_line_and_quiet_when_not_a_terminal() -> None:
+    import io
+
+    from butterfly.sweep.progress import Progress
+
+    buf = io.StringIO()  # not a terminal: nothing is drawn
+    p = Progress(4, 1, 300, 100, stream=buf)
+    p.step(0, 0, 50)
+    p.unit_done(0, 0, 100)
+    assert buf.getvalue() == ""
+    live = io.StringIO()
+    p = Progress(4, 1, 300, 100, stream=live, enabled=True)
+    p.step(0, 30, 65)
+    line = p.line()
+    assert (
+        line.startswith("units 1/4 [seed 0 t=30: 65/100]") and "elapsed" in line and "ETA" in line
+    )
+    p.unit_done(0, 30, 70)
+    assert "units 2/4" in live.getvalue()
+
+
+def test_disk_errors_read_as_one_sentence() -> None:
+    import errno
+
+    from butterfly.cli import describe
+
+    full = OSError(errno.ENOSPC, "No space left on device", "/data/run/results.db")
+    assert describe(full) == (
+        "out of disk space writing /data/run/results.db; free some space or choose another --out"
+    )
+    denied = PermissionError(errno.EACCES, "Permission denied", "/ro/run")
+    assert describe(denied) == "cannot write to /ro/run (permission denied); choose another --out"

@@ -180,3 +180,30 @@ def test_auto_mode_choice() -> None:
     assert tc.mode_for(10) == "vmap" and tc.mode_for(1) == "loop"
     with pytest.raises(ValueError, match="needs an MLP"):
         _setup("batched", MODEL_CASES["cnn"])
+
+
+def test_gradient_clipping_is_per_member_and_matches_torch() -> None:
+    from butterfly.train.recipe import clip_per_member
+
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Linear(5, 2))
+    grads = []
+    for scale in (0.01, 10.0, 100.0):  # one member under the threshold, two above
+        for p in m.parameters():
+            p.grad = scale * torch.randn_like(p)
+        grads.append({k: v.grad.clone() for k, v in m.named_parameters()})
+    stacked = {k: torch.stack([g[k] for g in grads]) for k in grads[0]}
+    clip_per_member(stacked, 1.0)
+    for i, g in enumerate(grads):
+        for k, p in m.named_parameters():
+            p.grad = g[k].clone()
+        torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
+        for k, p in m.named_parameters():
+            assert torch.allclose(stacked[k][i], p.grad, rtol=1e-6, atol=1e-8), (i, k)
+    # a clipped population keeps its control exact
+    trainer, recipe, params = _setup("batched")
+    trainer.recipe = recipe.model_copy(update={"grad_clip": 0.05})
+    pop = _population(recipe, params, 4, bump=0.5)
+    trainer.train(pop, 20)
+    for k in params:
+        assert torch.equal(pop.params[k][0], pop.params[k][1])

@@ -63,6 +63,9 @@ class RecipeConfig(_Strict):
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
     steps: int = Field(3000, ge=1, description="total training steps T")
     batch_size: int = Field(128, ge=1)
+    grad_clip: float | None = Field(
+        None, gt=0, description="clip each member's global gradient norm to this value"
+    )
 
     @field_validator("betas")
     @classmethod
@@ -138,6 +141,11 @@ class EvalConfig(_Strict):
         None, ge=1, description="evaluate train loss on at most this many examples"
     )
     batch_size: int = Field(2048, ge=1, description="examples per evaluation forward pass")
+    batched_path: bool | None = Field(
+        None,
+        description="evaluate a path's points as one vectorised batch; None = only on CUDA "
+        "(on CPU it measured 1.5x slower than point by point)",
+    )
     weight_matching: bool = Field(True, description="barrier/L2 after weight matching")
     activation_matching: bool = Field(True, description="barrier after activation matching")
     cka: bool = Field(True, description="angular CKA of the last block's outputs")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
+from torch.func import functional_call, vmap
 
 Tensors = dict[str, torch.Tensor]
 
@@ -52,3 +52,24 @@ def logits_of(
             for i in range(0, len(x), batch_size)
         ]
     )
+
+
+@torch.no_grad()
+def evaluate_stacked(
+    model: nn.Module, params: Tensors, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2048
+) -> list[Evaluation]:
+    """:func:`evaluate` for K parameter sets stacked on a leading axis, in one vectorised pass
+    per chunk of examples (K x chunk <= ``batch_size`` rows at a time)."""
+    K = next(iter(params.values())).shape[0]
+    chunk = max(1, batch_size // K)
+    forward = vmap(lambda p, xb: functional_call(model, p, (xb,)), in_dims=(0, None))
+    loss_sum = torch.zeros(K, dtype=torch.float64)
+    wrong = torch.zeros(K, dtype=torch.int64)
+    for i in range(0, len(y), chunk):
+        xb, yb = x[i : i + chunk], y[i : i + chunk]
+        logits = forward(params, xb)  # (K, B, C)
+        ce = F.cross_entropy(logits.flatten(0, 1), yb.repeat(K), reduction="none")
+        loss_sum += ce.view(K, -1).to(torch.float64).sum(1).cpu()
+        wrong += (logits.argmax(-1) != yb).sum(1).cpu()
+    n = len(y)
+    return [Evaluation(float(loss_sum[k]) / n, int(wrong[k]) / n) for k in range(K)]

@@ -29,7 +29,7 @@ from torch.func import functional_call, grad_and_value, vmap
 from butterfly.config import RecipeConfig
 from butterfly.data import BatchStream, Dataset
 from butterfly.train.batched_mlp import BatchedMLP
-from butterfly.train.recipe import OptState, Tensors, apply_update, init_state
+from butterfly.train.recipe import OptState, Tensors, apply_update, clip_per_member, init_state
 
 MODES = ("auto", "vmap", "batched", "loop")
 
@@ -170,6 +170,8 @@ class PopulationTrainer:
             x, y = self.batch(s)
             grads, losses = self.gradients(pop.params, x, y)
             pop.diverged |= ~torch.isfinite(losses.detach()).cpu()
+            if self.recipe.grad_clip is not None:
+                clip_per_member(grads, self.recipe.grad_clip)
             apply_update(self.recipe, pop.params, grads, pop.state, s)
             pop.step = s + 1
             if on_step is not None:

@@ -45,6 +45,23 @@ def init_state(cfg: RecipeConfig, params: Tensors) -> OptState:
 
 
 @torch.no_grad()
+def clip_per_member(grads: Tensors, max_norm: float) -> None:
+    """``torch.nn.utils.clip_grad_norm_`` for every member separately, in place.
+
+    The norm is taken over all of a member's gradients (leading axis = member), never across
+    members, so a member's update does not depend on the others.
+    """
+    total = None
+    for g in grads.values():
+        sq = g.flatten(1).square().sum(1)
+        total = sq if total is None else total + sq
+    assert total is not None
+    coef = (max_norm / (total.sqrt() + 1e-6)).clamp(max=1.0)
+    for g in grads.values():
+        g.mul_(coef.view(-1, *([1] * (g.dim() - 1))))
+
+
+@torch.no_grad()
 def apply_update(
     cfg: RecipeConfig, params: Tensors, grads: Tensors, state: OptState, step: int
 ) -> None:
