@@ -23,10 +23,28 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class AugmentConfig(_Strict):
+    """Step-indexed augmentations of image batches (appendix A.2); all off by default."""
+
+    flip: bool = Field(False, description="random horizontal flip")
+    crop_padding: int = Field(0, ge=0, description="random crop after zero padding by this much")
+    rotation: float = Field(0.0, ge=0, le=180, description="random rotation up to +-degrees")
+    translate: int = Field(0, ge=0, description="random translation up to +-pixels")
+    cutout: int = Field(0, ge=0, description="zero a random square of this size")
+
+    @property
+    def active(self) -> bool:
+        return bool(
+            self.flip or self.crop_padding or self.rotation or self.translate or self.cutout
+        )
+
+
 class DataConfig(_Strict):
     """Which data set to train on. ``seed`` fixes how a generated data set is drawn."""
 
-    name: Literal["mnist1d", "digits", "synthetic"] = "mnist1d"
+    name: Literal["mnist1d", "digits", "synthetic", "cifar10", "cifar100", "mnist"] = "mnist1d"
+    path: str | None = Field(None, description="folder of a file-based data set (cifar, mnist)")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
     seed: int = Field(0, ge=0, description="seed of a generated data set (mnist1d, synthetic)")
     n_train: int = Field(4000, ge=2, description="synthetic only: training examples")
     n_test: int = Field(1000, ge=1, description="synthetic only: test examples")

@@ -155,4 +155,10 @@ def load_dataset(cfg: DataConfig) -> Dataset:
         return load_digits(cfg.seed)
     if cfg.name == "synthetic":
         return make_synthetic(cfg)
+    from butterfly.data import files
+
+    if cfg.name in ("cifar10", "cifar100"):
+        return files.load_cifar(cfg.path, 10 if cfg.name == "cifar10" else 100)
+    if cfg.name == "mnist":
+        return files.load_mnist(cfg.path)
     raise DataError(f"unknown data set '{cfg.name}'")  # unreachable after validation

@@ -108,10 +108,13 @@ class SweepFailed(RuntimeError):
 
 def preflight(cfg: RunConfig) -> None:
     """Checks that need the data set, done before anything is written or trained."""
-    from butterfly.data import load_dataset
+    from butterfly.data import DataError, load_dataset
     from butterfly.models import build_model
 
-    data = load_dataset(cfg.data)
+    try:
+        data = load_dataset(cfg.data)
+    except DataError as err:
+        raise ConfigError(str(err)) from None
     n = len(data.y_train)
     if cfg.recipe.batch_size > n:
         raise ConfigError(

@@ -95,7 +95,7 @@ def make_context(cfg: RunConfig, seed: int) -> Context:
     model = build_model(cfg.model, data.input_shape, data.n_classes, seed).to(device)
     init = {k: v.detach().clone() for k, v in model.named_parameters()}
     stream = BatchStream(len(data.y_train), cfg.recipe.batch_size, seed)
-    trainer = PopulationTrainer(model, data, stream, cfg.recipe, cfg.runtime.mode)
+    trainer = PopulationTrainer(model, data, stream, cfg.recipe, cfg.runtime.mode, cfg.data.augment)
     return Context(
         cfg,
         seed,

@@ -26,8 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
-from butterfly.config import RecipeConfig
+from butterfly.config import AugmentConfig, RecipeConfig
 from butterfly.data import BatchStream, Dataset
+from butterfly.data.augment import augment
 from butterfly.train.batched_mlp import BatchedMLP
 from butterfly.train.recipe import OptState, Tensors, apply_update, clip_per_member, init_state
 
@@ -106,11 +107,13 @@ class PopulationTrainer:
         stream: BatchStream,
         recipe: RecipeConfig,
         mode: str = "auto",
+        augment: AugmentConfig | None = None,
     ):
         self.model = model
         self.data = data
         self.stream = stream
         self.recipe = recipe
+        self.augment = augment
         self.loss = cross_entropy_loss(model)
         self._single = grad_and_value(self.loss)
         self._vmapped = vmap(self._single, in_dims=(0, None, None), randomness="same")
@@ -146,8 +149,12 @@ class PopulationTrainer:
         return stack([g for g, _ in out]), torch.stack([loss for _, loss in out])
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch ``step`` (and its augmentation): a pure function of (seed, step)."""
         idx = self.stream.indices(step).to(self.data.x_train.device)
-        return self.data.x_train[idx], self.data.y_train[idx]
+        x = self.data.x_train[idx]
+        if self.augment is not None and self.augment.active:
+            x = augment(x.cpu(), self.augment, self.stream.seed, step).to(x.device)
+        return x, self.data.y_train[idx]
 
     def train(
         self,

@@ -1,0 +1,134 @@
+"""Loaders for real data sets from local files in their published formats (nothing downloads).
+
+* CIFAR-10 / CIFAR-100: the "python version" folders (``cifar-10-batches-py`` with
+  ``data_batch_1..5`` and ``test_batch``; ``cifar-100-python`` with ``train`` and ``test``),
+  pickled dicts of ``uint8`` rows of 3072 values (R, G, B planes of 32x32).
+* MNIST: the IDX files ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
+  ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte`` (optionally ``.gz``).
+
+Images are scaled to [0, 1] and standardised per channel with training-set statistics.
+"""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from butterfly.data.sources import DataError, Dataset
+
+
+def _standardise(x_train: torch.Tensor, x_test: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    dims = [0, *range(2, x_train.dim())]
+    mean = x_train.mean(dim=dims, keepdim=True)
+    std = x_train.std(dim=dims, keepdim=True).clamp_min(1e-6)
+    return ((x_train - mean) / std).contiguous(), ((x_test - mean) / std).contiguous()
+
+
+def _folder(path: str | Path | None, name: str, hint: str) -> Path:
+    if path is None:
+        raise DataError(f"data.path is required for {name}: {hint}")
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        raise DataError(f"{name} folder {p} does not exist: {hint}")
+    return p
+
+
+def _unpickle(path: Path) -> dict:
+    if not path.is_file():
+        raise DataError(f"{path} is missing: is this the python version of the data set?")
+    try:
+        with open(path, "rb") as fh:
+            return pickle.load(fh, encoding="bytes")
+    except (pickle.UnpicklingError, EOFError, ValueError) as err:
+        raise DataError(f"{path} is not a readable CIFAR pickle ({err})") from None
+
+
+def _cifar_arrays(d: dict, label_key: bytes) -> tuple[torch.Tensor, torch.Tensor]:
+    data = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+    labels = np.asarray(d[label_key], dtype=np.int64)
+    return torch.from_numpy(data.astype(np.float32) / 255.0), torch.from_numpy(labels)
+
+
+def load_cifar(path: str | Path | None, classes: int = 10) -> Dataset:
+    """CIFAR-10 (``classes = 10``) or CIFAR-100 (``classes = 100``, fine labels)."""
+    name = f"cifar{classes}"
+    hint = (
+        f"download cifar-{classes}-python.tar.gz once, extract it and set data.path to the "
+        f"folder holding {'data_batch_1' if classes == 10 else 'train'}"
+    )
+    root = _folder(path, name, hint)
+    if classes == 10:
+        parts = [_cifar_arrays(_unpickle(root / f"data_batch_{i}"), b"labels") for i in range(1, 6)]
+        x_tr = torch.cat([p[0] for p in parts])
+        y_tr = torch.cat([p[1] for p in parts])
+        x_te, y_te = _cifar_arrays(_unpickle(root / "test_batch"), b"labels")
+    else:
+        x_tr, y_tr = _cifar_arrays(_unpickle(root / "train"), b"fine_labels")
+        x_te, y_te = _cifar_arrays(_unpickle(root / "test"), b"fine_labels")
+    x_tr, x_te = _standardise(x_tr, x_te)
+    return Dataset(name, x_tr, y_tr, x_te, y_te, classes)
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (the MNIST format): big-endian magic, dimension sizes, then the data."""
+    candidates = [path, path.with_name(path.name + ".gz")]
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is None:
+        raise DataError(f"{path} (or {path.name}.gz) is missing from the MNIST folder")
+    opener = gzip.open if found.suffix == ".gz" else open
+    with opener(found, "rb") as fh:
+        raw = fh.read()
+    if len(raw) < 4:
+        raise DataError(f"{found} is not an IDX file (too short)")
+    zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
+    if zero != 0 or dtype_code != 0x08:
+        raise DataError(f"{found} is not an unsigned-byte IDX file (magic {raw[:4].hex()})")
+    shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(shape)):
+        raise DataError(f"{found} holds {data.size} values, its header says {shape}")
+    return data.reshape(shape)
+
+
+def load_mnist(path: str | Path | None) -> Dataset:
+    root = _folder(
+        path, "MNIST",
+        "download the four IDX files (train/t10k images and labels) once and set data.path",
+    )  # fmt: skip
+
+    def images(name: str) -> torch.Tensor:
+        return torch.from_numpy(read_idx(root / name).astype(np.float32) / 255.0).unsqueeze(1)
+
+    def labels(name: str) -> torch.Tensor:
+        return torch.from_numpy(read_idx(root / name).astype(np.int64))
+
+    x_tr, x_te = _standardise(images("train-images-idx3-ubyte"), images("t10k-images-idx3-ubyte"))
+    y_tr, y_te = labels("train-labels-idx1-ubyte"), labels("t10k-labels-idx1-ubyte")
+    if len(x_tr) != len(y_tr) or len(x_te) != len(y_te):
+        raise DataError(f"MNIST files in {root} disagree on the number of examples")
+    return Dataset("mnist", x_tr, y_tr, x_te, y_te, 10)
+
+
+def from_tensors(
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    x_test: torch.Tensor,
+    y_test: torch.Tensor,
+    name: str = "tensors",
+) -> Dataset:
+    """A data set from tensors passed in from Python (inputs channel-first, integer labels)."""
+    if x_train.dim() < 2 or len(x_train) != len(y_train) or len(x_test) != len(y_test):
+        raise DataError("x and y must have the same number of examples, x at least 2-D")
+    if x_train.shape[1:] != x_test.shape[1:]:
+        raise DataError(f"train inputs {tuple(x_train.shape[1:])} and test inputs differ in shape")
+    x_tr = x_train.float().unsqueeze(1) if x_train.dim() == 2 else x_train.float()
+    x_te = x_test.float().unsqueeze(1) if x_test.dim() == 2 else x_test.float()
+    n_classes = int(max(y_train.max(), y_test.max())) + 1
+    return Dataset(
+        name, x_tr.contiguous(), y_train.long(), x_te.contiguous(), y_test.long(), n_classes
+    )
