@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test test-all lint install clean
+.PHONY: run test test-slow test-all lint install clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m pytest -q
+
+## Only the slow tests (every preset's cpu scale, the warm-up finding); CI runs these too.
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
 
 ## Everything, slow end-to-end tests included.
 test-all: $(STAMP)

@@ -40,6 +40,10 @@ def _parser() -> argparse.ArgumentParser:
         help="override a config value, e.g. --set recipe.lr=0.05 --set 'seeds=[0,1]'",
     )
     r.add_argument("--out", default=None, help="run folder (default: runs/<name>)")
+    r.add_argument(
+        "--scale", default="cpu", choices=["cpu", "full"],
+        help="for a preset: cpu (minutes here) or full (the paper's setting)",
+    )  # fmt: skip
     r.add_argument("--workers", type=int, default=None, help="worker processes (default: cores)")
     r.add_argument("--quiet", action="store_true", help="print only the final table")
     r.add_argument(
@@ -52,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
         help="if --out holds a run with another config, start a fresh folder OUT-N instead",
     )  # fmt: skip
     r.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    pr = sub.add_parser("presets", help="list the ready-to-run presets of the paper's experiments")
+    pr.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     rp = sub.add_parser("report", help="figures and report.html for one or more run folders")
     rp.add_argument("run_dirs", nargs="+", help="run folders (several: compared side by side)")
     rp.add_argument("--out", default=None, help="page to write (default RUN_DIR/report.html)")
@@ -75,7 +81,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from butterfly.sweep import run_sweep
     from butterfly.sweep.runner import check_control
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides, args.scale)
     if args.workers is not None and args.workers < 0:
         raise ConfigError("--workers must be >= 0 (0 = one per core)")
     out = Path(args.out) if args.out else Path("runs") / cfg.name
@@ -137,6 +143,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_presets(args: argparse.Namespace) -> int:
+    from butterfly.config import list_presets
+
+    for name, doc in list_presets():
+        print(f"{name}")
+        print(f"    {doc.get('description', '')}")
+        for scale in ("cpu", "full"):
+            if scale in doc:
+                d = doc[scale]
+                print(
+                    f"    {scale:4s}: {d.get('expected_runtime', '?')}; data: {d.get('data', '?')}"
+                )
+    print("\nrun one with: butterfly run presets/NAME.yaml [--scale cpu|full]")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from butterfly.report import build_report
 
@@ -175,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_run(args)
         if args.command == "compare":
             return cmd_compare(args)
+        if args.command == "presets":
+            return cmd_presets(args)
         if args.command == "report":
             return cmd_report(args)
         if args.command == "status":

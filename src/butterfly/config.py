@@ -322,11 +322,37 @@ def build_config(
         raise ConfigError(_format_error(err)) from None
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Read a YAML config (or none: the default sweep) and apply ``--set`` overrides."""
+PRESET_DIR = Path(__file__).parent / "presets"
+SCALES = ("cpu", "full")
+
+
+def list_presets() -> list[tuple[str, dict[str, Any]]]:
+    """(name, preset document) of every packaged preset, sorted by name."""
+    return [(p.stem, yaml.safe_load(p.read_text())) for p in sorted(PRESET_DIR.glob("*.yaml"))]
+
+
+def resolve_path(path: str | Path) -> Path:
+    """A config path as given, or a packaged preset by name (``NAME``, ``presets/NAME.yaml``)."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    packaged = PRESET_DIR / (p.stem + ".yaml")
+    if p.suffix in ("", ".yaml") and packaged.is_file():
+        return packaged
+    return p
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, scale: str = "cpu"
+) -> RunConfig:
+    """Read a YAML config or preset (or none: the default sweep) and apply ``--set`` overrides.
+
+    A preset holds one config per scale (``cpu``: minutes on a laptop; ``full``: the paper's
+    setting); ``scale`` picks one.
+    """
     raw: dict[str, Any] = {}
     if path is not None:
-        p = Path(path)
+        p = resolve_path(path)
         if not p.is_file():
             raise ConfigError(f"config file '{p}' does not exist")
         try:
@@ -340,5 +366,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             loaded = {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file '{p}' must hold a mapping of keys to values")
+        if any(k in loaded for k in SCALES) and "description" in loaded:
+            if scale not in SCALES:
+                raise ConfigError(f"--scale must be one of {', '.join(SCALES)}; got '{scale}'")
+            if scale not in loaded:
+                raise ConfigError(f"preset '{p.stem}' has no '{scale}' scale")
+            loaded = loaded[scale].get("config", {})
         raw = loaded
     return build_config(raw, overrides)

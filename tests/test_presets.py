@@ -1,0 +1,52 @@
+"""Issue 6 (part): the paper's Table 1 settings as presets, at CPU and full scale."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from butterfly.cli import main
+from butterfly.config import ConfigError, list_presets, load_config
+from butterfly.report.summary import summary_table
+from butterfly.sweep import run_sweep
+
+NAMES = [name for name, _ in list_presets()]
+
+
+def test_presets_are_listed_and_valid_at_both_scales(capsys: pytest.CaptureFixture[str]) -> None:
+    assert len(NAMES) >= 8 and "table1-standard" in NAMES and "table1-warmup10x" in NAMES
+    for name, doc in list_presets():
+        cpu = load_config(f"presets/{name}.yaml", scale="cpu")
+        full = load_config(name, scale="full")
+        assert doc["full"]["expected_runtime"] and doc["full"]["data"]
+        assert full.data.name == "cifar10" and full.model.name == "resnet"
+        assert cpu.data.name in ("mnist1d", "digits", "synthetic")
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    assert all(n in out for n in NAMES)
+    with pytest.raises(ConfigError, match="scale"):
+        load_config("table1-standard", scale="huge")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_every_cpu_preset_runs_end_to_end(name: str, tmp_path: Path) -> None:
+    out = run_sweep(load_config(name), tmp_path / name, quiet=True)
+    assert out.control_ok and len(out.results) > 0
+    assert (out.results[out.results.control == 0].diverged == 0).all()
+
+
+@pytest.mark.slow
+def test_warmup_lowers_early_barriers_at_cpu_scale(tmp_path: Path) -> None:
+    """Paper section 4.3: 10x warm-up gives lower barriers at t = 0 than the standard setting."""
+    tables = {}
+    for name in ("table1-standard", "table1-warmup10x"):
+        df = run_sweep(load_config(name), tmp_path / name, quiet=True).results
+        tables[name] = summary_table(df).xs(0.0, level="t_frac")
+    std, warm = tables["table1-standard"], tables["table1-warmup10x"]
+    print("\nmean train-loss barrier at t = 0 (rows: kind; columns: sigma)")
+    print("standard:\n", std.to_string(float_format=lambda v: f"{v:.3g}"))
+    print("10x warm-up:\n", warm.to_string(float_format=lambda v: f"{v:.3g}"))
+    assert float(warm.to_numpy().mean()) < float(std.to_numpy().mean())
+    assert (warm.to_numpy() < std.to_numpy()).mean() >= 0.75
