@@ -30,7 +30,7 @@ from butterfly.data import Dataset
 from butterfly.metrics import alphas, barrier, evaluate, interpolate, l2_distance
 from butterfly.metrics.cka import angular_cka
 from butterfly.metrics.ensemble import ensemble_accuracy
-from butterfly.metrics.evaluate import evaluate_stacked
+from butterfly.metrics.evaluate import Evaluation, evaluate_stacked
 from butterfly.rng import generator
 
 Tensors = dict[str, torch.Tensor]
@@ -82,35 +82,43 @@ class Comparer:
         te = evaluate(self.model, params, self.data.x_test, self.data.y_test, bs)
         return tr.loss, tr.error, te.loss, te.error
 
-    def barriers(self, a: Tensors, b: Tensors, ea: Endpoint, eb: Endpoint) -> dict[str, float]:
-        """Eq. 4 on the linear path from a to b for the four loss/error x train/test curves."""
-        if self._fits(a):
-            # the whole path, endpoints included, in one vectorised pass per data set
-            points = [interpolate(a, b, w) for w in self.ws]
-            stacked = {k: torch.stack([p[k] for p in points]) for k in a}
-            bs = self.cfg.batch_size
-            tr = evaluate_stacked(self.model, stacked, self.x_train, self.y_train, bs)
-            te = evaluate_stacked(self.model, stacked, self.data.x_test, self.data.y_test, bs)
-            path = [(r.loss, r.error, e.loss, e.error) for r, e in zip(tr, te, strict=True)]
-        else:
-            path = [ea] + [self.endpoint(interpolate(a, b, w)) for w in self.ws[1:-1]] + [eb]
-        names = ("train_loss", "train_error", "test_loss", "test_error")
-        return {f"barrier_{n}": barrier([p[i] for p in path], self.ws) for i, n in enumerate(names)}
-
-    def train_loss_barrier(self, a: Tensors, b: Tensors) -> float:
-        """Eq. 4 on the training loss only (cheaper; used along trajectories)."""
+    def _path(
+        self,
+        a: Tensors,
+        b: Tensors,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        ends: tuple[Evaluation, Evaluation] | None = None,
+    ) -> list[Evaluation]:
+        """Loss and error at every alpha on the path from a to b, on one data set: one
+        vectorised pass when :meth:`_fits`, else point by point (reusing known ``ends``)."""
         bs = self.cfg.batch_size
         if self._fits(a):
             points = [interpolate(a, b, w) for w in self.ws]
             stacked = {k: torch.stack([p[k] for p in points]) for k in a}
-            evals = evaluate_stacked(self.model, stacked, self.x_train, self.y_train, bs)
-            losses = [e.loss for e in evals]
-        else:
-            losses = [
-                evaluate(self.model, interpolate(a, b, w), self.x_train, self.y_train, bs).loss
-                for w in self.ws
-            ]
-        return barrier(losses, self.ws)
+            return evaluate_stacked(self.model, stacked, x, y, bs)
+        inner = [evaluate(self.model, interpolate(a, b, w), x, y, bs) for w in self.ws[1:-1]]
+        if ends is None:
+            ends = (evaluate(self.model, a, x, y, bs), evaluate(self.model, b, x, y, bs))
+        return [ends[0], *inner, ends[1]]
+
+    def barriers(self, a: Tensors, b: Tensors, ea: Endpoint, eb: Endpoint) -> dict[str, float]:
+        """Eq. 4 on the linear path from a to b for the four loss/error x train/test curves."""
+        tr = self._path(a, b, self.x_train, self.y_train,
+                        (Evaluation(ea[0], ea[1]), Evaluation(eb[0], eb[1])))  # fmt: skip
+        te = self._path(a, b, self.data.x_test, self.data.y_test,
+                        (Evaluation(ea[2], ea[3]), Evaluation(eb[2], eb[3])))  # fmt: skip
+        curves = {
+            "train_loss": [e.loss for e in tr],
+            "train_error": [e.error for e in tr],
+            "test_loss": [e.loss for e in te],
+            "test_error": [e.error for e in te],
+        }
+        return {f"barrier_{n}": barrier(v, self.ws) for n, v in curves.items()}
+
+    def train_loss_barrier(self, a: Tensors, b: Tensors) -> float:
+        """Eq. 4 on the training loss only (cheaper; used along trajectories)."""
+        return barrier([e.loss for e in self._path(a, b, self.x_train, self.y_train)], self.ws)
 
     def _fits(self, params: Tensors) -> bool:
         """Whether to evaluate the path as one batch: asked for (or, by default, on CUDA, where
