@@ -15,13 +15,26 @@ NAMES = [name for name, _ in list_presets()]
 
 
 def test_presets_are_listed_and_valid_at_both_scales(capsys: pytest.CaptureFixture[str]) -> None:
-    assert len(NAMES) >= 8 and "table1-standard" in NAMES and "table1-warmup10x" in NAMES
+    expected = {
+        "table1-standard", "table1-warmup10x", "table1-adamw", "table1-batch512", "table1-sgd-wd",
+        "table1-perturb-norm", "table1-resnet8", "table1-resnet8-warmup10x", "fig11-fraction",
+        "fig9-biases-norm", "fig10-spawning", "workshop-longer", "workshop-lr-rewind",
+        "finetune-cifar100-to-cifar10", "finetune-cifar10-to-cifar100", "finetune-minilm",
+    }  # fmt: skip
+    assert expected <= set(NAMES)
     for name, doc in list_presets():
         cpu = load_config(f"presets/{name}.yaml", scale="cpu")
         full = load_config(name, scale="full")
+        assert doc["description"] and doc["cpu"]["expected_runtime"]
         assert doc["full"]["expected_runtime"] and doc["full"]["data"]
-        assert full.data.name == "cifar10" and full.model.name == "resnet"
-        assert cpu.data.name in ("mnist1d", "digits", "synthetic")
+        # full scale: the paper's data and models; cpu scale: data that ships offline
+        assert full.data.name in ("cifar10", "cifar100", "glue")
+        assert full.model.name in ("resnet", "resnet50", "hf")
+        assert full.runtime.device == "cuda"
+        assert cpu.data.name in ("mnist1d", "digits", "synthetic", "sentiment")
+        assert cpu.runtime.device == "cpu"
+        if full.pretrain is not None:
+            assert cpu.pretrain is not None and 0 in cpu.pretrain.checkpoints
     assert main(["presets"]) == 0
     out = capsys.readouterr().out
     assert all(n in out for n in NAMES)

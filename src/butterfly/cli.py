@@ -92,10 +92,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = outcome.run_dir
     df = outcome.results
     page = build_report([out])
-    print(format_table(df))
+    if "pretrain_steps" in df.columns:
+        from butterfly.sweep.finetune import finetune_table
+
+        print("mean train-loss barrier by pre-training steps (0 = random init), kind, t/T:")
+        print(finetune_table(df).to_string(float_format=lambda v: f"{v:.4g}"))
+    else:
+        print(format_table(df))
     print()
+    where = "results.db of each from-step* folder" if "pretrain_steps" in df else "results.db"
     print(
-        f"{len(df)} rows -> {out / 'results.db'} (table results), {out / 'results.csv'}; "
+        f"{len(df)} rows -> {out} ({where}, table results), {out / 'results.csv'}; "
         f"report {page} (figures in {out / 'figures'})"
     )
     print(

@@ -36,7 +36,7 @@ def compare_checkpoints(
         raise CheckpointError(f"{a} and {b} have different parameter names")
     data_cfg = data or DataConfig.model_validate(meta_a.get("data", {}))
     ev = eval_cfg or EvalConfig.model_validate(meta_a.get("eval", {}))
-    dataset = load_dataset(data_cfg)
+    dataset = load_dataset(data_cfg, data_cfg.tokenizer or spec_a.get("path"))
     if list(dataset.input_shape) != list(spec_a["input_shape"]):
         raise CheckpointError(
             f"data set '{data_cfg.name}' has inputs of shape {dataset.input_shape}, the model "

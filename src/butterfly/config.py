@@ -42,8 +42,22 @@ class AugmentConfig(_Strict):
 class DataConfig(_Strict):
     """Which data set to train on. ``seed`` fixes how a generated data set is drawn."""
 
-    name: Literal["mnist1d", "digits", "synthetic", "cifar10", "cifar100", "mnist"] = "mnist1d"
-    path: str | None = Field(None, description="folder of a file-based data set (cifar, mnist)")
+    name: Literal[
+        "mnist1d", "digits", "synthetic", "cifar10", "cifar100", "mnist", "glue", "sentiment"
+    ] = "mnist1d"
+    path: str | None = Field(
+        None, description="folder of a file-based data set (cifar, mnist, glue)"
+    )
+    classes: list[int] | None = Field(
+        None, description="keep only these classes, relabelled 0..k-1 in this order (task splits)"
+    )
+    tokenizer: str | None = Field(
+        None, description="text only: tokenizer folder or alias (default: the hf model's path)"
+    )
+    max_length: int = Field(
+        64, ge=2, description="text only: tokens per example (padded/truncated)"
+    )
+    max_train: int | None = Field(None, ge=2, description="use at most this many train examples")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     seed: int = Field(0, ge=0, description="seed of a generated data set (mnist1d, synthetic)")
     n_train: int = Field(4000, ge=2, description="synthetic only: training examples")
@@ -51,19 +65,53 @@ class DataConfig(_Strict):
     n_features: int = Field(20, ge=1, description="synthetic only: input dimension")
     n_classes: int = Field(10, ge=2, description="synthetic only: number of classes")
 
+    @property
+    def text(self) -> bool:
+        return self.name in ("glue", "sentiment")
+
+    @field_validator("classes")
+    @classmethod
+    def _classes(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (len(v) < 2 or len(set(v)) != len(v) or min(v) < 0):
+            raise ValueError(f"data.classes needs at least 2 distinct class indices >= 0; got {v}")
+        return v
+
 
 class ModelConfig(_Strict):
-    """Architecture. ``width`` is the hidden width (MLP) or base channel count (CNN, ResNet)."""
+    """Architecture. ``width`` is the hidden width (MLP, ViT) or base channel count (CNN,
+    ResNet, ResNet-50); ``hf`` loads a Hugging Face classifier from ``path``."""
 
-    name: Literal["mlp", "cnn", "resnet"] = "mlp"
+    name: Literal["mlp", "cnn", "resnet", "resnet50", "vit", "hf"] = "mlp"
     width: int = Field(64, ge=1)
-    depth: int = Field(2, ge=1, description="hidden layers (mlp), conv layers (cnn), 6n+2 (resnet)")
+    depth: int = Field(
+        2, ge=1, description="hidden layers (mlp), conv layers (cnn), 6n+2 (resnet), blocks (vit)"
+    )
+    patch: int = Field(4, ge=1, description="vit only: patch size")
+    heads: int = Field(3, ge=1, description="vit only: attention heads")
+    dropout: float = Field(0.0, ge=0, lt=1, description="vit only: dropout rate")
+    path: str | None = Field(
+        None, description="hf only: local model folder, cached hub id, or 'minilm' (bundled)"
+    )
+    init_from: str | None = Field(
+        None,
+        description="start from this butterfly checkpoint ('{seed}' is replaced by the seed); "
+        "the head is re-initialised",
+    )
 
     @model_validator(mode="after")
-    def _resnet_depth(self) -> ModelConfig:
+    def _checks(self) -> ModelConfig:
         if self.name == "resnet" and (self.depth < 8 or (self.depth - 2) % 6 != 0):
             raise ValueError(
                 f"model.depth must be 6n+2 (8, 14, 20, 32, ...) for a ResNet; got {self.depth}"
+            )
+        if self.name == "hf" and not self.path:
+            raise ValueError(
+                "model.path is required for model.name = hf: a saved model folder, a model id "
+                "in the Hugging Face cache, or 'minilm'"
+            )
+        if self.name == "vit" and self.width % self.heads:
+            raise ValueError(
+                f"model.width = {self.width} must be divisible by model.heads = {self.heads}"
             )
         return self
 
@@ -93,8 +141,8 @@ class RecipeConfig(_Strict):
         return v
 
 
-Kind = Literal["batch", "gaussian"]
-Mask = Literal["weights", "weights+biases", "norm", "biases", "all"]
+Kind = Literal["batch", "gaussian", "spawn"]
+Mask = Literal["weights", "weights+biases", "norm", "biases", "biases+norm", "all"]
 
 
 class PerturbConfig(_Strict):
@@ -114,6 +162,19 @@ class PerturbConfig(_Strict):
     normalize: bool = Field(True, description="scale the masked direction by Eq. 6")
     directions: int = Field(1, ge=1, description="independent directions per (kind, sigma)")
     batch_size: int | None = Field(None, ge=1, description="batch perturbation batch size")
+    scale: Literal["init", "sgd_noise"] = Field(
+        "init",
+        description="what sigma = 1 means: the init scale of Eq. 6, or the expected distance "
+        "between two copies after one SGD step on independent batches at t (Figure 10 right)",
+    )
+    noise_pairs: int = Field(8, ge=1, description="sgd_noise: batch pairs averaged")
+    child_steps: Literal["to_T", "T_after_t"] = Field(
+        "to_T",
+        description="children train to T (ICML), or T more steps after t (workshop, appendix A)",
+    )
+    lr_rewind: bool = Field(
+        False, description="restart children's LR schedule at t (workshop appendix D)"
+    )
 
     @field_validator("times")
     @classmethod
@@ -195,6 +256,32 @@ class RuntimeConfig(_Strict):
     checkpoints: bool = Field(True, description="save final weights of every member")
 
 
+class PretrainConfig(_Strict):
+    """Fine-tuning experiments (paper section 4.4): pre-train on ``data`` with ``recipe`` and
+    fine-tune the sweep's task from the weights after each of ``checkpoints`` steps (0 = from
+    random initialisation, the baseline)."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    recipe: RecipeConfig = Field(default_factory=RecipeConfig)
+    checkpoints: list[int] = Field(
+        default_factory=lambda: [0], description="pre-training steps to fine-tune from"
+    )
+
+    @model_validator(mode="after")
+    def _checkpoints(self) -> PretrainConfig:
+        if not self.checkpoints:
+            raise ValueError("pretrain.checkpoints is empty: give the steps to fine-tune from")
+        for c in self.checkpoints:
+            if not 0 <= c <= self.recipe.steps:
+                raise ValueError(
+                    f"pretrain.checkpoints contains {c}; each must lie in [0, pretrain.recipe.steps"
+                    f" = {self.recipe.steps}]"
+                )
+        if len(set(self.checkpoints)) != len(self.checkpoints):
+            raise ValueError(f"pretrain.checkpoints has duplicates: {self.checkpoints}")
+        return self
+
+
 class RunConfig(_Strict):
     """A whole sweep. ``seeds`` repeat the experiment: each seed fixes init, batches and noise."""
 
@@ -206,6 +293,9 @@ class RunConfig(_Strict):
     perturb: PerturbConfig = Field(default_factory=PerturbConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    pretrain: PretrainConfig | None = Field(
+        None, description="pre-train first and fine-tune from several checkpoints (section 4.4)"
+    )
 
     @model_validator(mode="after")
     def _grid(self) -> RunConfig:
@@ -219,7 +309,13 @@ class RunConfig(_Strict):
         if not p.sigmas:
             raise ValueError("perturb.sigmas is empty: give at least one perturbation size")
         if not p.kinds:
-            raise ValueError("perturb.kinds is empty: choose from batch, gaussian")
+            raise ValueError("perturb.kinds is empty: choose from batch, gaussian, spawn")
+        if self.data.augment.active and self.data.text:
+            raise ValueError(f"data.augment is for images; data.name = {self.data.name} is text")
+        if self.data.text and self.model.name != "hf":
+            raise ValueError(
+                f"data.name = {self.data.name} is text (token ids): it needs model.name = hf"
+            )
         if not p.fractions:
             raise ValueError("perturb.fractions is empty: use [1.0] to perturb every masked weight")
         if self.runtime.mode == "batched" and self.model.name != "mlp":
@@ -236,6 +332,17 @@ class RunConfig(_Strict):
         return self
 
     # ---- derived quantities -------------------------------------------------------------
+    def tokenizer_path(self) -> str | None:
+        """The tokenizer of a text data set: data.tokenizer, else the hf model's path."""
+        if not self.data.text:
+            return None
+        return self.data.tokenizer or self.model.path
+
+    def child_end(self, t: int) -> int:
+        """The step at which perturbed children perturbed at ``t`` stop training."""
+        T = self.recipe.steps
+        return t + T if self.perturb.child_steps == "T_after_t" else T
+
     def perturbation_steps(self) -> list[int]:
         """All perturbation times t in steps, sorted and unique."""
         T = self.recipe.steps
@@ -259,7 +366,7 @@ def _format_error(err: ValidationError) -> str:
         return f"unknown config key '{field}': check its spelling (see README, 'Configuration')"
     if e["type"] == "literal_error":
         return f"config field '{field}': {msg}, got {e.get('input')!r}"
-    if msg.startswith(("seeds", "perturb.", "model.", "recipe.", "runtime.")):
+    if msg.startswith(("seeds", "perturb.", "model.", "recipe.", "runtime.", "data.", "pretrain.")):
         return msg
     return f"config field '{field}': {msg} (got {e.get('input')!r})"
 

@@ -33,6 +33,7 @@ MASK_KINDS: dict[str, tuple[str, ...]] = {
     "weights+biases": ("weight", "bias"),
     "biases": ("bias",),
     "norm": ("norm",),
+    "biases+norm": ("bias", "norm"),
     "all": ("weight", "bias", "norm"),
 }
 

@@ -101,17 +101,21 @@ def resnet_spec(model: ResNet) -> PermutationSpec:
 
 
 def spec_for(model: nn.Module) -> PermutationSpec:
-    """The hand-written spec of a built-in model."""
+    """The hand-written spec of a built-in model, else one derived from its traced graph."""
     if type(model) is MLP:
         return mlp_spec(model)
     if type(model) is CNN:
         return cnn_spec(model)
     if type(model) is ResNet:
         return resnet_spec(model)
-    raise NoPermutationSpec(
-        f"{type(model).__name__} has no permutation spec; write one next to the model "
-        "(see butterfly.align.spec) or switch off eval.weight_matching/activation_matching"
-    )
+    try:
+        return derive_spec(model)
+    except (NoPermutationSpec, torch.fx.proxy.TraceError) as err:
+        raise NoPermutationSpec(
+            f"{type(model).__name__} has no permutation spec ({err}); write one (see "
+            "butterfly.align.spec) or set eval.weight_matching, eval.activation_matching to "
+            "false and eval.proxy_fractions to []"
+        ) from None
 
 
 # ---- derivation from the traced graph --------------------------------------------------------

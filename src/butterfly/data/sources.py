@@ -147,14 +147,51 @@ def make_synthetic(cfg: DataConfig) -> Dataset:
     )
 
 
-def load_dataset(cfg: DataConfig) -> Dataset:
-    """Build the data set a config names."""
+def load_dataset(cfg: DataConfig, tokenizer: str | None = None) -> Dataset:
+    """Build the data set a config names (``tokenizer``: for text data sets), then keep only
+    ``cfg.classes`` (relabelled 0..k-1 in the order given) and the first ``cfg.max_train``
+    training examples."""
+    data = _load(cfg, tokenizer)
+    if cfg.classes is not None:
+        data = select_classes(data, cfg.classes)
+    if cfg.max_train is not None and cfg.max_train < len(data.y_train):
+        n = cfg.max_train
+        data = Dataset(data.name, data.x_train[:n], data.y_train[:n], data.x_test, data.y_test,
+                       data.n_classes)  # fmt: skip
+    return data
+
+
+def select_classes(data: Dataset, classes: list[int]) -> Dataset:
+    """The examples of ``classes`` only, relabelled ``classes[i] -> i`` (e.g. a task split)."""
+    bad = [c for c in classes if c >= data.n_classes]
+    if bad:
+        raise DataError(
+            f"data.classes {bad} do not exist: '{data.name}' has classes 0..{data.n_classes - 1}"
+        )
+    lut = torch.full((data.n_classes,), -1, dtype=torch.int64)
+    lut[torch.tensor(classes)] = torch.arange(len(classes))
+
+    def pick(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        new = lut[y]
+        keep = new >= 0
+        return x[keep].contiguous(), new[keep]
+
+    xtr, ytr = pick(data.x_train, data.y_train)
+    xte, yte = pick(data.x_test, data.y_test)
+    return Dataset(f"{data.name}[{','.join(map(str, classes))}]", xtr, ytr, xte, yte, len(classes))
+
+
+def _load(cfg: DataConfig, tokenizer: str | None) -> Dataset:
     if cfg.name == "mnist1d":
         return load_mnist1d(cfg.seed)
     if cfg.name == "digits":
         return load_digits(cfg.seed)
     if cfg.name == "synthetic":
         return make_synthetic(cfg)
+    if cfg.name in ("glue", "sentiment"):
+        from butterfly.data.text import load_text
+
+        return load_text(cfg.name, cfg.path, cfg.seed, tokenizer, cfg.max_length)
     from butterfly.data import files
 
     if cfg.name in ("cifar10", "cifar100"):

@@ -19,11 +19,14 @@ from torch import nn
 from butterfly.config import ModelConfig
 from butterfly.models.cnn import CNN
 from butterfly.models.mlp import MLP
-from butterfly.models.resnet import ResNet
+from butterfly.models.resnet import ResNet, ResNet50
+from butterfly.models.vit import ViT
 from butterfly.rng import generator
 
 NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d)
 WEIGHT_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d)
+# Layers whose weights are perturbed as weights (embeddings too, for transformers).
+PERTURBED_TYPES = (*WEIGHT_TYPES, nn.Embedding)
 
 ParamKind = Literal["weight", "bias", "norm"]
 
@@ -38,13 +41,18 @@ class ParamInfo:
 
 def model_spec(cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int) -> dict[str, Any]:
     """Everything needed to rebuild the architecture (stored next to checkpoints)."""
-    return {
+    spec: dict[str, Any] = {
         "name": cfg.name,
         "width": cfg.width,
         "depth": cfg.depth,
         "input_shape": list(input_shape),
         "n_classes": n_classes,
     }
+    if cfg.name == "vit":
+        spec.update(patch=cfg.patch, heads=cfg.heads, dropout=cfg.dropout)
+    if cfg.name == "hf":
+        spec["path"] = cfg.path
+    return spec
 
 
 def build_from_spec(spec: dict[str, Any]) -> nn.Module:
@@ -58,7 +66,18 @@ def build_from_spec(spec: dict[str, Any]) -> nn.Module:
         return CNN(shape, n_classes, spec["width"], spec["depth"])
     if name == "resnet":
         return ResNet(shape, n_classes, spec["depth"], spec["width"])
-    raise ValueError(f"unknown model '{name}'; choose from mlp, cnn, resnet")
+    if name == "resnet50":
+        return ResNet50(shape, n_classes, spec["width"])
+    if name == "vit":
+        return ViT(
+            shape, n_classes, spec["width"], spec["depth"], spec.get("patch", 4),
+            spec.get("heads", 3), dropout=spec.get("dropout", 0.0),
+        )  # fmt: skip
+    if name == "hf":
+        from butterfly.models.hf import HFClassifier
+
+        return HFClassifier(spec["path"], shape, n_classes)
+    raise ValueError(f"unknown model '{name}'; choose from mlp, cnn, resnet, resnet50, vit, hf")
 
 
 def fan_in(weight: torch.Tensor) -> int:
@@ -66,10 +85,17 @@ def fan_in(weight: torch.Tensor) -> int:
 
 
 def kaiming_init_(model: nn.Module, seed: int) -> nn.Module:
-    """He-normal initialisation drawn from a generator keyed by ``seed`` (in parameter order)."""
+    """He-normal initialisation drawn from a generator keyed by ``seed`` (in parameter order).
+
+    Parameters a module lists in ``extra_params`` (a ViT's class token and positional
+    embedding) are drawn from N(0, the variance it gives).
+    """
     g = generator("init", seed)
     with torch.no_grad():
         for module in model.modules():
+            for pname, var in getattr(module, "extra_params", {}).items():
+                p = getattr(module, pname)
+                p.copy_(torch.randn(p.shape, generator=g) * math.sqrt(var))
             if isinstance(module, WEIGHT_TYPES):
                 std = math.sqrt(2.0 / fan_in(module.weight))
                 module.weight.copy_(torch.randn(module.weight.shape, generator=g) * std)
@@ -84,8 +110,65 @@ def kaiming_init_(model: nn.Module, seed: int) -> nn.Module:
 def build_model(
     cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int, seed: int
 ) -> nn.Module:
-    """A freshly initialised model for ``seed``."""
-    return kaiming_init_(build_from_spec(model_spec(cfg, input_shape, n_classes)), seed)
+    """A freshly initialised model for ``seed`` (in eval mode; the trainer switches dropout on).
+
+    A Hugging Face model keeps its pre-trained weights and draws only what its checkpoint
+    lacks (the head). With ``cfg.init_from`` the weights come from that butterfly checkpoint,
+    except the head (the last Linear layer), which is freshly initialised for the new task.
+    """
+    model = build_from_spec(model_spec(cfg, input_shape, n_classes))
+    init_fresh = getattr(model, "init_fresh_", None)
+    if init_fresh is not None:
+        init_fresh(seed)
+    else:
+        kaiming_init_(model, seed)
+    if cfg.init_from:
+        load_backbone_(model, cfg.init_from.replace("{seed}", str(seed)))
+    return model.eval()
+
+
+def head_names(model: nn.Module) -> list[str]:
+    """Parameters of the classification head: the last Linear layer in module order."""
+    last = None
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Linear):
+            last = name
+    if last is None:
+        return []
+    return [f"{last}.{p}" for p, _ in model.get_submodule(last).named_parameters(recurse=False)]
+
+
+def load_backbone_(model: nn.Module, path: str) -> list[str]:
+    """Copy every parameter but the head from a butterfly checkpoint into ``model``.
+
+    Returns the names loaded. Shapes must match (same architecture, any number of classes).
+    """
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    if not Path(path).is_file():
+        raise ValueError(f"model.init_from checkpoint {path} does not exist")
+    saved = {k[len("param.") :]: v for k, v in load_file(path).items() if k.startswith("param.")}
+    head = set(head_names(model))
+    params = dict(model.named_parameters())
+    loaded = []
+    with torch.no_grad():
+        for name, p in params.items():
+            if name in head:
+                continue
+            if name not in saved:
+                raise ValueError(
+                    f"checkpoint {path} lacks parameter '{name}': another architecture?"
+                )
+            if saved[name].shape != p.shape:
+                raise ValueError(
+                    f"checkpoint {path}: '{name}' has shape {tuple(saved[name].shape)}, the model "
+                    f"needs {tuple(p.shape)}"
+                )
+            p.copy_(saved[name])
+            loaded.append(name)
+    return loaded
 
 
 def param_info(model: nn.Module) -> dict[str, ParamInfo]:
@@ -97,10 +180,18 @@ def param_info(model: nn.Module) -> dict[str, ParamInfo]:
     layer after it, takes its own layer's scale.
     """
     modules = list(model.named_modules())
+    # A model may fix one init variance for all its weights (HF: initializer_range^2).
+    fixed_var: float | None = getattr(model, "weight_init_var", None)
+
+    def own_var(m: nn.Module) -> float:
+        if fixed_var is not None:
+            return fixed_var
+        if isinstance(m, nn.Embedding):
+            return 1.0  # torch's default N(0, 1) embedding init
+        return 2.0 / fan_in(m.weight)
+
     weight_vars = [
-        (i, 2.0 / fan_in(m.weight))
-        for i, (_, m) in enumerate(modules)
-        if isinstance(m, WEIGHT_TYPES)
+        (i, own_var(m)) for i, (_, m) in enumerate(modules) if isinstance(m, PERTURBED_TYPES)
     ]
 
     def following_var(i: int, fallback: float | None) -> float:
@@ -114,10 +205,12 @@ def param_info(model: nn.Module) -> dict[str, ParamInfo]:
     info: dict[str, ParamInfo] = {}
     for i, (mname, m) in enumerate(modules):
         prefix = f"{mname}." if mname else ""
-        if isinstance(m, WEIGHT_TYPES):
-            own = 2.0 / fan_in(m.weight)
+        for pname, var in getattr(m, "extra_params", {}).items():
+            info[prefix + pname] = ParamInfo("weight", var)
+        if isinstance(m, PERTURBED_TYPES):
+            own = own_var(m)
             info[prefix + "weight"] = ParamInfo("weight", own)
-            if m.bias is not None:
+            if getattr(m, "bias", None) is not None:
                 info[prefix + "bias"] = ParamInfo("bias", following_var(i, own))
         elif isinstance(m, NORM_TYPES):
             v = following_var(i, None)
@@ -126,7 +219,8 @@ def param_info(model: nn.Module) -> dict[str, ParamInfo]:
     missing = [n for n, _ in model.named_parameters() if n not in info]
     if missing:
         raise ValueError(
-            f"cannot classify parameters {missing}: only Linear, Conv and norm layers are known"
+            f"cannot classify parameters {missing}: only Linear, Conv, Embedding and norm "
+            "layers are known (list others in the module's extra_params)"
         )
     return info
 
@@ -136,9 +230,13 @@ __all__ = [
     "MLP",
     "ParamInfo",
     "ResNet",
+    "ResNet50",
+    "ViT",
     "build_from_spec",
     "build_model",
+    "head_names",
     "kaiming_init_",
+    "load_backbone_",
     "model_spec",
     "param_info",
 ]

@@ -25,8 +25,14 @@ SYMLOG = 1e-4  # linear range of symmetric-log axes: barriers are often exactly 
 
 
 def children(df: pd.DataFrame) -> pd.DataFrame:
-    """Perturbed children that did not diverge (no control, no diverged rows)."""
-    return df[(df["control"] == 0) & (df["diverged"] == 0)]
+    """Perturbed children that did not diverge (no control, no spawned baseline, no diverged
+    rows)."""
+    return df[(df["control"] == 0) & (df["diverged"] == 0) & (df["kind"] != "spawn")]
+
+
+def spawned(df: pd.DataFrame) -> pd.DataFrame:
+    """Children of Frankle et al.'s spawning baseline that did not diverge."""
+    return df[(df["kind"] == "spawn") & (df["diverged"] == 0)]
 
 
 def _colors(n: int) -> list:
@@ -295,6 +301,53 @@ def runs_side_by_side(frames: dict[str, pd.DataFrame], path: Path) -> Path:
     return _save(fig, path)
 
 
+def spawn_figure(df: pd.DataFrame, path: Path) -> Path:
+    """Paper Figure 10: barrier against t for the spawning baseline (independent batches from
+    t) next to single perturbations (left), and the perturbations' L2 size (right)."""
+    d, s = children(df), spawned(df)
+    fig, axes = _panels(2, sharey=False)
+    kind = "batch" if "batch" in set(d["kind"]) else (sorted(d["kind"].unique()) or ["?"])[0]
+    _series(axes[0], d[d["kind"] == kind], "t_frac", "barrier_train_loss", "sigma", _label_sigma)
+    g = s.groupby("t_frac")["barrier_train_loss"]
+    axes[0].errorbar(
+        g.mean().index, g.mean().values, yerr=g.sem().fillna(0.0).values, color="black",
+        marker="s", lw=2, ls="--", capsize=2, label="spawning (Frankle et al.)",
+    )  # fmt: skip
+    axes[0].set_ylabel("barrier train loss")
+    axes[0].set_yscale("symlog", linthresh=SYMLOG)
+    axes[0].set_title(f"{kind} perturbation vs spawning", fontsize=9)
+    _series(axes[1], d[d["kind"] == kind], "t_frac", "noise_l2", "sigma", _label_sigma)
+    axes[1].set_ylabel("L2 norm of the perturbation")
+    axes[1].set_yscale("log")
+    for ax in axes:
+        ax.set_xlabel("perturbation time t / T")
+        ax.set_xscale("symlog", linthresh=0.01)
+        ax.grid(True, alpha=0.3)
+    axes[0].legend(fontsize=7)
+    return _save(fig, path)
+
+
+def finetune_figure(df: pd.DataFrame, path: Path) -> Path:
+    """Paper Figure 5: barrier against σ, a panel per perturbation time, coloured by the
+    pre-training duration the fine-tuning started from (``pretrain_steps`` column)."""
+    d = children(df)
+    kind = "batch" if "batch" in set(d["kind"]) else (sorted(d["kind"].unique()) or ["?"])[0]
+    d = d[d["kind"] == kind]
+    ts = sorted(d["t_frac"].unique()) or [0.0]
+    fig, axes = _panels(len(ts))
+    for ax, tf in zip(axes, ts, strict=True):
+        _series(ax, d[d["t_frac"] == tf], "sigma", "barrier_train_loss", "pretrain_steps",
+                lambda p: f"pre-trained {int(p)} steps" if p else "random init")  # fmt: skip
+        ax.set_xscale("log")
+        ax.set_yscale("symlog", linthresh=SYMLOG)
+        ax.set_title(f"{kind} perturbation at t = {tf:.3g} T", fontsize=9)
+        ax.set_xlabel("perturbation size σ")
+        ax.grid(True, alpha=0.3)
+    axes[0].set_ylabel("barrier train loss")
+    axes[-1].legend(fontsize=7)
+    return _save(fig, path)
+
+
 @dataclass(frozen=True)
 class FigureSpec:
     file: str
@@ -323,6 +376,9 @@ FIGURES = [
                "Fixed points of weight matching against L2 and barrier; random-permutation proxy."),
     FigureSpec("barrier_vs_fraction.png", "Fraction of perturbed weights (Figure 11)",
                "Perturbation norm and barrier against the fraction of weights perturbed."),
+    FigureSpec("spawn.png", "Single perturbations vs the spawning baseline (Figure 10)",
+               "Barrier against t: children trained on independent batches from t (dashed) "
+               "and single perturbations by σ; right, the perturbations' L2 size."),
 ]  # fmt: skip
 
 
@@ -353,6 +409,8 @@ def all_figures(
     add("barrier_vs_l2.png", lambda p: barrier_vs_l2(df, p))
     if children(df)["fixed_point_fraction_wm"].notna().any():
         add("fixed_points.png", lambda p: fixed_points_figure(df, proxy, p))
-    if df["fraction"].nunique() > 1:
+    if children(df)["fraction"].nunique() > 1:
         add("barrier_vs_fraction.png", lambda p: barrier_vs_fraction(df, p))
+    if len(spawned(df)):
+        add("spawn.png", lambda p: spawn_figure(df, p))
     return made

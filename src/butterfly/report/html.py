@@ -14,7 +14,13 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from butterfly.report.figures import FigureSpec, all_figures, children, runs_side_by_side
+from butterfly.report.figures import (
+    FigureSpec,
+    all_figures,
+    children,
+    finetune_figure,
+    runs_side_by_side,
+)
 from butterfly.report.summary import summary_table
 from butterfly.sweep.store import Store
 
@@ -159,17 +165,45 @@ def _run_section(
 
 def build_report(run_dirs: list[Path], out: Path | None = None) -> Path:
     """Write the figures (PNG and PDF) and ``report.html``; returns the page's path."""
+    from butterfly.sweep.finetune import finetune_table, is_finetune_dir, sub_runs
+
     run_dirs = [Path(r) for r in run_dirs]
     if not run_dirs:
         raise ValueError("give at least one run folder")
-    for r in run_dirs:
-        if not (r / "results.db").is_file():
-            raise FileNotFoundError(f"{r} has no results.db: is it a butterfly run folder?")
-    runs = {r.name if r.name else str(r): read_run(r) for r in run_dirs}
     default = run_dirs[0] / "report.html" if len(run_dirs) == 1 else Path("report.html")
     page = out or default
     fig_dir = page.parent / "figures"
     sections = []
+    # A fine-tuning run folder stands for its sweeps, one per pre-training checkpoint.
+    named: dict[str, Path] = {}
+    pretrain_steps: dict[str, int] = {}
+    for r in run_dirs:
+        if is_finetune_dir(r):
+            for steps, d in sub_runs(r):
+                label = f"pre-trained {steps} steps" if steps else "random init"
+                named[label if len(run_dirs) == 1 else f"{r.name}: {label}"] = d
+                pretrain_steps[label] = steps
+        else:
+            named[r.name if r.name else str(r)] = r
+    for r in named.values():
+        if not (r / "results.db").is_file():
+            raise FileNotFoundError(f"{r} has no results.db: is it a butterfly run folder?")
+    runs = {name: read_run(r) for name, r in named.items()}
+    if pretrain_steps and len(run_dirs) == 1:
+        df = pd.concat(
+            [runs[n]["results"].assign(pretrain_steps=s) for n, s in pretrain_steps.items()],
+            ignore_index=True,
+        )
+        fig = finetune_figure(df, fig_dir / "finetune.png")
+        table = finetune_table(df)
+        table.columns = [f"σ = {c:.0e}" for c in table.columns]
+        sections.append(
+            f"<figure>{_img(fig)}<figcaption><b>Fine-tuning stability (Figure 5).</b> Train-loss "
+            "barrier against σ, one panel per perturbation time, coloured by pre-training "
+            "duration (0 = random initialisation).</figcaption></figure>"
+            "<h2>Mean train-loss barrier by pre-training duration</h2>"
+            + _table(table.reset_index())
+        )
     if len(runs) > 1:
         side = runs_side_by_side(
             {n: r["results"] for n, r in runs.items()}, fig_dir / "runs_compared.png"
@@ -182,7 +216,7 @@ def build_report(run_dirs: list[Path], out: Path | None = None) -> Path:
         sub = fig_dir if len(runs) == 1 else fig_dir / f"run{i}-{name}"
         figs = all_figures(run["results"], run["trajectories"], run["proxy"], sub)
         sections.append(_run_section(name, run, figs, heading=len(runs) > 1))
-    title = "butterfly report: " + ", ".join(html.escape(n) for n in runs)
+    title = "butterfly report: " + ", ".join(html.escape(r.name) for r in run_dirs)
     stamp = time.strftime("%Y-%m-%d %H:%M")
     meta = json.dumps({"runs": [str(r) for r in run_dirs]})
     doc = f"""<!DOCTYPE html>

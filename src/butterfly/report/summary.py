@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import pandas as pd
 
-from butterfly.report.figures import children
-
 
 def summary_table(df: pd.DataFrame, metric: str = "barrier_train_loss") -> pd.DataFrame:
     """Mean of ``metric`` over seeds, rows (kind, t/T), columns sigma."""
-    d = children(df)
+    d = df[(df["control"] == 0) & (df["diverged"] == 0)]  # spawned children show as sigma 0
     if d.empty:
         return pd.DataFrame()
     return d.pivot_table(index=["kind", "t_frac"], columns="sigma", values=metric, aggfunc="mean")

@@ -16,7 +16,7 @@ class ChildSpec:
     """One member of a population. The original has ``kind = 'original'``."""
 
     name: str
-    kind: str  # "original" | "control" | "batch" | "gaussian"
+    kind: str  # "original" | "control" | "batch" | "gaussian" | "spawn"
     sigma: float
     fraction: float
     direction: int
@@ -51,10 +51,18 @@ def population_members(cfg: RunConfig) -> tuple[ChildSpec, ...]:
     children = [
         ChildSpec(child_name(kind, sigma, frac, d), kind, float(sigma), float(frac), d)
         for kind in p.kinds
+        if kind != "spawn"
         for sigma in p.sigmas
         for frac in p.fractions
         for d in range(p.directions)
     ]
+    # Frankle et al.'s spawning baseline: no perturbation, an independent batch stream from t
+    # (one stream per direction index).
+    if "spawn" in p.kinds:
+        children += [
+            ChildSpec(child_name("spawn", 0.0, 1.0, d), "spawn", 0.0, 1.0, d)
+            for d in range(p.directions)
+        ]
     names = [c.name for c in children]
     if len(set(names)) != len(names):
         raise ValueError("perturb grid has duplicate (kind, sigma, fraction) entries")
@@ -70,6 +78,7 @@ def plan(cfg: RunConfig) -> list[Unit]:
 def minimum_steps(cfg: RunConfig) -> int:
     """Training steps the sweep cannot avoid: per seed, T for the original plus T - t per child."""
     T = cfg.recipe.steps
-    n_children = len(population_members(cfg)) - 1  # control counts as a child
+    n_children = len(population_members(cfg)) - 2
     ts = cfg.perturbation_steps()
-    return len(cfg.seeds) * (T + n_children * sum(T - t for t in ts))
+    per_t = sum((T - t) + n_children * (cfg.child_end(t) - t) for t in ts)  # control + children
+    return len(cfg.seeds) * (T + per_t)

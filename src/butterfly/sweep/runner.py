@@ -112,7 +112,7 @@ def preflight(cfg: RunConfig) -> None:
     from butterfly.models import build_model
 
     try:
-        data = load_dataset(cfg.data)
+        data = load_dataset(cfg.data, cfg.tokenizer_path())
     except DataError as err:
         raise ConfigError(str(err)) from None
     n = len(data.y_train)
@@ -122,8 +122,10 @@ def preflight(cfg: RunConfig) -> None:
             f"'{cfg.data.name}'"
         )
     try:
-        model = build_model(cfg.model, data.input_shape, data.n_classes, 0)
-    except ValueError as err:
+        model = build_model(cfg.model, data.input_shape, data.n_classes, cfg.seeds[0])
+    except ValueError as err:  # HFUnavailable, a bad init_from checkpoint, a shape mismatch
+        if cfg.model.name == "hf" or cfg.model.init_from:
+            raise ConfigError(str(err)) from None
         raise ConfigError(
             f"model '{cfg.model.name}' cannot take '{cfg.data.name}' inputs: {err}"
         ) from None
@@ -171,6 +173,10 @@ def run_sweep(
     if force_new and config_differs(cfg, run_dir):
         run_dir = fresh_run_dir(run_dir)
         _log(f"config differs from the existing run: starting a fresh run in {run_dir}", quiet)
+    if cfg.pretrain is not None:
+        from butterfly.sweep.finetune import run_finetune
+
+        return run_finetune(cfg, run_dir, workers, quiet, executor, address, progress)
     start = time.perf_counter()
     preflight(cfg)
     with RunLock(run_dir):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -31,10 +32,12 @@ from butterfly.perturb import (
     make_mask,
     scale_direction,
 )
+from butterfly.rng import derive_seed
 from butterfly.sweep.checkpoint import load_checkpoint, save_checkpoint
 from butterfly.sweep.plan import ChildSpec, Unit
 from butterfly.train import Population, PopulationTrainer
-from butterfly.train.population import clone, member, member_state
+from butterfly.train.population import Lane, clone, member, member_state
+from butterfly.train.recipe import apply_update, clip_per_member, lr_at
 
 Tensors = dict[str, torch.Tensor]
 
@@ -80,18 +83,19 @@ class Context:
     trainer: PopulationTrainer
     spec: dict[str, Any] = field(default_factory=dict)
     comparer: Comparer | None = None
+    state_t: dict[str, Tensors] = field(default_factory=dict)  # the parent's optimizer state at t
 
 
 @lru_cache(maxsize=4)
-def _dataset(data_json: str, device: str) -> Dataset:
+def _dataset(data_json: str, device: str, tokenizer: str | None = None) -> Dataset:
     from butterfly.config import DataConfig
 
-    return load_dataset(DataConfig.model_validate_json(data_json)).to(device)
+    return load_dataset(DataConfig.model_validate_json(data_json), tokenizer).to(device)
 
 
 def make_context(cfg: RunConfig, seed: int) -> Context:
     device = cfg.runtime.device
-    data = _dataset(cfg.data.model_dump_json(), device)
+    data = _dataset(cfg.data.model_dump_json(), device, cfg.tokenizer_path())
     model = build_model(cfg.model, data.input_shape, data.n_classes, seed).to(device)
     init = {k: v.detach().clone() for k, v in model.named_parameters()}
     stream = BatchStream(len(data.y_train), cfg.recipe.batch_size, seed)
@@ -120,14 +124,17 @@ def member_path(run_dir: Path, seed: int, t: int, name: str) -> Path:
 # ---- the parent ----------------------------------------------------------------------------
 
 
-def run_parent(cfg: RunConfig, seed: int, run_dir: Path) -> dict[str, Any]:
-    """Train the parent of ``seed`` once, saving its full state at every perturbation time t.
+def run_parent(
+    cfg: RunConfig, seed: int, run_dir: Path, steps: list[int] | None = None
+) -> dict[str, Any]:
+    """Train the parent of ``seed`` once, saving its full state at every perturbation time t
+    (or at ``steps``, e.g. pre-training checkpoints; the last may be the final step T).
 
     Resumes from the latest saved state; never retrains past what is saved.
     """
     start = time.perf_counter()
     ctx = make_context(cfg, seed)
-    ts = cfg.perturbation_steps()
+    ts = sorted(steps) if steps is not None else cfg.perturbation_steps()
     missing = [t for t in ts if not parent_path(run_dir, seed, t).is_file()]
     if not missing:
         return {"seed": seed, "steps": 0, "wall_s": time.perf_counter() - start}
@@ -173,11 +180,138 @@ def _perturbation(ctx: Context, params_t: Tensors, child: ChildSpec, t: int) -> 
         n = len(ctx.data.y_train)
         idx = independent_batch(n, p.batch_size or ctx.cfg.recipe.batch_size, *key)
         idx = idx.to(ctx.data.x_train.device)
-        grads = ctx.trainer.single_gradient(params_t, ctx.data.x_train[idx], ctx.data.y_train[idx])
+        grads = ctx.trainer.single_gradient(
+            params_t, ctx.data.x_train[idx], ctx.data.y_train[idx], ("perturb", *key)
+        )
         direction = {k: grads[k].detach().cpu() for k in names}
     else:
         raise ValueError(f"unknown perturbation kind '{child.kind}'")
-    return scale_direction(direction, mask, ctx.info, p.normalize)
+    pert = scale_direction(direction, mask, ctx.info, p.normalize)
+    if p.scale == "sgd_noise":
+        size = sgd_noise_size(ctx, params_t, t, list(mask), mask)
+        norm = l2_norm(pert.eps)
+        pert = Perturbation(
+            {k: v * (size / norm) for k, v in pert.eps.items()}, pert.n_masked, size
+        )
+    return pert
+
+
+def sgd_noise_size(
+    ctx: Context, params_t: Tensors, t: int, names: list[str], mask: dict[str, torch.Tensor]
+) -> float:
+    """Expected L2 distance, on the masked weights, between two copies of the parent at t after
+    each takes one optimizer step on an independent batch (paper Figure 10 right): the mean
+    over ``perturb.noise_pairs`` pairs of batches. The optimizer state is the parent's."""
+    cfg = ctx.cfg
+    n = len(ctx.data.y_train)
+    state_t = ctx.state_t
+    sizes = []
+    for i in range(cfg.perturb.noise_pairs):
+        stepped = []
+        for j in (0, 1):
+            key = ("sgd-noise", ctx.seed, t, i, j)
+            idx = independent_batch(n, cfg.recipe.batch_size, *key).to(ctx.data.x_train.device)
+            g = ctx.trainer.single_gradient(
+                params_t, ctx.data.x_train[idx], ctx.data.y_train[idx], key
+            )
+            p = {k: v.detach().clone().unsqueeze(0) for k, v in params_t.items()}
+            st = {s: {k: v.clone().unsqueeze(0) for k, v in d.items()} for s, d in state_t.items()}
+            grads = {k: v.detach().unsqueeze(0) for k, v in g.items()}
+            if cfg.recipe.grad_clip is not None:
+                clip_per_member(grads, cfg.recipe.grad_clip)
+            apply_update(cfg.recipe, p, grads, st, t)
+            stepped.append(p)
+        d2 = sum(
+            float(
+                (
+                    (stepped[0][k][0] - stepped[1][k][0]).double()
+                    * mask[k].to(stepped[0][k].device).double()
+                )
+                .square()
+                .sum()
+            )
+            for k in names
+        )
+        sizes.append(d2**0.5)
+    return sum(sizes) / len(sizes)
+
+
+def child_lr(cfg: RunConfig, t: int) -> Callable[[int], float] | None:
+    """The children's schedule when it differs from the original's (workshop variants).
+
+    * ``lr_rewind``: the schedule restarts at t, as for a fresh run of the children's length
+      (warm-up included), so the step after the perturbation has the initial learning rate.
+    * ``child_steps = T_after_t`` alone: the schedule of a run of t + T steps, so the children
+      anneal over their longer run.
+    """
+    end = cfg.child_end(t)
+    if cfg.perturb.lr_rewind:
+        rewound = cfg.recipe.model_copy(update={"steps": end - t})
+        return lambda s: lr_at(rewound, s - t)
+    if end != cfg.recipe.steps:
+        longer = cfg.recipe.model_copy(update={"steps": end})
+        return lambda s: lr_at(longer, s)
+    return None
+
+
+def spawn_stream(ctx: Context, t: int, direction: int) -> BatchStream:
+    """The independent batch stream of a spawned child (Frankle et al.), keyed by (seed, t, d)."""
+    return BatchStream(
+        len(ctx.data.y_train),
+        ctx.cfg.recipe.batch_size,
+        derive_seed("spawn", ctx.seed, t, direction),
+        "spawn-order",
+    )
+
+
+def make_lanes(
+    ctx: Context, unit: Unit, member_params: list[Tensors], state_t: dict[str, Tensors]
+) -> tuple[list[Lane], list[int]]:
+    """Group a unit's members into lanes, and the order that maps the lanes' concatenated
+    members back to ``unit.members``. The original and the control always share lane 0."""
+    cfg = ctx.cfg
+    t = unit.t
+    lr = child_lr(cfg, t)
+    end = cfg.child_end(t)
+    same = lr is None and end == cfg.recipe.steps
+    groups: list[tuple[list[int], int, Callable[[int], float] | None, BatchStream | None]] = []
+    main = [i for i, c in enumerate(unit.members) if c.kind in ("original", "control")]
+    treated = [i for i, c in enumerate(unit.members) if c.kind in ("batch", "gaussian")]
+    if same:
+        main += treated
+    groups.append((main, cfg.recipe.steps, None, None))
+    if not same and treated:
+        groups.append((treated, end, lr, None))
+    for i, c in enumerate(unit.members):
+        if c.kind == "spawn":
+            groups.append(([i], end, lr, spawn_stream(ctx, t, c.direction)))
+    lanes = []
+    order: list[int] = []
+    for idx, until, lane_lr, stream in groups:
+        pop = Population.from_members(
+            [unit.members[i].name for i in idx],
+            [member_params[i] for i in idx],
+            [{s: clone(d) for s, d in state_t.items()} for _ in idx],
+            t,
+        )
+        lanes.append(Lane(pop, until, lane_lr, stream))
+        order += idx
+    inverse = [order.index(i) for i in range(len(unit.members))]
+    return lanes, inverse
+
+
+def gather(lanes: list[Lane], inverse: list[int]) -> tuple[Tensors, list[bool]]:
+    """The members of all lanes as one stacked dict (in ``unit.members`` order) and their
+    divergence flags."""
+    if len(lanes) == 1:
+        return lanes[0].pop.params, lanes[0].pop.diverged.tolist()
+    index = torch.tensor(inverse)
+    params = {
+        k: torch.cat([lane.pop.params[k] for lane in lanes])[index.to(v.device)]
+        for k, v in lanes[0].pop.params.items()
+    }
+    diverged = torch.cat([lane.pop.diverged for lane in lanes])[index].tolist()
+    return params, diverged
 
 
 @dataclass
@@ -202,6 +336,7 @@ def run_unit(cfg: RunConfig, unit: Unit, run_dir: Path, reporter: Any = None) ->
     params_t = {k: v.to(device) for k, v in params_t.items()}
     state_t = {s: {k: v.to(device) for k, v in d.items()} for s, d in state_t.items()}
 
+    ctx.state_t = state_t
     cache: dict[tuple[str, float, int], Perturbation] = {}
     member_params: list[Tensors] = []
     noise: list[tuple[float, int]] = []
@@ -217,22 +352,18 @@ def run_unit(cfg: RunConfig, unit: Unit, run_dir: Path, reporter: Any = None) ->
         else:
             noise.append((0.0, 0))
         member_params.append(p)
-    pop = Population.from_members(
-        [c.name for c in unit.members],
-        member_params,
-        [{s: clone(d) for s, d in state_t.items()} for _ in unit.members],
-        unit.t,
-    )
+    lanes, inverse = make_lanes(ctx, unit, member_params, state_t)
     trajectory: list[dict[str, Any]] = []
 
-    def record(step: int, p: Population) -> None:
-        to_orig, from_init = distances(p.params, ctx.init)
-        bars: list[float | None] = [None] * p.size
+    def record(step: int, lanes: list[Lane]) -> None:
+        params, diverged = gather(lanes, inverse)
+        to_orig, from_init = distances(params, ctx.init)
+        bars: list[float | None] = [None] * len(unit.members)
         if cfg.eval.trajectory_barriers and ctx.comparer is not None:
-            a = member(p.params, 0)
-            for i in range(1, p.size):
-                if not bool(p.diverged[i]):
-                    bars[i] = ctx.comparer.train_loss_barrier(a, member(p.params, i))
+            a = member(params, 0)
+            for i in range(1, len(unit.members)):
+                if not diverged[i]:
+                    bars[i] = ctx.comparer.train_loss_barrier(a, member(params, i))
         for i, child in enumerate(unit.members):
             trajectory.append(
                 {
@@ -242,18 +373,20 @@ def run_unit(cfg: RunConfig, unit: Unit, run_dir: Path, reporter: Any = None) ->
                 }
             )  # fmt: skip
 
-    marks = log_spaced_steps(unit.t, T, cfg.eval.trajectory_points)
-    every = max(1, (T - unit.t) // 50)
+    end = max(lane.until for lane in lanes)
+    marks = log_spaced_steps(unit.t, end, cfg.eval.trajectory_points)
+    every = max(1, (end - unit.t) // 50)
 
     def report(step: int) -> None:
         if step % every == 0:
             reporter.put((unit.seed, unit.t, step))
 
-    ctx.trainer.train(
-        pop, T, record=marks, on_record=record, on_step=report if reporter is not None else None
+    ctx.trainer.train_lanes(
+        lanes, record=marks, on_record=record, on_step=report if reporter is not None else None
     )
-
-    finals = [member(pop.params, i) for i in range(pop.size)]
+    params, diverged = gather(lanes, inverse)
+    member_steps = sum((lane.until - unit.t) * lane.pop.size for lane in lanes)
+    finals = [member(params, i) for i in range(len(unit.members))]
     if cfg.runtime.checkpoints:
         for i, child in enumerate(unit.members):
             save_checkpoint(
@@ -274,10 +407,10 @@ def run_unit(cfg: RunConfig, unit: Unit, run_dir: Path, reporter: Any = None) ->
                     "eval": cfg.eval.model_dump(),
                 },
             )
-    rows = measure(ctx, unit, finals, pop.diverged.tolist(), noise)
+    rows = measure(ctx, unit, finals, diverged, noise)
     proxy: list[dict[str, Any]] = []
     fractions = cfg.eval.proxy_fractions
-    if fractions and unit.t == cfg.perturbation_steps()[0] and not bool(pop.diverged[0]):
+    if fractions and unit.t == cfg.perturbation_steps()[0] and not diverged[0]:
         assert ctx.comparer is not None
         proxy = [
             {"seed": unit.seed, **r}
@@ -287,7 +420,7 @@ def run_unit(cfg: RunConfig, unit: Unit, run_dir: Path, reporter: Any = None) ->
     for r in rows:
         r["unit_wall_s"] = wall
     return UnitResult(
-        unit.seed, unit.t, rows, trajectory, proxy, (T - unit.t) * pop.size, wall, pop.size
+        unit.seed, unit.t, rows, trajectory, proxy, member_steps, wall, len(unit.members)
     )
 
 

@@ -18,7 +18,8 @@ stays bit-identical to the original within a population (checked by the control)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -29,8 +30,16 @@ from torch.func import functional_call, grad_and_value, vmap
 from butterfly.config import AugmentConfig, RecipeConfig
 from butterfly.data import BatchStream, Dataset
 from butterfly.data.augment import augment
+from butterfly.rng import derive_seed
 from butterfly.train.batched_mlp import BatchedMLP
-from butterfly.train.recipe import OptState, Tensors, apply_update, clip_per_member, init_state
+from butterfly.train.recipe import (
+    OptState,
+    Tensors,
+    apply_update,
+    clip_per_member,
+    init_state,
+    lr_at,
+)
 
 MODES = ("auto", "vmap", "batched", "loop")
 
@@ -88,6 +97,36 @@ class Population:
         return cls.from_members([name], [p], [init_state(recipe, p)], 0)
 
 
+@dataclass
+class Lane:
+    """Members that train in lockstep on one batch stream with one schedule, up to ``until``.
+
+    A plain sweep has one lane. Variants add lanes: children that train longer or restart
+    their learning-rate schedule (workshop), or that see an independent batch stream after t
+    (Frankle et al.'s spawning baseline). Lanes advance step by step together, so trajectories
+    can compare members of different lanes at the same step.
+    """
+
+    pop: Population
+    until: int
+    lr: Callable[[int], float] | None = None  # None: the recipe's schedule
+    stream: BatchStream | None = None  # None: the trainer's (the parent's) stream
+
+
+def has_dropout(model: nn.Module) -> bool:
+    """Whether the model draws random dropout masks in training mode."""
+    for m in model.modules():
+        if isinstance(m, nn.Dropout) and m.p > 0:
+            return True
+        cfg = getattr(m, "config", None)
+        if cfg is not None and any(
+            float(getattr(cfg, a, 0.0) or 0.0) > 0
+            for a in ("hidden_dropout_prob", "attention_probs_dropout_prob", "attention_dropout")
+        ):
+            return True
+    return False
+
+
 def cross_entropy_loss(
     model: nn.Module,
 ) -> Callable[[Tensors, torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -117,6 +156,8 @@ class PopulationTrainer:
         self.loss = cross_entropy_loss(model)
         self._single = grad_and_value(self.loss)
         self._vmapped = vmap(self._single, in_dims=(0, None, None), randomness="same")
+        self.dropout = has_dropout(model)
+        self.vmappable = bool(getattr(model, "vmappable", True))
         if mode not in MODES:
             raise ValueError(f"runtime.mode must be one of {', '.join(MODES)}; got '{mode}'")
         self.batched = BatchedMLP(model) if BatchedMLP.supports(model) else None  # type: ignore[arg-type]
@@ -132,28 +173,60 @@ class PopulationTrainer:
             return self.mode
         if self.batched is not None:
             return "batched"
-        return "vmap" if population_size > 1 else "loop"
+        return "vmap" if population_size > 1 and self.vmappable else "loop"
+
+    @contextmanager
+    def _noise(self, key: tuple[object, ...] | None) -> Iterator[None]:
+        """Training mode with torch's generator seeded by ``key`` (dropout masks are a pure
+        function of the key), restoring the caller's random state and eval mode after."""
+        if not self.dropout or key is None:
+            yield
+            return
+        devices = [self.data.x_train.device] if self.data.x_train.is_cuda else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(derive_seed("dropout", *key))
+            self.model.train()
+            try:
+                yield
+            finally:
+                self.model.eval()
 
     def gradients(
-        self, params: Tensors, x: torch.Tensor, y: torch.Tensor
+        self,
+        params: Tensors,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        key: tuple[object, ...] | None = None,
     ) -> tuple[Tensors, torch.Tensor]:
-        """Per-member gradients and losses of stacked ``params`` on one batch."""
+        """Per-member gradients and losses of stacked ``params`` on one batch.
+
+        ``key`` (e.g. (stream seed, step)) seeds dropout: every member sees the same masks,
+        in every mode and whatever the population's size.
+        """
         P = next(iter(params.values())).shape[0]
         mode = self.mode_for(P)
         if mode == "batched":
             assert self.batched is not None
             return self.batched.grad_and_loss(params, x, y)
         if mode == "vmap":
-            return self._vmapped(params, x, y)
-        out = [self._single(member(params, i), x, y) for i in range(P)]
+            with self._noise(key):
+                return self._vmapped(params, x, y)
+        out = []
+        for i in range(P):
+            with self._noise(key):
+                out.append(self._single(member(params, i), x, y))
         return stack([g for g, _ in out]), torch.stack([loss for _, loss in out])
 
-    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Batch ``step`` (and its augmentation): a pure function of (seed, step)."""
-        idx = self.stream.indices(step).to(self.data.x_train.device)
+    def batch(
+        self, step: int, stream: BatchStream | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch ``step`` of ``stream`` (default: the parent's) and its augmentation: a pure
+        function of (stream seed, step)."""
+        stream = stream or self.stream
+        idx = stream.indices(step).to(self.data.x_train.device)
         x = self.data.x_train[idx]
         if self.augment is not None and self.augment.active:
-            x = augment(x.cpu(), self.augment, self.stream.seed, step).to(x.device)
+            x = augment(x.cpu(), self.augment, stream.seed, step).to(x.device)
         return x, self.data.y_train[idx]
 
     def train(
@@ -169,25 +242,61 @@ class PopulationTrainer:
         ``on_record(step, pop)`` is called whenever ``pop.step`` reaches a step in ``record``
         (including the starting step), e.g. to save a parent checkpoint or log a trajectory.
         """
-        marks = set(record)
-        if pop.step in marks and on_record is not None:
-            on_record(pop.step, pop)
-        while pop.step < until:
-            s = pop.step
-            x, y = self.batch(s)
-            grads, losses = self.gradients(pop.params, x, y)
-            pop.diverged |= ~torch.isfinite(losses.detach()).cpu()
-            if self.recipe.grad_clip is not None:
-                clip_per_member(grads, self.recipe.grad_clip)
-            apply_update(self.recipe, pop.params, grads, pop.state, s)
-            pop.step = s + 1
-            if on_step is not None:
-                on_step(pop.step)
-            if pop.step in marks and on_record is not None:
-                on_record(pop.step, pop)
+        rec = None if on_record is None else (lambda s, lanes: on_record(s, lanes[0].pop))
+        self.train_lanes([Lane(pop, until)], record, rec, on_step)
         return pop
 
-    def single_gradient(self, params: Tensors, x: torch.Tensor, y: torch.Tensor) -> Tensors:
-        """Gradient of the loss of one (unstacked) model on one batch."""
-        grads, _ = self._single(params, x, y)
+    def train_lanes(
+        self,
+        lanes: list[Lane],
+        record: Iterable[int] = (),
+        on_record: Callable[[int, list[Lane]], None] | None = None,
+        on_step: Callable[[int], None] | None = None,
+    ) -> list[Lane]:
+        """Train every lane from the common start step to its own ``until``, step by step.
+
+        ``on_record(step, lanes)`` is called at each step in ``record`` (a lane that has
+        finished keeps its final state).
+        """
+        marks = set(record)
+        step = lanes[0].pop.step
+        if any(lane.pop.step != step for lane in lanes):
+            raise ValueError("lanes must start at the same step")
+        end = max(lane.until for lane in lanes)
+        if step in marks and on_record is not None:
+            on_record(step, lanes)
+        while step < end:
+            batches: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+            for lane in lanes:
+                if step >= lane.until:
+                    continue
+                stream = lane.stream or self.stream
+                if id(stream) not in batches:
+                    batches[id(stream)] = self.batch(step, stream)
+                x, y = batches[id(stream)]
+                pop = lane.pop
+                grads, losses = self.gradients(pop.params, x, y, (stream.seed, stream.name, step))
+                pop.diverged |= ~torch.isfinite(losses.detach()).cpu()
+                if self.recipe.grad_clip is not None:
+                    clip_per_member(grads, self.recipe.grad_clip)
+                lr = lane.lr(step) if lane.lr is not None else lr_at(self.recipe, step)
+                apply_update(self.recipe, pop.params, grads, pop.state, step, lr)
+                pop.step = step + 1
+            step += 1
+            if on_step is not None:
+                on_step(step)
+            if step in marks and on_record is not None:
+                on_record(step, lanes)
+        return lanes
+
+    def single_gradient(
+        self,
+        params: Tensors,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        key: tuple[object, ...] | None = None,
+    ) -> Tensors:
+        """Gradient of the loss of one (unstacked) model on one batch (``key`` seeds dropout)."""
+        with self._noise(key):
+            grads, _ = self._single(params, x, y)
         return grads

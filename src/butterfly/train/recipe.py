@@ -63,10 +63,19 @@ def clip_per_member(grads: Tensors, max_norm: float) -> None:
 
 @torch.no_grad()
 def apply_update(
-    cfg: RecipeConfig, params: Tensors, grads: Tensors, state: OptState, step: int
+    cfg: RecipeConfig,
+    params: Tensors,
+    grads: Tensors,
+    state: OptState,
+    step: int,
+    lr: float | None = None,
 ) -> None:
-    """One optimizer step at ``step`` (PyTorch's SGD and AdamW semantics), in place."""
-    lr = lr_at(cfg, step)
+    """One optimizer step at ``step`` (PyTorch's SGD and AdamW semantics), in place.
+
+    ``lr`` overrides the recipe's schedule (learning-rate rewinding, longer child runs). The
+    AdamW bias correction counts the member's own steps, ``step + 1``, in either case.
+    """
+    lr = lr_at(cfg, step) if lr is None else lr
     names = list(params)
     p = [params[k] for k in names]
     g = [grads[k] for k in names]

