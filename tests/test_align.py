@@ -143,12 +143,11 @@ def test_comparer_on_a_permuted_copy_and_on_itself() -> None:
 
 def test_models_without_a_spec_are_refused_clearly() -> None:
     from butterfly.align import NoPermutationSpec
-
     from butterfly.config import ModelConfig
     from butterfly.models import build_model
 
     vit = build_model(ModelConfig(name="vit", width=12, depth=1), (3, 8, 8), 10, 0)
-    with pytest.raises(NoPermutationSpec, match="ViT has no permutation spec.*weight_matching"):
+    with pytest.raises(NoPermutationSpec, match=r"ViT has no permutation spec.*weight_matching"):
         spec_for(vit)
     # Models without a hand-written spec get one derived from their graph; a single layer
     # between the fixed input and output has nothing to permute.

@@ -50,7 +50,11 @@ def _sentence(rng: random.Random) -> tuple[str, int]:
     neg = "not " if negated else ""
     core = f"{rng.choice(SUBJECTS)} {verb} {neg}{adverb}{word}"
     if rng.random() < 0.5:
-        core = f"{core} {rng.choice(FILLERS)}" if rng.random() < 0.5 else f"{rng.choice(FILLERS)}, {core}"
+        core = (
+            f"{core} {rng.choice(FILLERS)}"
+            if rng.random() < 0.5
+            else f"{rng.choice(FILLERS)}, {core}"
+        )
     return core + rng.choice([".", "!", " ."]), int(positive != negated)
 
 
@@ -106,7 +110,9 @@ def text_dataset(text: TextDataset, tokenizer: object, max_length: int) -> Datas
     )
 
 
-def load_text(name: str, path: str | None, seed: int, tokenizer: str | None, max_length: int) -> Dataset:
+def load_text(
+    name: str, path: str | None, seed: int, tokenizer: str | None, max_length: int
+) -> Dataset:
     """A text data set tokenised by ``tokenizer`` (a model folder, cached id, or ``minilm``)."""
     if tokenizer is None:
         raise DataError(

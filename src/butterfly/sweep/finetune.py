@@ -129,7 +129,9 @@ def run_finetune(
     outcomes = []
     for s in steps:
         sub_cfg = finetune_config(cfg, run_dir, s)
-        _log(f"fine-tuning from pre-training step {s}" + (" (random init)" if s == 0 else ""), quiet)
+        _log(
+            f"fine-tuning from pre-training step {s}" + (" (random init)" if s == 0 else ""), quiet
+        )
         out = run_sweep(
             sub_cfg, sub_dir(run_dir, s), workers=workers, quiet=quiet, executor=executor,
             address=address, progress=progress,
