@@ -46,8 +46,41 @@ def test_presets_are_listed_and_valid_at_both_scales(capsys: pytest.CaptureFixtu
 @pytest.mark.parametrize("name", NAMES)
 def test_every_cpu_preset_runs_end_to_end(name: str, tmp_path: Path) -> None:
     out = run_sweep(load_config(name), tmp_path / name, quiet=True)
-    assert out.control_ok and len(out.results) > 0
-    assert (out.results[out.results.control == 0].diverged == 0).all()
+    df = out.results
+    assert out.control_ok and len(df) > 0
+    assert (df[df.control == 0].diverged == 0).all()
+    kids = df[df.control == 0]
+    if name == "fig11-fraction":  # down to a single perturbed weight
+        assert kids.n_perturbed.min() == 1
+    if name == "fig9-biases-norm":
+        assert (kids.n_perturbed < 2000).all() and (kids.noise_l2 > 0).all()
+    if name == "fig10-spawning":
+        assert (kids[kids.kind == "spawn"].l2 > 0).all()
+        batch = kids[kids.kind == "batch"]
+        # sigma = 1 is the SGD-noise size at t; sigma = 10 ten times that
+        s1 = batch[batch.sigma == 1.0].set_index(["seed", "t"]).noise_l2
+        s10 = batch[batch.sigma == 10.0].set_index(["seed", "t"]).noise_l2
+        assert ((s10 / s1 - 10).abs() < 1e-6).all()
+    if name == "finetune-cifar100-to-cifar10":
+        _finetune_bar(df)
+    if name == "finetune-minilm":  # the real pre-trained weights, offline, bit-exact control
+        assert kids.barrier_train_loss.notna().all() and (kids.l2 > 0).all()
+        print("\n" + summary_table(df).to_string(float_format=lambda v: f"{v:.3g}"))
+
+
+def _finetune_bar(df: object) -> None:
+    """Paper section 4.4 / Figure 19: fine-tuning from the longest pre-training gives lower
+    barriers than from random initialisation (CPU-scale pair: MNIST-1D 0-4 -> 5-9)."""
+    from butterfly.sweep.finetune import finetune_table
+
+    table = finetune_table(df)  # type: ignore[arg-type]
+    print("\nmean train-loss barrier by pre-training steps, kind, t/T (columns: sigma)")
+    print(table.to_string(float_format=lambda v: f"{v:.3g}"))
+    steps = sorted(table.index.get_level_values("pretrain_steps").unique())
+    rand, longest = table.xs(0, level="pretrain_steps"), table.xs(steps[-1], level="pretrain_steps")
+    early = [i for i in rand.index if i[1] == 0.0]
+    assert float(longest.loc[early].to_numpy().mean()) < float(rand.loc[early].to_numpy().mean())
+    assert (longest.loc[early].to_numpy() < rand.loc[early].to_numpy()).all()
 
 
 @pytest.mark.slow

@@ -219,6 +219,9 @@ class EvalConfig(_Strict):
     max_train_examples: int | None = Field(
         None, ge=1, description="evaluate train loss on at most this many examples"
     )
+    max_test_examples: int | None = Field(
+        None, ge=1, description="evaluate test loss/error on at most this many examples"
+    )
     batch_size: int = Field(2048, ge=1, description="examples per evaluation forward pass")
     batched_path: bool | None = Field(
         None,

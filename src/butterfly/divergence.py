@@ -61,6 +61,8 @@ class Comparer:
     def __post_init__(self) -> None:
         n = self.cfg.max_train_examples or len(self.data.y_train)
         self.x_train, self.y_train = self.data.x_train[:n], self.data.y_train[:n]
+        m = self.cfg.max_test_examples or len(self.data.y_test)
+        self.x_test, self.y_test = self.data.x_test[:m], self.data.y_test[:m]
         self.x_align = self.data.x_train[: self.cfg.align_examples]
         self.x_cka = self.data.x_test[: self.cfg.cka_examples]
         self.ws = alphas(self.cfg.alphas)
@@ -79,7 +81,7 @@ class Comparer:
     def endpoint(self, params: Tensors) -> Endpoint:
         bs = self.cfg.batch_size
         tr = evaluate(self.model, params, self.x_train, self.y_train, bs)
-        te = evaluate(self.model, params, self.data.x_test, self.data.y_test, bs)
+        te = evaluate(self.model, params, self.x_test, self.y_test, bs)
         return tr.loss, tr.error, te.loss, te.error
 
     def _path(
@@ -106,7 +108,7 @@ class Comparer:
         """Eq. 4 on the linear path from a to b for the four loss/error x train/test curves."""
         tr = self._path(a, b, self.x_train, self.y_train,
                         (Evaluation(ea[0], ea[1]), Evaluation(eb[0], eb[1])))  # fmt: skip
-        te = self._path(a, b, self.data.x_test, self.data.y_test,
+        te = self._path(a, b, self.x_test, self.y_test,
                         (Evaluation(ea[2], ea[3]), Evaluation(eb[2], eb[3])))  # fmt: skip
         curves = {
             "train_loss": [e.loss for e in tr],
@@ -166,7 +168,7 @@ class Comparer:
             out["cka"] = angular_cka(fa, self.features(b))
         if self.cfg.ensemble:
             out["ensemble_test_acc"] = ensemble_accuracy(
-                self.model, [a, b], self.data.x_test, self.data.y_test, self.cfg.batch_size
+                self.model, [a, b], self.x_test, self.y_test, self.cfg.batch_size
             )
         return out
 

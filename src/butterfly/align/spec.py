@@ -110,9 +110,10 @@ def spec_for(model: nn.Module) -> PermutationSpec:
         return resnet_spec(model)
     try:
         return derive_spec(model)
-    except (NoPermutationSpec, torch.fx.proxy.TraceError) as err:
+    except Exception as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise NoPermutationSpec(
-            f"{type(model).__name__} has no permutation spec ({err}); write one (see "
+            f"{type(model).__name__} has no permutation spec ({reason}); write one (see "
             "butterfly.align.spec) or set eval.weight_matching, eval.activation_matching to "
             "false and eval.proxy_fractions to []"
         ) from None
