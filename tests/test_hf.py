@@ -148,3 +148,22 @@ def test_unusable_models_are_refused_before_training(tmp_path: Path) -> None:
         preflight(aligned)
     assert main(["run", "--set", "data.name=sentiment", "--set", "model.name=hf",
                  "--set", f"model.path={tmp_path}", "--out", str(tmp_path / "o")]) == 2  # fmt: skip
+
+
+def test_a_hugging_face_vit_trains_on_images_from_a_local_folder(tmp_path: Path) -> None:
+    from transformers import ViTConfig, ViTForImageClassification
+
+    cfg = ViTConfig(
+        image_size=8, patch_size=4, num_channels=3, hidden_size=16, num_hidden_layers=1,
+        num_attention_heads=2, intermediate_size=32, num_labels=7,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    ViTForImageClassification(cfg).save_pretrained(tmp_path / "vit")  # a head for 7 classes
+    m = build_model(ModelConfig(name="hf", path=str(tmp_path / "vit")), (3, 8, 8), 4, 0)
+    assert m.fresh == ["net.classifier.bias", "net.classifier.weight"]  # resized for 4 classes
+    x = torch.randn(5, 3, 8, 8)
+    assert m(x).shape == (5, 4) and m.features(x).shape == (5, 16)
+    info = param_info(m)
+    assert info["net.vit.embeddings.patch_embeddings.projection.weight"].kind == "weight"
+    assert info["net.vit.embeddings.cls_token"] == info["net.vit.embeddings.position_embeddings"]
+    assert info["net.vit.embeddings.cls_token"].init_var == pytest.approx(0.02**2)

@@ -217,6 +217,9 @@ def param_info(model: nn.Module) -> dict[str, ParamInfo]:
             for pname, _ in m.named_parameters(recurse=False):
                 info[prefix + pname] = ParamInfo("norm", v)
     missing = [n for n, _ in model.named_parameters() if n not in info]
+    if fixed_var is not None:  # e.g. a HF ViT's class token and position embeddings
+        info.update({n: ParamInfo("weight", fixed_var) for n in missing})
+        missing = []
     if missing:
         raise ValueError(
             f"cannot classify parameters {missing}: only Linear, Conv, Embedding and norm "
