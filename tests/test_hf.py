@@ -121,7 +121,8 @@ def test_a_text_sweep_from_a_local_model_keeps_the_control_exact(
     }  # fmt: skip
     cfg = build_config(raw)
     assert cfg.tokenizer_path() == str(model_dir)
-    assert (sentiment_folder(0) / "train.tsv").is_file() or True
+    assert (sentiment_folder(0) / "train.tsv").is_file()  # generated into BUTTERFLY_CACHE
+    assert str(sentiment_folder(0)).startswith(str(tmp_path / "cache"))
     df = run_sweep(cfg, tmp_path / "run", quiet=True, workers=1).results
     ctrl = df[df.control == 1]
     assert len(ctrl) == 2 and (ctrl.l2 == 0.0).all() and (ctrl.barrier_train_loss == 0.0).all()

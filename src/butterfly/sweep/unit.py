@@ -84,6 +84,7 @@ class Context:
     spec: dict[str, Any] = field(default_factory=dict)
     comparer: Comparer | None = None
     state_t: dict[str, Tensors] = field(default_factory=dict)  # the parent's optimizer state at t
+    noise_sizes: dict[tuple[int, float, int], float] = field(default_factory=dict)
 
 
 @lru_cache(maxsize=4)
@@ -188,7 +189,11 @@ def _perturbation(ctx: Context, params_t: Tensors, child: ChildSpec, t: int) -> 
         raise ValueError(f"unknown perturbation kind '{child.kind}'")
     pert = scale_direction(direction, mask, ctx.info, p.normalize)
     if p.scale == "sgd_noise":
-        size = sgd_noise_size(ctx, params_t, t, list(mask), mask)
+        # one estimate per (t, mask): batch and gaussian children share it
+        key_noise = (t, child.fraction, child.direction)
+        if key_noise not in ctx.noise_sizes:
+            ctx.noise_sizes[key_noise] = sgd_noise_size(ctx, params_t, t, list(mask), mask)
+        size = ctx.noise_sizes[key_noise]
         norm = l2_norm(pert.eps)
         pert = Perturbation(
             {k: v * (size / norm) for k, v in pert.eps.items()}, pert.n_masked, size
