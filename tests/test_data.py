@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from butterfly.config import DataConfig
-from butterfly.data import BatchStream, independent_batch, load_dataset, sources
+from butterfly.data import BatchStream, builtin, independent_batch, load_dataset
 
 
 def test_batch_is_a_pure_function_of_seed_and_step() -> None:
@@ -66,7 +66,7 @@ def test_mnist1d_is_generated_cached_and_never_downloaded(
     py_before, np_before = random.random(), np.random.rand()
     random.seed(123)
     np.random.seed(123)
-    d = sources.load_mnist1d(0)
+    d = builtin.load_mnist1d(0)
     assert (random.random(), np.random.rand()) == (py_before, np_before), "global RNG touched"
     assert d.x_train.shape == (4000, 1, 40) and d.x_test.shape == (1000, 1, 40)
     assert (tmp_path / "mnist1d-v1-seed0.npz").is_file()
@@ -74,6 +74,6 @@ def test_mnist1d_is_generated_cached_and_never_downloaded(
     def no_generation(seed):
         raise AssertionError("cached data must not be regenerated")
 
-    monkeypatch.setattr(sources, "_mnist1d_arrays", no_generation)
-    again = sources.load_mnist1d(0)
+    monkeypatch.setattr(builtin, "_mnist1d_arrays", no_generation)
+    again = builtin.load_mnist1d(0)
     assert torch.equal(again.x_train, d.x_train) and torch.equal(again.y_test, d.y_test)

@@ -16,13 +16,13 @@ import yaml
 
 import butterfly.sweep.runner as runner_mod
 from butterfly.cli import main
+from butterfly.experiment.rows import names
 from butterfly.sweep import Store, run_sweep
 from butterfly.sweep.lock import RunLock, RunLockedError, is_locked
 from butterfly.sweep.runner import SweepFailed
-from butterfly.sweep.store import RESULT_COLUMNS
 from conftest import tiny_config
 
-COMPARED = [c for c in RESULT_COLUMNS if c != "unit_wall_s"]
+COMPARED = [c for c in names("results") if c != "unit_wall_s"]
 
 
 def _slow_config():

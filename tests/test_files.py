@@ -13,10 +13,9 @@ import torch
 
 from butterfly.cli import main
 from butterfly.config import AugmentConfig, DataConfig
-from butterfly.data import load_dataset
+from butterfly.data import DataError, load_dataset
 from butterfly.data.augment import augment
 from butterfly.data.files import from_tensors, read_idx
-from butterfly.data.sources import DataError
 from butterfly.sweep import run_sweep
 from conftest import tiny_config
 

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from butterfly.data import DataError
 from butterfly.data.glue import load_glue
-from butterfly.data.sources import DataError
 
 
 def test_rte_style_tsv_with_string_labels(tmp_path: Path) -> None:

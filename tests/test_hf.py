@@ -19,8 +19,8 @@ from butterfly.cli import main
 from butterfly.config import ConfigError, ModelConfig, build_config
 from butterfly.data.glue import load_glue
 from butterfly.data.text import sentiment_folder, tokenize, write_sentiment
+from butterfly.hf_local import load_tokenizer, resolve_path
 from butterfly.models import build_model, head_names, param_info
-from butterfly.models.hf import load_tokenizer, resolve_path
 from butterfly.sweep import run_sweep
 from butterfly.sweep.runner import preflight
 

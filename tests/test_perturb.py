@@ -7,14 +7,14 @@ import torch
 from torch import nn
 
 from butterfly.config import ModelConfig
-from butterfly.models import build_model, param_info
-from butterfly.perturb import (
+from butterfly.experiment.perturb import (
     apply_perturbation,
     eligible,
     gaussian_direction,
     make_mask,
     scale_direction,
 )
+from butterfly.models import build_model, param_info
 
 
 class Tiny(nn.Module):

@@ -9,7 +9,7 @@ import pytest
 from butterfly.cli import main
 from butterfly.config import ConfigError, list_presets, load_config
 from butterfly.report.summary import summary_table
-from butterfly.sweep import run_sweep
+from butterfly.sweep.pipelines import run_pipeline
 
 NAMES = [name for name, _ in list_presets()]
 
@@ -45,7 +45,7 @@ def test_presets_are_listed_and_valid_at_both_scales(capsys: pytest.CaptureFixtu
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_every_cpu_preset_runs_end_to_end(name: str, tmp_path: Path) -> None:
-    out = run_sweep(load_config(name), tmp_path / name, quiet=True)
+    out = run_pipeline(load_config(name), tmp_path / name, quiet=True)
     df = out.results
     assert out.control_ok and len(df) > 0
     assert (df[df.control == 0].diverged == 0).all()
@@ -71,7 +71,7 @@ def test_every_cpu_preset_runs_end_to_end(name: str, tmp_path: Path) -> None:
 def _finetune_bar(df: object) -> None:
     """Paper section 4.4 / Figure 19: fine-tuning from the longest pre-training gives lower
     barriers than from random initialisation (CPU-scale pair: MNIST-1D 0-4 -> 5-9)."""
-    from butterfly.sweep.finetune import finetune_table
+    from butterfly.report.summary import finetune_table
 
     table = finetune_table(df)  # type: ignore[arg-type]
     print("\nmean train-loss barrier by pre-training steps, kind, t/T (columns: sigma)")
@@ -88,7 +88,7 @@ def test_warmup_lowers_early_barriers_at_cpu_scale(tmp_path: Path) -> None:
     """Paper section 4.3: 10x warm-up gives lower barriers at t = 0 than the standard setting."""
     tables = {}
     for name in ("table1-standard", "table1-warmup10x"):
-        df = run_sweep(load_config(name), tmp_path / name, quiet=True).results
+        df = run_pipeline(load_config(name), tmp_path / name, quiet=True).results
         tables[name] = summary_table(df).xs(0.0, level="t_frac")
     std, warm = tables["table1-standard"], tables["table1-warmup10x"]
     print("\nmean train-loss barrier at t = 0 (rows: kind; columns: sigma)")

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from butterfly.experiment.rows import names
 from butterfly.sweep import run_sweep
 from butterfly.sweep.executors import RayExecutor
-from butterfly.sweep.store import RESULT_COLUMNS
 from conftest import tiny_config
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'butterfly[ray]')")
@@ -39,7 +39,7 @@ def test_ray_results_equal_local(cluster, tmp_path: Path) -> None:
     cfg = tiny_config(eval={"activation_matching": False})
     with_ray = run_sweep(cfg, tmp_path / "ray", workers=2, executor="ray", quiet=True)
     local = run_sweep(cfg, tmp_path / "local", workers=2, quiet=True)
-    cols = [c for c in RESULT_COLUMNS if c != "unit_wall_s"]
+    cols = [c for c in names("results") if c != "unit_wall_s"]
     assert len(with_ray.results) == 10 and with_ray.control_ok
     assert with_ray.results[cols].equals(local.results[cols])
 

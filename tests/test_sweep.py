@@ -7,12 +7,12 @@ import pytest
 import torch
 
 import butterfly
+from butterfly.checkpoint import load_checkpoint
 from butterfly.cli import main
 from butterfly.config import ConfigError
+from butterfly.experiment.rows import names
 from butterfly.models import build_from_spec
 from butterfly.sweep import read_results, run_sweep
-from butterfly.sweep.checkpoint import load_checkpoint
-from butterfly.sweep.store import RESULT_COLUMNS
 from conftest import tiny_config
 
 REQUIRED = [
@@ -43,7 +43,7 @@ def test_sweep_end_to_end(tmp_path: Path, tiny) -> None:
     assert out.minimum_steps == 60 + 5 * (60 + 30)
     # the csv export equals the database
     csv = pd.read_csv(tmp_path / "run" / "results.csv")
-    assert len(csv) == len(df) and set(csv.columns) == set(RESULT_COLUMNS)
+    assert len(csv) == len(df) and set(csv.columns) == set(names("results"))
     assert (tmp_path / "run" / "config.yaml").is_file()
 
 
@@ -76,7 +76,7 @@ def test_changed_config_on_existing_run_is_refused(tmp_path: Path, tiny) -> None
 def test_worker_pool_equals_inline(tmp_path: Path, tiny) -> None:
     inline = run_sweep(tiny, tmp_path / "a", workers=1, quiet=True).results
     pooled = run_sweep(tiny, tmp_path / "b", workers=2, quiet=True).results
-    cols = [c for c in RESULT_COLUMNS if c != "unit_wall_s"]
+    cols = [c for c in names("results") if c != "unit_wall_s"]
     pd.testing.assert_frame_equal(inline[cols], pooled[cols])
 
 
@@ -116,9 +116,9 @@ def test_cli_run_prints_table_and_check(tmp_path: Path, capsys: pytest.CaptureFi
 def test_determinism_failure_exits_non_zero(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import butterfly.sweep.unit as unit_mod
+    import butterfly.sweep.tasks as tasks_mod
 
-    real = unit_mod.measure
+    real = tasks_mod.measure_children
 
     def broken(*args, **kwargs):
         rows = real(*args, **kwargs)
@@ -127,7 +127,7 @@ def test_determinism_failure_exits_non_zero(
                 r["l2"] = 1e-9  # as if the control had drifted by rounding
         return rows
 
-    monkeypatch.setattr(unit_mod, "measure", broken)
+    monkeypatch.setattr(tasks_mod, "measure_children", broken)
     import yaml
 
     cfg = tmp_path / "tiny.yaml"

@@ -107,7 +107,7 @@ def test_vmap_and_loop_agree_up_to_rounding() -> None:
 
 
 def test_resuming_from_a_checkpoint_replays_the_same_batches(tmp_path) -> None:
-    from butterfly.sweep.checkpoint import load_checkpoint, save_checkpoint
+    from butterfly.checkpoint import load_checkpoint, save_checkpoint
     from butterfly.train.population import member_state
 
     trainer, recipe, params = _setup("loop")

@@ -12,10 +12,13 @@ from safetensors.torch import load_file
 
 from butterfly.config import ConfigError, ModelConfig, build_config
 from butterfly.data import load_dataset
+from butterfly.experiment.setup import make_setup
+from butterfly.experiment.spawn import child_lr, spawn_stream
 from butterfly.models import build_model, head_names, load_backbone_, param_info
 from butterfly.sweep import run_sweep
+from butterfly.sweep.pipelines import run_pipeline
 from butterfly.sweep.plan import plan
-from butterfly.sweep.unit import child_lr, make_context, run_parent, run_unit, spawn_stream
+from butterfly.sweep.tasks import run_parent, run_unit
 from butterfly.train import Population
 from butterfly.train.recipe import lr_at
 
@@ -99,7 +102,7 @@ def test_dropout_masks_are_step_seeded_and_shared_by_members() -> None:
             recipe={"steps": 4, "batch_size": 8},
         )
     )
-    ctx = make_context(cfg, 0)
+    ctx = make_setup(cfg, 0)
     tr = ctx.trainer
     assert tr.dropout
     x, y = tr.batch(0)
@@ -127,7 +130,7 @@ def test_spawning_baseline_uses_an_independent_stream_after_t(tmp_path: Path) ->
     assert [c.kind for c in units[0].members] == [
         "original", "control", "batch", "batch", "spawn", "spawn"
     ]  # fmt: skip
-    ctx = make_context(cfg, 0)
+    ctx = make_setup(cfg, 0)
     s0, s1 = spawn_stream(ctx, 30, 0), spawn_stream(ctx, 30, 1)
     assert not torch.equal(s0.indices(30), ctx.trainer.stream.indices(30))
     assert not torch.equal(s0.indices(30), s1.indices(30))
@@ -151,10 +154,11 @@ def test_sgd_noise_scale_is_the_distance_after_one_step_on_independent_batches(
     res = run_unit(cfg, plan(cfg)[0], run_dir)
     rows = {(r["kind"], r["sigma"]): r for r in res.rows if not r["control"]}
     # hand computation: lr_t * ||g1 - g2|| (SGD with momentum: the buffers are shared)
+    from butterfly.checkpoint import load_checkpoint
     from butterfly.data import independent_batch
-    from butterfly.sweep.unit import load_checkpoint, parent_path
+    from butterfly.sweep.rundir import parent_path
 
-    ctx = make_context(cfg, 0)
+    ctx = make_setup(cfg, 0)
     params, _, _ = load_checkpoint(parent_path(run_dir, 0, 30))
     lr = lr_at(cfg.recipe, 30)
     names = [n for n, i in ctx.info.items() if i.kind == "weight"]
@@ -232,7 +236,7 @@ def test_class_selection_relabels_in_the_given_order() -> None:
 
 
 def test_backbone_loading_keeps_everything_but_the_head(tmp_path: Path) -> None:
-    from butterfly.sweep.checkpoint import save_checkpoint
+    from butterfly.checkpoint import save_checkpoint
 
     src = build_model(ModelConfig(name="mlp", width=8), (1, 16), 5, 0)
     path = tmp_path / "c.safetensors"
@@ -263,7 +267,7 @@ def test_finetuning_run_pretrains_once_and_sweeps_each_checkpoint(tmp_path: Path
         },
     )
     cfg = build_config(raw)
-    out = run_sweep(cfg, tmp_path / "ft", quiet=True, workers=1)
+    out = run_pipeline(cfg, tmp_path / "ft", quiet=True, workers=1)
     df = out.results
     assert out.control_ok and sorted(df.pretrain_steps.unique()) == [0, 10, 40]
     assert len(df) == 3 * 2 * 2  # checkpoints x times x (control + child)
@@ -278,7 +282,7 @@ def test_finetuning_run_pretrains_once_and_sweeps_each_checkpoint(tmp_path: Path
     assert not torch.equal(rnd["param.hidden.0.weight"], pre["param.hidden.0.weight"])
     assert ft0["param.out.weight"].shape == (2, 16)
     # rerun: everything is resumed, nothing retrained
-    again = run_sweep(cfg, top, quiet=True, workers=1)
+    again = run_pipeline(cfg, top, quiet=True, workers=1)
     assert again.units_run == 0 and again.steps == 0
     from butterfly.report import build_report
 
@@ -286,8 +290,8 @@ def test_finetuning_run_pretrains_once_and_sweeps_each_checkpoint(tmp_path: Path
     assert page == top / "report.html" and (top / "figures/finetune.png").is_file()
     assert "pre-trained 40 steps" in page.read_text()
     # a changed config is refused, not mixed in
-    with pytest.raises(ConfigError, match="another config"):
-        run_sweep(build_config({**raw, "seeds": [1]}), top, quiet=True, workers=1)
+    with pytest.raises(ConfigError, match="different config"):
+        run_pipeline(build_config({**raw, "seeds": [1]}), top, quiet=True, workers=1)
 
 
 def test_finetuning_config_errors_are_one_sentence() -> None:
@@ -301,7 +305,7 @@ def test_finetuning_config_errors_are_one_sentence() -> None:
 
 def test_population_lanes_must_start_together() -> None:
     cfg = build_config(cfg_of())
-    ctx = make_context(cfg, 0)
+    ctx = make_setup(cfg, 0)
     from butterfly.train.population import Lane
 
     a = Population.fresh(cfg.recipe, ctx.init)

@@ -9,7 +9,8 @@ import pandas as pd
 
 from butterfly.config import RunConfig, build_config, load_config
 from butterfly.report import build_report
-from butterfly.sweep import DeterminismError, run_sweep
+from butterfly.sweep import DeterminismError
+from butterfly.sweep.pipelines import run_pipeline
 
 
 def resolve_config(
@@ -39,7 +40,7 @@ def run(
     return the results anyway).
     """
     cfg = resolve_config(config, overrides)
-    outcome = run_sweep(cfg, Path(out), workers=workers, quiet=quiet)
+    outcome = run_pipeline(cfg, Path(out), workers=workers, quiet=quiet)
     build_report([outcome.run_dir])
     if check and not outcome.control_ok:
         raise DeterminismError(f"the sigma = 0 control is not exactly zero in {out}")

@@ -1,9 +1,11 @@
 """The ``butterfly`` command line, thin over the Python API.
 
-    butterfly run [CONFIG.yaml] [--set key=value ...] [--out DIR] [--workers N]
-                  [--executor local|ray] [--address ADDR] [--force-new]
+    butterfly run [CONFIG.yaml] [--set key=value ...] [--out DIR] [--workers N] [--quiet]
+                  [--executor local|ray] [--address ADDR] [--force-new] [--scale cpu|full]
+    butterfly presets
+    butterfly report RUN_DIR [RUN_DIR ...] [--out PAGE.html]
     butterfly status RUN_DIR
-    butterfly compare A.safetensors B.safetensors [--json]
+    butterfly compare A.safetensors B.safetensors [--json] [--data NAME] [--no-align]
 
 Exit codes: 0 success, 1 a failed run (including a determinism failure), 2 a bad config or
 command line. Errors print one sentence; ``--debug`` shows the traceback.
@@ -77,15 +79,16 @@ def _parser() -> argparse.ArgumentParser:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from butterfly.config import load_config
+    from butterfly.experiment import check_control
     from butterfly.report import build_report, format_table
-    from butterfly.sweep import run_sweep
-    from butterfly.sweep.runner import check_control
+    from butterfly.report.summary import finetune_table
+    from butterfly.sweep.pipelines import run_pipeline
 
     cfg = load_config(args.config, args.overrides, args.scale)
     if args.workers is not None and args.workers < 0:
         raise ConfigError("--workers must be >= 0 (0 = one per core)")
     out = Path(args.out) if args.out else Path("runs") / cfg.name
-    outcome = run_sweep(
+    outcome = run_pipeline(
         cfg, out, workers=args.workers, quiet=args.quiet, executor=args.executor,
         address=args.address, force_new=args.force_new,
     )  # fmt: skip
@@ -93,8 +96,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     df = outcome.results
     page = build_report([out])
     if "pretrain_steps" in df.columns:
-        from butterfly.sweep.finetune import finetune_table
-
         print("mean train-loss barrier by pre-training steps (0 = random init), kind, t/T:")
         print(finetune_table(df).to_string(float_format=lambda v: f"{v:.4g}"))
     else:

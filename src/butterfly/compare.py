@@ -7,11 +7,11 @@ from typing import Any
 
 import torch
 
+from butterfly.checkpoint import CheckpointError, load_checkpoint
 from butterfly.config import DataConfig, EvalConfig
 from butterfly.data import load_dataset
-from butterfly.divergence import Comparer
+from butterfly.experiment.measure import Comparer
 from butterfly.models import build_from_spec
-from butterfly.sweep.checkpoint import CheckpointError, load_checkpoint
 
 
 def compare_checkpoints(

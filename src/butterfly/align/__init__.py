@@ -6,7 +6,6 @@ from butterfly.align.permute import (
     compose,
     fixed_point_fraction,
     identity,
-    inverse,
     random_perms,
 )
 from butterfly.align.spec import NoPermutationSpec, PermutationSpec, analyse, derive_spec, spec_for
@@ -24,7 +23,6 @@ __all__ = [
     "fixed_point_fraction",
     "hidden_activations",
     "identity",
-    "inverse",
     "random_perms",
     "spec_for",
     "weight_matching",

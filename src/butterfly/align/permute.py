@@ -39,10 +39,6 @@ def compose(outer: Perms, inner: Perms) -> Perms:
     return {p: inner[p][outer[p]] for p in outer}
 
 
-def inverse(perms: Perms) -> Perms:
-    return {p: torch.argsort(v) for p, v in perms.items()}
-
-
 def fixed_point_fraction(perms: Perms) -> tuple[float, dict[str, float]]:
     """Fraction of units left in place: pooled over all permutations, and per permutation."""
     per = {p: float((v == torch.arange(len(v))).double().mean()) for p, v in perms.items()}

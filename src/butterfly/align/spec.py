@@ -2,9 +2,10 @@
 permutation of hidden units.
 
 A :class:`PermutationSpec` maps each permutation name to the ``(tensor, axis)`` pairs it acts
-on. Specs for the built-in models are written by hand next to each model (:func:`spec_for`);
-:func:`derive_spec` derives the same axis groups from the model's ``torch.fx`` graph by tracking
-which tensors' axes index the same "channel space", and tests check the two agree.
+on. The built-in MLP, CNN and ResNet write theirs by hand as a ``permutation_spec()`` method in
+their own module; :func:`derive_spec` derives the same axis groups from any model's ``torch.fx``
+graph by tracking which tensors' axes index the same "channel space" (tests check the two
+agree), and :func:`spec_for` uses it for models without a spec of their own.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 import torch.fx
 from torch import nn
 
-from butterfly.models import CNN, MLP, NORM_TYPES, WEIGHT_TYPES, ResNet
+from butterfly.layers import NORM_TYPES, WEIGHT_TYPES
 
 Axis = tuple[str, int]
 
@@ -48,66 +49,12 @@ class NoPermutationSpec(ValueError):
     """Alignment was asked for a model without a permutation spec."""
 
 
-# ---- hand-written specs ----------------------------------------------------------------------
-
-
-def mlp_spec(model: MLP) -> PermutationSpec:
-    n = len(model.hidden)
-    perms: dict[str, list[Axis]] = {}
-    for i in range(n):
-        nxt = f"hidden.{i + 1}.weight" if i + 1 < n else "out.weight"
-        perms[f"P_{i}"] = [(f"hidden.{i}.weight", 0), (f"hidden.{i}.bias", 0), (nxt, 1)]
-    return PermutationSpec({k: tuple(v) for k, v in perms.items()})
-
-
-def cnn_spec(model: CNN) -> PermutationSpec:
-    n = len(model.convs)
-    perms: dict[str, list[Axis]] = {}
-    for i in range(n):
-        nxt = f"convs.{i + 1}.weight" if i + 1 < n else "out.weight"
-        perms[f"P_{i}"] = [(f"convs.{i}.weight", 0), (f"convs.{i}.bias", 0), (nxt, 1)]
-    return PermutationSpec({k: tuple(v) for k, v in perms.items()})
-
-
-def resnet_spec(model: ResNet) -> PermutationSpec:
-    """Residual streams share one permutation per stage; each block has an inner one."""
-    perms: dict[str, list[Axis]] = defaultdict(list)
-
-    def norm(name: str, p: str) -> None:
-        perms[p] += [(f"{name}.weight", 0), (f"{name}.bias", 0)]
-
-    res = "P_res0"
-    perms[res] += [("conv.weight", 0)]
-    norm("norm", res)
-    stage, width = 0, model.blocks[0].conv1.out_channels
-    for i, block in enumerate(model.blocks):
-        b = f"blocks.{i}"
-        if block.conv1.out_channels != width:
-            stage, width = stage + 1, block.conv1.out_channels
-        new_res = f"P_res{stage}"
-        inner = f"P_{b}_inner"
-        perms[res] += [(f"{b}.conv1.weight", 1)]
-        perms[inner] += [(f"{b}.conv1.weight", 0), (f"{b}.conv2.weight", 1)]
-        norm(f"{b}.norm1", inner)
-        perms[new_res] += [(f"{b}.conv2.weight", 0)]
-        norm(f"{b}.norm2", new_res)
-        if isinstance(block.shortcut, nn.Sequential):
-            perms[res] += [(f"{b}.shortcut.0.weight", 1)]
-            perms[new_res] += [(f"{b}.shortcut.0.weight", 0)]
-            norm(f"{b}.shortcut.1", new_res)
-        res = new_res
-    perms[res] += [("out.weight", 1)]
-    return PermutationSpec({k: tuple(v) for k, v in perms.items()})
-
-
 def spec_for(model: nn.Module) -> PermutationSpec:
-    """The hand-written spec of a built-in model, else one derived from its traced graph."""
-    if type(model) is MLP:
-        return mlp_spec(model)
-    if type(model) is CNN:
-        return cnn_spec(model)
-    if type(model) is ResNet:
-        return resnet_spec(model)
+    """The model's own spec (``model.permutation_spec()``, written by hand next to each built-in
+    model), else one derived from its traced graph."""
+    own = getattr(model, "permutation_spec", None)
+    if callable(own):
+        return own()
     try:
         return derive_spec(model)
     except Exception as err:

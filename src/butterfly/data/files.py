@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from butterfly.data.sources import DataError, Dataset
+from butterfly.data.dataset import DataError, Dataset
 
 
 def _standardise(x_train: torch.Tensor, x_test: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

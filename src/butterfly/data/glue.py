@@ -21,7 +21,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from butterfly.data.sources import DataError
+from butterfly.data.dataset import DataError
 
 TEXT_COLUMNS = [
     ("sentence1", "sentence2"),

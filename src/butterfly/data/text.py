@@ -19,8 +19,9 @@ from pathlib import Path
 
 import torch
 
+from butterfly.data.dataset import DataError, Dataset, cache_dir
 from butterfly.data.glue import TextDataset, TextSplit, load_glue
-from butterfly.data.sources import DataError, Dataset, cache_dir
+from butterfly.hf_local import HFUnavailable, load_tokenizer
 
 POSITIVE = [
     "great", "wonderful", "moving", "delightful", "brilliant", "charming", "superb",
@@ -124,8 +125,6 @@ def load_text(
         if path is None:
             raise DataError("data.name = glue needs data.path: the folder of one GLUE task")
         folder = Path(path)
-    from butterfly.models.hf import HFUnavailable, load_tokenizer
-
     try:
         tok = load_tokenizer(tokenizer)
     except HFUnavailable as err:

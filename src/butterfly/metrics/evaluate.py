@@ -1,7 +1,11 @@
 """Evaluation of many parameter sets on a data set: mean cross-entropy and 0-1 error.
 
-Every parameter set goes through the same code path with the same chunking, so identical
-parameters give bit-identical numbers. Per-example losses are summed in float64.
+Two code paths: :func:`evaluate` runs one parameter set at a time, :func:`evaluate_stacked` K
+stacked sets in one vectorised pass. Within one path every parameter set goes through the same
+operations with the same chunking, so identical parameters give bit-identical numbers (the two
+paths agree to rounding, not bit for bit). :func:`evaluate` sums each chunk's cross-entropy in
+the model's dtype and accumulates the chunks in float64; :func:`evaluate_stacked` sums
+per-example losses in float64.
 """
 
 from __future__ import annotations

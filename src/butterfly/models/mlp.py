@@ -1,4 +1,5 @@
-"""Multi-layer perceptron: ``depth`` hidden ReLU layers of ``width`` units, then a linear head."""
+"""Multi-layer perceptron: ``depth`` hidden ReLU layers of ``width`` units, then a linear head,
+with its permutation spec (one permutation per hidden layer)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from itertools import pairwise
 
 import torch
 from torch import nn
+
+from butterfly.align.spec import Axis, PermutationSpec
 
 
 class MLP(nn.Module):
@@ -28,3 +31,12 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out(self.features(x))
+
+    def permutation_spec(self) -> PermutationSpec:
+        """Hidden layer i's units: rows of its weight and bias, columns of the next weight."""
+        n = len(self.hidden)
+        perms: dict[str, list[Axis]] = {}
+        for i in range(n):
+            nxt = f"hidden.{i + 1}.weight" if i + 1 < n else "out.weight"
+            perms[f"P_{i}"] = [(f"hidden.{i}.weight", 0), (f"hidden.{i}.bias", 0), (nxt, 1)]
+        return PermutationSpec({k: tuple(v) for k, v in perms.items()})

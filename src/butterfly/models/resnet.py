@@ -4,14 +4,18 @@
 ResNet8-64: three stages of ``(depth - 2) / 6`` basic blocks with ``width, 2 width, 4 width``
 channels. LayerNorm normalises each example over (channels, positions) with a per-channel affine
 (``GroupNorm(1, C)``), so no running statistics exist and interpolated networks need no
-re-estimation. Works on 2-D images and, with 1-D convolutions, on 1-D signals.
+re-estimation. Works on 2-D images and, with 1-D convolutions, on 1-D signals. ``ResNet`` has a
+hand-written permutation spec; ``ResNet50``'s is derived from its traced graph.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
+
 import torch
 from torch import nn
 
+from butterfly.align.spec import Axis, PermutationSpec
 from butterfly.models.cnn import conv_cls
 
 
@@ -70,6 +74,36 @@ class ResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out(self.features(x))
+
+    def permutation_spec(self) -> PermutationSpec:
+        """Residual streams share one permutation per stage; each block has an inner one."""
+        perms: dict[str, list[Axis]] = defaultdict(list)
+
+        def norm(name: str, p: str) -> None:
+            perms[p] += [(f"{name}.weight", 0), (f"{name}.bias", 0)]
+
+        res = "P_res0"
+        perms[res] += [("conv.weight", 0)]
+        norm("norm", res)
+        stage, width = 0, self.blocks[0].conv1.out_channels
+        for i, block in enumerate(self.blocks):
+            b = f"blocks.{i}"
+            if block.conv1.out_channels != width:
+                stage, width = stage + 1, block.conv1.out_channels
+            new_res = f"P_res{stage}"
+            inner = f"P_{b}_inner"
+            perms[res] += [(f"{b}.conv1.weight", 1)]
+            perms[inner] += [(f"{b}.conv1.weight", 0), (f"{b}.conv2.weight", 1)]
+            norm(f"{b}.norm1", inner)
+            perms[new_res] += [(f"{b}.conv2.weight", 0)]
+            norm(f"{b}.norm2", new_res)
+            if isinstance(block.shortcut, nn.Sequential):
+                perms[res] += [(f"{b}.shortcut.0.weight", 1)]
+                perms[new_res] += [(f"{b}.shortcut.0.weight", 0)]
+                norm(f"{b}.shortcut.1", new_res)
+            res = new_res
+        perms[res] += [("out.weight", 1)]
+        return PermutationSpec({k: tuple(v) for k, v in perms.items()})
 
 
 class Bottleneck(nn.Module):

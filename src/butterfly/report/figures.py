@@ -20,19 +20,10 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from butterfly.experiment.rows import children, spawned
+
 MARKERS = "osD^v<>ph*"
 SYMLOG = 1e-4  # linear range of symmetric-log axes: barriers are often exactly 0
-
-
-def children(df: pd.DataFrame) -> pd.DataFrame:
-    """Perturbed children that did not diverge (no control, no spawned baseline, no diverged
-    rows)."""
-    return df[(df["control"] == 0) & (df["diverged"] == 0) & (df["kind"] != "spawn")]
-
-
-def spawned(df: pd.DataFrame) -> pd.DataFrame:
-    """Children of Frankle et al.'s spawning baseline that did not diverge."""
-    return df[(df["kind"] == "spawn") & (df["diverged"] == 0)]
 
 
 def _colors(n: int) -> list:

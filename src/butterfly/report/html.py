@@ -14,15 +14,11 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from butterfly.report.figures import (
-    FigureSpec,
-    all_figures,
-    children,
-    finetune_figure,
-    runs_side_by_side,
-)
-from butterfly.report.summary import summary_table
-from butterfly.sweep.store import Store
+from butterfly.experiment import check_control
+from butterfly.experiment.rows import PRETRAIN_STEPS, children
+from butterfly.report.figures import FigureSpec, all_figures, finetune_figure, runs_side_by_side
+from butterfly.report.summary import finetune_table, summary_table
+from butterfly.sweep.store import Store, pipeline_runs
 
 TABLE_COLUMNS = [
     "seed", "kind", "t", "t_frac", "sigma", "fraction", "control", "noise_l2", "l2",
@@ -93,8 +89,6 @@ def _table(df: pd.DataFrame, sortable: bool = False, cls: str = "") -> str:
 
 
 def _control_check(df: pd.DataFrame) -> str:
-    from butterfly.sweep.runner import check_control
-
     n = int((df["control"] == 1).sum())
     problems = check_control(df)
     if problems:
@@ -165,8 +159,6 @@ def _run_section(
 
 def build_report(run_dirs: list[Path], out: Path | None = None) -> Path:
     """Write the figures (PNG and PDF) and ``report.html``; returns the page's path."""
-    from butterfly.sweep.finetune import finetune_table, is_finetune_dir, sub_runs
-
     run_dirs = [Path(r) for r in run_dirs]
     if not run_dirs:
         raise ValueError("give at least one run folder")
@@ -178,8 +170,9 @@ def build_report(run_dirs: list[Path], out: Path | None = None) -> Path:
     named: dict[str, Path] = {}
     pretrain_steps: dict[str, int] = {}
     for r in run_dirs:
-        if is_finetune_dir(r):
-            for steps, d in sub_runs(r):
+        subs = pipeline_runs(r)
+        if subs is not None:
+            for steps, d in subs:
                 label = f"pre-trained {steps} steps" if steps else "random init"
                 named[label if len(run_dirs) == 1 else f"{r.name}: {label}"] = d
                 pretrain_steps[label] = steps
@@ -191,7 +184,7 @@ def build_report(run_dirs: list[Path], out: Path | None = None) -> Path:
     runs = {name: read_run(r) for name, r in named.items()}
     if pretrain_steps and len(run_dirs) == 1:
         df = pd.concat(
-            [runs[n]["results"].assign(pretrain_steps=s) for n, s in pretrain_steps.items()],
+            [runs[n]["results"].assign(**{PRETRAIN_STEPS.name: s}) for n, s in pretrain_steps.items()],
             ignore_index=True,
         )
         fig = finetune_figure(df, fig_dir / "finetune.png")

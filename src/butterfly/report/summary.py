@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pandas as pd
 
+from butterfly.experiment.rows import children
+
 
 def summary_table(df: pd.DataFrame, metric: str = "barrier_train_loss") -> pd.DataFrame:
     """Mean of ``metric`` over seeds, rows (kind, t/T), columns sigma."""
-    d = df[(df["control"] == 0) & (df["diverged"] == 0)]  # spawned children show as sigma 0
+    d = children(df, spawn=True)  # spawned children show as sigma 0
     if d.empty:
         return pd.DataFrame()
     return d.pivot_table(index=["kind", "t_frac"], columns="sigma", values=metric, aggfunc="mean")
@@ -26,3 +28,10 @@ def format_table(df: pd.DataFrame) -> str:
             f"mean {metric} over seeds:\n" + table.to_string(float_format=lambda v: f"{v:9.3g}")
         )
     return "\n\n".join(parts)
+
+
+def finetune_table(df: pd.DataFrame, metric: str = "barrier_train_loss") -> pd.DataFrame:
+    """Mean ``metric`` over seeds by (pre-training steps, kind, t) x sigma (perturbed only)."""
+    return children(df).pivot_table(
+        index=["pretrain_steps", "kind", "t_frac"], columns="sigma", values=metric, aggfunc="mean"
+    )

@@ -14,8 +14,8 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any, Protocol
 
 from butterfly.config import ConfigError, RunConfig
+from butterfly.experiment import configure_torch
 from butterfly.sweep.progress import Progress
-from butterfly.sweep.unit import configure_torch
 
 
 class Executor(Protocol):

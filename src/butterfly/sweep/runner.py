@@ -18,15 +18,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
+from butterfly.align import NoPermutationSpec, spec_for
 from butterfly.config import ConfigError, RunConfig
+from butterfly.data import DataError, load_dataset
+from butterfly.experiment import check_control, configure_torch
+from butterfly.experiment.setup import environment
+from butterfly.models import build_model
+from butterfly.sweep import rundir
 from butterfly.sweep.executors import Executor, make_executor
 from butterfly.sweep.lock import RunLock
 from butterfly.sweep.plan import Unit, minimum_steps, plan
 from butterfly.sweep.progress import Progress
 from butterfly.sweep.store import Store
-from butterfly.sweep.unit import UnitResult, configure_torch, environment, run_parent, run_unit
+from butterfly.sweep.tasks import UnitResult, run_parent, run_unit
 
 
 class DeterminismError(RuntimeError):
@@ -50,54 +55,8 @@ def resolve_workers(cfg: RunConfig, workers: int | None) -> int:
     return n if n > 0 else (os.cpu_count() or 1)
 
 
-def prepare_run_dir(cfg: RunConfig, run_dir: Path) -> None:
-    """Create the run folder and save the resolved config; refuse a changed config."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg_path = run_dir / "config.yaml"
-    resolved = cfg.to_dict()
-    if cfg_path.is_file():
-        old = yaml.safe_load(cfg_path.read_text())
-        if old != resolved:
-            changed = sorted(_diff(old or {}, resolved))
-            raise ConfigError(
-                f"{run_dir} holds a run with a different config (changed: {', '.join(changed)}); "
-                "choose another --out folder or delete this one"
-            )
-    else:
-        tmp = cfg_path.with_suffix(".yaml.tmp")
-        tmp.write_text(yaml.safe_dump(resolved, sort_keys=False))
-        os.replace(tmp, cfg_path)
-
-
-def _diff(a: dict, b: dict, prefix: str = "") -> set[str]:
-    out: set[str] = set()
-    for k in set(a) | set(b):
-        va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out |= _diff(va, vb, f"{prefix}{k}.")
-        elif va != vb:
-            out.add(prefix + k)
-    return out
-
-
-def check_control(df: pd.DataFrame) -> list[str]:
-    """Problems with the sigma = 0 control rows (empty when every control is exactly zero)."""
-    problems = []
-    ctrl = df[df["control"] == 1]
-    for _, r in ctrl.iterrows():
-        bad = {
-            c: r[c]
-            for c in ("l2", "barrier_train_loss", "barrier_test_error")
-            if not (r[c] is not None and r[c] == 0.0)
-        }
-        if bad or r["diverged"]:
-            problems.append(
-                f"seed {r['seed']} t={r['t']}: " + ", ".join(f"{k}={v!r}" for k, v in bad.items())
-            )
-    return problems
-
-
-def _log(msg: str, quiet: bool) -> None:
+def log(msg: str, quiet: bool) -> None:
+    """A progress message on stderr (the sweep's and the pipelines' one voice)."""
     if not quiet:
         print(msg, file=sys.stderr, flush=True)
 
@@ -108,9 +67,6 @@ class SweepFailed(RuntimeError):
 
 def preflight(cfg: RunConfig) -> None:
     """Checks that need the data set, done before anything is written or trained."""
-    from butterfly.data import DataError, load_dataset
-    from butterfly.models import build_model
-
     try:
         data = load_dataset(cfg.data, cfg.tokenizer_path())
     except DataError as err:
@@ -130,27 +86,10 @@ def preflight(cfg: RunConfig) -> None:
             f"model '{cfg.model.name}' cannot take '{cfg.data.name}' inputs: {err}"
         ) from None
     if cfg.eval.weight_matching or cfg.eval.activation_matching or cfg.eval.proxy_fractions:
-        from butterfly.align import NoPermutationSpec, spec_for
-
         try:
             spec_for(model)
         except NoPermutationSpec as err:
             raise ConfigError(str(err)) from None
-
-
-def fresh_run_dir(run_dir: Path) -> Path:
-    """``run_dir`` itself if free, else the first ``run_dir-N`` that does not exist."""
-    if not run_dir.exists():
-        return run_dir
-    n = 2
-    while (candidate := run_dir.with_name(f"{run_dir.name}-{n}")).exists():
-        n += 1
-    return candidate
-
-
-def config_differs(cfg: RunConfig, run_dir: Path) -> bool:
-    path = run_dir / "config.yaml"
-    return path.is_file() and yaml.safe_load(path.read_text()) != cfg.to_dict()
 
 
 def run_sweep(
@@ -170,21 +109,22 @@ def run_sweep(
     ``progress``: draw live progress on stderr (default: only when stderr is a terminal).
     """
     run_dir = Path(run_dir)
-    if force_new and config_differs(cfg, run_dir):
-        run_dir = fresh_run_dir(run_dir)
-        _log(f"config differs from the existing run: starting a fresh run in {run_dir}", quiet)
     if cfg.pretrain is not None:
-        from butterfly.sweep.finetune import run_finetune
-
-        return run_finetune(cfg, run_dir, workers, quiet, executor, address, progress)
+        raise ConfigError(
+            "a config with a pretrain section is a fine-tuning pipeline: run it with "
+            "butterfly.sweep.pipelines.run_pipeline (what `butterfly run` does)"
+        )
+    if force_new and rundir.config_differs(cfg, run_dir):
+        run_dir = rundir.fresh_run_dir(run_dir)
+        log(f"config differs from the existing run: starting a fresh run in {run_dir}", quiet)
     start = time.perf_counter()
     preflight(cfg)
     with RunLock(run_dir):
-        prepare_run_dir(cfg, run_dir)
+        rundir.prepare_run_dir(cfg, run_dir)
         configure_torch(cfg.runtime.threads)
         units = plan(cfg)
         n_workers = resolve_workers(cfg, workers)
-        store = Store(run_dir / "results.db")
+        store = Store(run_dir / rundir.STORE)
         try:
             store.set_meta("config", cfg.to_dict())
             store.set_meta(
@@ -194,7 +134,7 @@ def run_sweep(
             todo = [u for u in units if (u.seed, u.t) not in done]
             skipped = len(units) - len(todo)
             if skipped:
-                _log(f"resuming: {skipped} of {len(units)} units already finished", quiet)
+                log(f"resuming: {skipped} of {len(units)} units already finished", quiet)
             T = cfg.recipe.steps
             live = progress if progress is not None else (not quiet and sys.stderr.isatty())
             bar = Progress(len(units), skipped, sum(T - u.t for u in todo), T, enabled=live)
@@ -209,7 +149,7 @@ def run_sweep(
                 steps += res.steps
                 bar.unit_done(res.seed, res.t, T - res.t)
                 if not bar.enabled:
-                    _log(
+                    log(
                         f"[{bar.done}/{len(units)}] seed {res.seed} t={res.t}: "
                         f"{res.population} members, {res.steps} member-steps, {res.wall_s:.1f} s",
                         quiet,
@@ -223,10 +163,10 @@ def run_sweep(
                 store.record_failure(seed, t, f"{type(err).__name__}: {err}", time.time())
                 where = f"seed {seed}" + (f" t={t}" if t is not None else " (parent)")
                 failures.append(f"{where}: {err}")
-                _log(f"FAILED {where}: {type(err).__name__}: {err}", quiet)
+                log(f"FAILED {where}: {type(err).__name__}: {err}", quiet)
 
             if todo:
-                _log(
+                log(
                     f"sweep '{cfg.name}': {len(units)} units ({len(cfg.seeds)} seeds x "
                     f"{len(cfg.perturbation_steps())} times), population {len(units[0].members)}, "
                     f"{n_workers} worker{'s' if n_workers > 1 else ''} ({executor}) -> {run_dir}",
@@ -243,7 +183,7 @@ def run_sweep(
             df = store.results()
         finally:
             store.close()
-        df.to_csv(run_dir / "results.csv", index=False)
+        df.to_csv(run_dir / rundir.CSV, index=False)
     if failures:
         raise SweepFailed(
             f"{len(failures)} unit{'s' if len(failures) > 1 else ''} failed (first: "

@@ -7,16 +7,17 @@ from pathlib import Path
 import yaml
 
 from butterfly.config import ConfigError, build_config
+from butterfly.experiment import check_control
+from butterfly.sweep import rundir
 from butterfly.sweep.lock import is_locked
 from butterfly.sweep.plan import plan
-from butterfly.sweep.runner import check_control
 from butterfly.sweep.store import Store
 
 
 def run_status(run_dir: Path) -> tuple[str, bool]:
     """(a summary, healthy?) for a run folder."""
-    cfg_path = run_dir / "config.yaml"
-    db = run_dir / "results.db"
+    cfg_path = run_dir / rundir.CONFIG
+    db = run_dir / rundir.STORE
     if not cfg_path.is_file() or not db.is_file():
         raise ConfigError(f"{run_dir} is not a butterfly run folder (no config.yaml/results.db)")
     cfg = build_config(yaml.safe_load(cfg_path.read_text()))

@@ -1,8 +1,10 @@
 """The run's results store: one SQLite file, ``results.db``, in the run folder.
 
-Tables: ``results`` (one row per child, including the sigma = 0 control), ``units`` (one row per
-finished population unit), ``meta`` (config and environment). Each finished unit is committed
-in one transaction, so a crash loses at most the units in flight.
+Tables ``results``, ``trajectories`` and ``permutation_proxy`` follow the row schema of
+:mod:`butterfly.experiment.rows` (created from it, and upgraded from it when an older folder
+lacks a column); ``units`` (one row per finished population unit), ``failures`` (units that
+raised) and ``meta`` (config and environment) are the sweep's own bookkeeping. Each finished
+unit is committed in one transaction, so a crash loses at most the units in flight.
 """
 
 from __future__ import annotations
@@ -15,62 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-RESULT_COLUMNS: dict[str, str] = {
-    "seed": "INTEGER NOT NULL",
-    "kind": "TEXT NOT NULL",
-    "t": "INTEGER NOT NULL",
-    "t_frac": "REAL NOT NULL",
-    "sigma": "REAL NOT NULL",
-    "fraction": "REAL NOT NULL",
-    "direction": "INTEGER NOT NULL",
-    "control": "INTEGER NOT NULL",
-    "member": "TEXT NOT NULL",
-    "noise_l2": "REAL",
-    "n_perturbed": "INTEGER",
-    "l2": "REAL",
-    "barrier_train_loss": "REAL",
-    "barrier_train_error": "REAL",
-    "barrier_test_loss": "REAL",
-    "barrier_test_error": "REAL",
-    "train_loss_a": "REAL",
-    "train_loss_b": "REAL",
-    "test_acc_a": "REAL",
-    "test_acc_b": "REAL",
-    "test_loss_a": "REAL",
-    "test_loss_b": "REAL",
-    "l2_init_a": "REAL",
-    "l2_init_b": "REAL",
-    "barrier_train_loss_wm": "REAL",
-    "barrier_test_error_wm": "REAL",
-    "fixed_point_fraction_wm": "REAL",
-    "fixed_points_wm": "TEXT",
-    "l2_wm": "REAL",
-    "wm_iterations": "INTEGER",
-    "barrier_train_loss_am": "REAL",
-    "barrier_test_error_am": "REAL",
-    "fixed_point_fraction_am": "REAL",
-    "fixed_points_am": "TEXT",
-    "l2_am": "REAL",
-    "cka": "REAL",
-    "ensemble_test_acc": "REAL",
-    "diverged": "INTEGER NOT NULL",
-    "unit_wall_s": "REAL",
-}
-
-PROXY_COLUMNS = (
-    "seed", "fixed_fraction", "fixed_point_fraction", "l2", "barrier_train_loss",
-    "barrier_test_error",
-)  # fmt: skip
-TRAJECTORY_COLUMNS = (
-    "seed",
-    "t",
-    "member",
-    "kind",
-    "sigma",
-    "step",
-    "l2_to_original",
-    "l2_from_init",
-)
+from butterfly.experiment import rows
 
 
 class Store:
@@ -82,11 +29,12 @@ class Store:
         self.conn = sqlite3.connect(self.path, timeout=30.0)
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=FULL")
-        cols = ", ".join(f"{k} {v}" for k, v in RESULT_COLUMNS.items())
         with self.conn:
-            self.conn.execute(
-                f"CREATE TABLE IF NOT EXISTS results ({cols}, UNIQUE(seed, t, member))"
-            )
+            for table, (columns, unique) in rows.TABLES.items():
+                cols = ", ".join(f"{c.name} {c.declaration}" for c in columns)
+                self.conn.execute(
+                    f"CREATE TABLE IF NOT EXISTS {table} ({cols}, UNIQUE({', '.join(unique)}))"
+                )
             self.conn.execute(
                 "CREATE TABLE IF NOT EXISTS units (seed INTEGER NOT NULL, t INTEGER NOT NULL, "
                 "population INTEGER, steps INTEGER, wall_s REAL, finished REAL, "
@@ -97,32 +45,17 @@ class Store:
                 "CREATE TABLE IF NOT EXISTS failures (seed INTEGER NOT NULL, t INTEGER, "
                 "error TEXT NOT NULL, time REAL NOT NULL)"
             )
-            self.conn.execute(
-                "CREATE TABLE IF NOT EXISTS permutation_proxy (seed INTEGER NOT NULL, "
-                "fixed_fraction REAL NOT NULL, fixed_point_fraction REAL, l2 REAL, "
-                "barrier_train_loss REAL, barrier_test_error REAL, UNIQUE(seed, fixed_fraction))"
-            )
-            self.conn.execute(
-                "CREATE TABLE IF NOT EXISTS trajectories (seed INTEGER NOT NULL, t INTEGER NOT NULL, "
-                "member TEXT NOT NULL, kind TEXT NOT NULL, sigma REAL NOT NULL, step INTEGER NOT NULL, "
-                "l2_to_original REAL, l2_from_init REAL, barrier_train_loss REAL, "
-                "UNIQUE(seed, t, member, step))"
-            )
-
         self._add_missing_columns()
 
     def _add_missing_columns(self) -> None:
-        """Upgrade a store written by an older version: add columns it lacks (as NULL)."""
-        wanted = {
-            "results": {k: v.replace(" NOT NULL", "") for k, v in RESULT_COLUMNS.items()},
-            "trajectories": {k: "REAL" for k in TRAJECTORY_COLUMNS},
-        }
+        """Upgrade a store written by an older version: add the columns it lacks (NULL in its
+        old rows)."""
         with self.conn:
-            for table, cols in wanted.items():
+            for table, (columns, _) in rows.TABLES.items():
                 have = {r[1] for r in self.conn.execute(f"PRAGMA table_info({table})")}
-                for name, decl in cols.items():
-                    if name not in have:
-                        self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
+                for c in columns:
+                    if c.name not in have:
+                        self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {c.name} {c.sql}")
 
     def close(self) -> None:
         self.conn.close()
@@ -152,7 +85,7 @@ class Store:
         self,
         seed: int,
         t: int,
-        rows: Iterable[dict[str, Any]],
+        results: Iterable[dict[str, Any]],
         trajectory: Iterable[dict[str, Any]],
         proxy: Iterable[dict[str, Any]],
         population: int,
@@ -161,30 +94,23 @@ class Store:
         finished: float,
     ) -> None:
         """Write a unit's rows and mark it finished, in one transaction."""
-        cols = list(RESULT_COLUMNS)
-        placeholders = ", ".join("?" for _ in cols)
         with self.conn:
-            self.conn.executemany(
-                f"INSERT OR REPLACE INTO results ({', '.join(cols)}) VALUES ({placeholders})",
-                [tuple(r.get(c) for c in cols) for r in rows],
-            )
-            tcols = list(TRAJECTORY_COLUMNS)
-            self.conn.executemany(
-                f"INSERT OR REPLACE INTO trajectories ({', '.join(tcols)}) "
-                f"VALUES ({', '.join('?' for _ in tcols)})",
-                [tuple(r[c] for c in tcols) for r in trajectory],
-            )
-            pcols = list(PROXY_COLUMNS)
-            self.conn.executemany(
-                f"INSERT OR REPLACE INTO permutation_proxy ({', '.join(pcols)}) "
-                f"VALUES ({', '.join('?' for _ in pcols)})",
-                [tuple(r[c] for c in pcols) for r in proxy],
-            )
+            self._insert("results", results)
+            self._insert("trajectories", trajectory)
+            self._insert("permutation_proxy", proxy)
             self.conn.execute(
                 "INSERT OR REPLACE INTO units (seed, t, population, steps, wall_s, finished) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 (seed, t, population, steps, wall_s, finished),
             )
+
+    def _insert(self, table: str, records: Iterable[dict[str, Any]]) -> None:
+        cols = rows.names(table)
+        self.conn.executemany(
+            f"INSERT OR REPLACE INTO {table} ({', '.join(cols)}) "
+            f"VALUES ({', '.join('?' for _ in cols)})",
+            [tuple(r.get(c) for c in cols) for r in records],
+        )
 
     def record_failure(self, seed: int, t: int | None, error: str, when: float) -> None:
         with self.conn:
@@ -228,3 +154,26 @@ def read_results(run_dir: Path) -> pd.DataFrame:
         raise FileNotFoundError(f"{run_dir} has no results.db: is it a butterfly run folder?")
     with Store(path) as s:
         return s.results()
+
+
+LEGACY_MANIFEST = "finetune.json"  # fine-tuning folders written before the top-level store
+
+
+def pipeline_runs(run_dir: Path) -> list[tuple[int, Path]] | None:
+    """The sweeps of a pipeline folder (fine-tuning: (pre-training steps, folder) each, from
+    its store's ``runs``), or None for a plain run folder. A fine-tuning folder of an older
+    version (a ``finetune.json`` manifest, no store) is upgraded to a store here."""
+    run_dir = Path(run_dir)
+    db = run_dir / "results.db"
+    legacy = run_dir / LEGACY_MANIFEST
+    if not db.is_file() and legacy.is_file():
+        runs = json.loads(legacy.read_text())["runs"]
+        with Store(db) as s:
+            s.set_meta("pipeline", "finetune")
+            s.set_meta("runs", runs)
+    if not db.is_file():
+        return None
+    with Store(db) as s:
+        if s.get_meta("pipeline") is None:
+            return None
+        return [(int(steps), run_dir / name) for steps, name in s.get_meta("runs") or []]

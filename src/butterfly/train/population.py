@@ -2,7 +2,7 @@
 
 A population is [original continuation, sigma = 0 control, children...], all started from the
 parent's state at step t (DESIGN contract 3). Parameters and optimizer state are stacked along a
-leading member axis. Two modes compute the per-member gradients:
+leading member axis. Three modes compute the per-member gradients:
 
 * ``vmap``: ``torch.func.vmap(grad_and_value(loss))`` over the stacked parameters with
   ``functional_call``: one vectorised pass for any model.
@@ -12,7 +12,7 @@ leading member axis. Two modes compute the per-member gradients:
 ``auto`` picks ``batched`` for MLPs, otherwise ``vmap`` for populations and ``loop`` for a
 single model (the parent).
 
-Either way each member's arithmetic is independent of the others, so an unperturbed member
+In every mode each member's arithmetic is independent of the others, so an unperturbed member
 stays bit-identical to the original within a population (checked by the control).
 """
 

@@ -2,7 +2,8 @@
 
 A checkpoint holds parameters (``param.NAME``) and, for parent states, optimizer state
 (``state.SLOT.NAME``); its metadata carries the model spec needed to rebuild the network, the
-step and anything else given.
+step and anything else given. This is the one place that knows the key format: models load
+backbones, the sweep saves parents and members, ``butterfly compare`` reads any two.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 Tensors = dict[str, torch.Tensor]
+PARAM = "param."
+STATE = "state."
 
 
 class CheckpointError(RuntimeError):
@@ -29,24 +32,27 @@ def save_checkpoint(
     state: dict[str, Tensors] | None = None,
     meta: dict[str, Any] | None = None,
 ) -> None:
-    tensors = {f"param.{k}": v.detach().contiguous().cpu() for k, v in params.items()}
+    tensors = {f"{PARAM}{k}": v.detach().contiguous().cpu() for k, v in params.items()}
     for slot, d in (state or {}).items():
-        tensors.update({f"state.{slot}.{k}": v.detach().contiguous().cpu() for k, v in d.items()})
+        tensors.update({f"{STATE}{slot}.{k}": v.detach().contiguous().cpu() for k, v in d.items()})
     metadata = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (meta or {}).items()}
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def load_checkpoint(path: Path) -> tuple[Tensors, dict[str, Tensors], dict[str, Any]]:
     """(params, optimizer state, metadata) of a checkpoint."""
+    path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         tensors = load_file(str(path))
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as fh:
             raw_meta = fh.metadata() or {}
     except (SafetensorError, OSError, ValueError) as err:
@@ -57,10 +63,10 @@ def load_checkpoint(path: Path) -> tuple[Tensors, dict[str, Tensors], dict[str, 
             meta[k] = json.loads(v)
         except json.JSONDecodeError:
             meta[k] = v
-    params = {k[6:]: v for k, v in tensors.items() if k.startswith("param.")}
+    params = {k[len(PARAM) :]: v for k, v in tensors.items() if k.startswith(PARAM)}
     state: dict[str, Tensors] = {}
     for k, v in tensors.items():
-        if k.startswith("state."):
-            slot, name = k[6:].split(".", 1)
+        if k.startswith(STATE):
+            slot, name = k[len(STATE) :].split(".", 1)
             state.setdefault(slot, {})[name] = v
     return params, state, meta

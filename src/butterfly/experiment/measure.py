@@ -1,16 +1,20 @@
-"""Every divergence measure between two networks of the same architecture (paper section 3.4).
+"""Measurement (paper section 3.4): every divergence measure between two networks, the rows of
+a population, distances along its trajectories, and the sigma = 0 control check.
 
-Used for each child of a sweep and by ``butterfly compare``: L2 distance; train-loss, train-error,
-test-loss and test-error barriers (Eq. 4); the same barriers and L2 after weight matching and
-after activation matching, with the fraction of units left in place; angular CKA of the last
-block's outputs (Eq. 5); and the test accuracy of the logit-averaged ensemble.
+:class:`Comparer` measures two networks of one architecture, for each child of a sweep and for
+``butterfly compare``: L2 distance; train-loss, train-error, test-loss and test-error barriers
+(Eq. 4); the same barriers and L2 after weight matching and after activation matching, with the
+fraction of units left in place; angular CKA of the last block's outputs (Eq. 5); and the test
+accuracy of the logit-averaged ensemble. :func:`measure_children` turns a trained population
+into result rows, :func:`trajectory_rows` records its members along the way, and
+:func:`check_control` is the determinism check every run ends with.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -27,11 +31,17 @@ from butterfly.align import (
 )
 from butterfly.config import EvalConfig
 from butterfly.data import Dataset
-from butterfly.metrics import alphas, barrier, evaluate, interpolate, l2_distance
+from butterfly.experiment import rows
+from butterfly.metrics import alphas, barrier, evaluate, interpolate, is_finite, l2_distance
 from butterfly.metrics.cka import angular_cka
 from butterfly.metrics.ensemble import ensemble_accuracy
 from butterfly.metrics.evaluate import Evaluation, evaluate_stacked
 from butterfly.rng import generator
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from butterfly.experiment.members import Member
 
 Tensors = dict[str, torch.Tensor]
 Endpoint = tuple[float, float, float, float]  # train loss, train error, test loss, test error
@@ -73,10 +83,6 @@ class Comparer:
         if self._spec is None:
             self._spec = spec_for(self.model)
         return self._spec
-
-    @property
-    def aligns(self) -> bool:
-        return self.cfg.weight_matching or self.cfg.activation_matching
 
     def endpoint(self, params: Tensors) -> Endpoint:
         bs = self.cfg.batch_size
@@ -208,3 +214,117 @@ class Comparer:
                 }
             )
         return rows
+
+
+# ---- a population's rows ------------------------------------------------------------------
+
+
+@torch.no_grad()
+def trajectory_distances(params: Tensors, init: Tensors) -> tuple[list[float], list[float]]:
+    """Per member of stacked ``params``: L2 to member 0 (the original) and L2 from the
+    initialisation, in float64."""
+    to_orig = None
+    from_init = None
+    for k, v in params.items():
+        v64 = v.to(torch.float64).flatten(1)
+        a = (v64 - v64[:1]).square().sum(1)
+        b = (v64 - init[k].to(torch.float64).flatten().to(v.device)).square().sum(1)
+        to_orig = a if to_orig is None else to_orig + a
+        from_init = b if from_init is None else from_init + b
+    assert to_orig is not None and from_init is not None
+    return to_orig.sqrt().tolist(), from_init.sqrt().tolist()
+
+
+def trajectory_rows(
+    cmp: Comparer,
+    init: Tensors,
+    seed: int,
+    members: tuple[Member, ...],
+    t: int,
+    step: int,
+    params: Tensors,
+    diverged: list[bool],
+) -> list[dict[str, Any]]:
+    """Every member of a population (stacked ``params``) at ``step``: its L2 to the original
+    and from θ0 (``init``), and (with ``eval.trajectory_barriers``) its train-loss barrier to
+    the original (Figure 6)."""
+    to_orig, from_init = trajectory_distances(params, init)
+    bars: list[float | None] = [None] * len(members)
+    if cmp.cfg.trajectory_barriers:
+        a = {k: v[0] for k, v in params.items()}
+        for i in range(1, len(members)):
+            if not diverged[i]:
+                b = {k: v[i] for k, v in params.items()}
+                bars[i] = cmp.train_loss_barrier(a, b)
+    out = []
+    for i, m in enumerate(members):
+        row = rows.make_row(
+            "trajectories", seed=seed, t=t, member=m.name, kind=m.kind, sigma=m.sigma,
+            step=step, l2_to_original=to_orig[i], l2_from_init=from_init[i],
+            barrier_train_loss=bars[i],
+        )  # fmt: skip
+        out.append(row)
+    return out
+
+
+def measure_children(
+    cmp: Comparer,
+    init: Tensors,
+    seed: int,
+    T: int,
+    members: tuple[Member, ...],
+    t: int,
+    finals: list[Tensors],
+    diverged: list[bool],
+    noise: list[tuple[float, int]],
+) -> list[dict[str, Any]]:
+    """One result row per member but the original (members[0]) of a population perturbed at
+    ``t`` (of ``T``): every divergence measure against the original at the end of training."""
+    a = finals[0]
+    a_ok = not diverged[0] and is_finite(a)
+    ea = cmp.endpoint(a) if a_ok else None
+    feats_a = cmp.features(a) if a_ok and cmp.cfg.cka else None
+    out: list[dict[str, Any]] = []
+    for i, m in enumerate(members):
+        if i == 0:
+            continue
+        b = finals[i]
+        ok = a_ok and not diverged[i] and is_finite(b)
+        values: dict[str, Any] = {
+            "seed": seed, "kind": m.kind, "t": t, "t_frac": t / T,
+            "sigma": m.sigma, "fraction": m.fraction, "direction": m.direction,
+            "control": int(m.control), "member": m.name, "noise_l2": noise[i][0],
+            "n_perturbed": noise[i][1], "diverged": int(not ok),
+        }  # fmt: skip
+        if ok:
+            values.update(cmp.compare(a, b, ea, feats_a))
+            values["l2_init_a"] = l2_distance(a, init)
+            values["l2_init_b"] = l2_distance(b, init)
+        out.append(rows.make_row("results", **values))
+    return out
+
+
+def permutation_proxy_rows(cmp: Comparer, seed: int, original: Tensors) -> list[dict[str, Any]]:
+    """The random-permutation proxy rows of the original at T (workshop Figure 4, left)."""
+    return [
+        rows.make_row("permutation_proxy", seed=seed, **r)
+        for r in cmp.permutation_proxy(original, cmp.cfg.proxy_fractions, seed)
+    ]
+
+
+def check_control(df: pd.DataFrame) -> list[str]:
+    """Problems with the sigma = 0 control rows (empty when every control is exactly zero):
+    DESIGN contract 2, the determinism check every run ends with."""
+    problems = []
+    for _, r in rows.controls(df).iterrows():
+        bad = {
+            c: r[c]
+            for c in ("l2", "barrier_train_loss", "barrier_test_error")
+            if not (r[c] is not None and r[c] == 0.0)
+        }
+        if bad or r["diverged"]:
+            problems.append(
+                f"seed {r['seed']} t={r['t']}: " + ", ".join(f"{k}={v!r}" for k, v in bad.items())
+            )
+    return problems
+

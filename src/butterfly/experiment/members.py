@@ -1,0 +1,57 @@
+"""Who is in a population: the original continuation, the sigma = 0 control and the children
+of the perturbation grid, in a fixed order (the order of every result table)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from butterfly.config import RunConfig
+
+
+@dataclass(frozen=True)
+class Member:
+    """One member of a population. The original has ``kind = 'original'``, the sigma = 0
+    control ``kind = 'control'``; children are ``batch``, ``gaussian`` or ``spawn``."""
+
+    name: str
+    kind: str
+    sigma: float
+    fraction: float
+    direction: int
+
+    @property
+    def control(self) -> bool:
+        return self.kind == "control"
+
+
+ORIGINAL = Member("original", "original", 0.0, 1.0, 0)
+CONTROL = Member("control", "control", 0.0, 1.0, 0)
+
+
+def member_name(kind: str, sigma: float, fraction: float, direction: int) -> str:
+    return f"{kind}-s{sigma:.3g}-f{fraction:.3g}-d{direction}"
+
+
+def population_members(cfg: RunConfig) -> tuple[Member, ...]:
+    """[original, control, children...] in a fixed order: every (kind, sigma, fraction,
+    direction) of the grid, then one spawned child per direction index."""
+    p = cfg.perturb
+    children = [
+        Member(member_name(kind, sigma, frac, d), kind, float(sigma), float(frac), d)
+        for kind in p.kinds
+        if kind != "spawn"
+        for sigma in p.sigmas
+        for frac in p.fractions
+        for d in range(p.directions)
+    ]
+    # Frankle et al.'s spawning baseline: no perturbation, an independent batch stream from t
+    # (one stream per direction index).
+    if "spawn" in p.kinds:
+        children += [
+            Member(member_name("spawn", 0.0, 1.0, d), "spawn", 0.0, 1.0, d)
+            for d in range(p.directions)
+        ]
+    names = [c.name for c in children]
+    if len(set(names)) != len(names):
+        raise ValueError("perturb grid has duplicate (kind, sigma, fraction) entries")
+    return (ORIGINAL, CONTROL, *children)

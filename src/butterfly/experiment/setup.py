@@ -1,0 +1,96 @@
+"""What one seed of an experiment is made of: data, the initial network θ0, the trainer and the
+comparer, built once per (config, seed) in whichever process runs the work.
+
+Also the switches every process sets before training (:func:`configure_torch`) and the facts a
+run's numbers depend on besides its config (:func:`environment`).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import torch
+from torch import nn
+
+from butterfly.config import DataConfig, RunConfig
+from butterfly.data import BatchStream, Dataset, load_dataset
+from butterfly.experiment.measure import Comparer
+from butterfly.models import ParamInfo, build_model, model_spec, param_info
+from butterfly.train import PopulationTrainer
+
+Tensors = dict[str, torch.Tensor]
+
+
+def configure_torch(threads: int) -> None:
+    """Deterministic algorithms and a fixed intra-op thread count (recorded with each run)."""
+    torch.set_num_threads(threads)
+    # torch.use_deterministic_algorithms(True) also sets an inductor flag, and importing
+    # inductor costs ~2.5 s per process; nothing here compiles, so set the switch directly.
+    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if setter is not None:
+        setter(True, warn_only=False)
+    else:  # pragma: no cover - other torch versions
+        torch.use_deterministic_algorithms(True)
+    assert torch.are_deterministic_algorithms_enabled()
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    if torch.backends.cudnn.is_available():
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+
+
+def environment(cfg: RunConfig) -> dict[str, Any]:
+    """What a run's numbers depend on besides its config."""
+    return {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": cfg.runtime.device,
+        "threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+    }
+
+
+@dataclass
+class Setup:
+    """One seed of an experiment: the data, θ0 (``init``, in ``model``), what each parameter
+    is (``info``: kind and init variance, for Eq. 6), the population trainer on the parent's
+    batch stream, the model spec stored with checkpoints, and the comparer that measures."""
+
+    cfg: RunConfig
+    seed: int
+    data: Dataset
+    model: nn.Module
+    init: Tensors
+    info: dict[str, ParamInfo]
+    trainer: PopulationTrainer
+    model_spec: dict[str, Any]
+    comparer: Comparer
+
+
+@lru_cache(maxsize=4)
+def _dataset(data_json: str, device: str, tokenizer: str | None = None) -> Dataset:
+    return load_dataset(DataConfig.model_validate_json(data_json), tokenizer).to(device)
+
+
+def make_setup(cfg: RunConfig, seed: int) -> Setup:
+    """The setup of ``seed``; the data set is built once per process and reused."""
+    device = cfg.runtime.device
+    data = _dataset(cfg.data.model_dump_json(), device, cfg.tokenizer_path())
+    model = build_model(cfg.model, data.input_shape, data.n_classes, seed).to(device)
+    init = {k: v.detach().clone() for k, v in model.named_parameters()}
+    stream = BatchStream(len(data.y_train), cfg.recipe.batch_size, seed)
+    trainer = PopulationTrainer(model, data, stream, cfg.recipe, cfg.runtime.mode, cfg.data.augment)
+    return Setup(
+        cfg,
+        seed,
+        data,
+        model,
+        init,
+        param_info(model),
+        trainer,
+        model_spec(cfg.model, data.input_shape, data.n_classes),
+        Comparer(model, data, cfg.eval, seed),
+    )

@@ -1,0 +1,223 @@
+"""Spawning (DESIGN contract 3): the parent run, and the population that starts from it at t.
+
+One parent per seed is trained once, from θ0 to the last perturbation time, and its full state
+(weights, optimizer state; the schedule position is the step) is handed out at every t. A
+*population* is then started from the parent's state at t:
+
+    [original continuation, sigma = 0 control, perturbed children..., spawned children...]
+
+Every child is perturbed once (:class:`~butterfly.experiment.perturb.Perturber`) and all
+members train on the same batches to T (or, in the workshop variants, for longer or with a
+rewound learning rate), in *lanes*: groups of members that step together with one schedule and
+one batch stream. The original and the control always share lane 0, so the control proves the
+arithmetic exact. Nothing here reads or writes files: callers give the parent's state and
+receive the trained members.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from butterfly.config import RunConfig
+from butterfly.data import BatchStream
+from butterfly.experiment.measure import trajectory_rows
+from butterfly.experiment.members import Member
+from butterfly.experiment.perturb import Perturber, apply_perturbation
+from butterfly.experiment.setup import Setup
+from butterfly.metrics import l2_norm
+from butterfly.rng import derive_seed
+from butterfly.train import Population
+from butterfly.train.population import Lane, clone, member, member_state
+from butterfly.train.recipe import OptState, lr_at
+
+Tensors = dict[str, torch.Tensor]
+
+
+# ---- the parent ----------------------------------------------------------------------------
+
+
+def train_parent(
+    setup: Setup,
+    record: list[int],
+    start: tuple[Tensors, OptState, int] | None,
+    on_state: Callable[[int, Tensors, OptState], None],
+) -> int:
+    """Train the parent from θ0 (or from ``start`` = (params, optimizer state, step)) to the
+    last step of ``record``, handing its full state at every step of ``record`` to
+    ``on_state``. Returns the steps trained."""
+    if start is None:
+        pop = Population.fresh(setup.cfg.recipe, setup.init)
+    else:
+        params, state, step = start
+        pop = Population.from_members(["parent"], [params], [state], step)
+    first = pop.step
+    until = max(record)
+
+    def hand_out(step: int, p: Population) -> None:
+        on_state(step, member(p.params, 0), member_state(p.state, 0))
+
+    setup.trainer.train(pop, until, record=record, on_record=hand_out)
+    if bool(pop.diverged.any()):
+        raise FloatingPointError(
+            f"the parent of seed {setup.seed} diverged (non-finite loss) before step {until}; "
+            "lower recipe.lr or check the data"
+        )
+    return until - first
+
+
+# ---- lanes: who trains with which schedule and batches -------------------------------------
+
+
+def child_lr(cfg: RunConfig, t: int) -> Callable[[int], float] | None:
+    """The children's schedule when it differs from the original's (workshop variants).
+
+    * ``lr_rewind``: the schedule restarts at t, as for a fresh run of the children's length
+      (warm-up included), so the step after the perturbation has the initial learning rate.
+    * ``child_steps = T_after_t`` alone: the schedule of a run of t + T steps, so the children
+      anneal over their longer run.
+    """
+    end = cfg.child_end(t)
+    if cfg.perturb.lr_rewind:
+        rewound = cfg.recipe.model_copy(update={"steps": end - t})
+        return lambda s: lr_at(rewound, s - t)
+    if end != cfg.recipe.steps:
+        longer = cfg.recipe.model_copy(update={"steps": end})
+        return lambda s: lr_at(longer, s)
+    return None
+
+
+def spawn_stream(setup: Setup, t: int, direction: int) -> BatchStream:
+    """The independent batch stream of a spawned child (Frankle et al.), keyed by (seed, t, d)."""
+    return BatchStream(
+        len(setup.data.y_train),
+        setup.cfg.recipe.batch_size,
+        derive_seed("spawn", setup.seed, t, direction),
+        "spawn-order",
+    )
+
+
+def make_lanes(
+    setup: Setup,
+    members: tuple[Member, ...],
+    t: int,
+    member_params: list[Tensors],
+    state_t: OptState,
+) -> tuple[list[Lane], list[int]]:
+    """Group a population's members into lanes, and the order that maps the lanes'
+    concatenated members back to ``members``. The original and the control share lane 0."""
+    cfg = setup.cfg
+    lr = child_lr(cfg, t)
+    end = cfg.child_end(t)
+    same = lr is None and end == cfg.recipe.steps
+    groups: list[tuple[list[int], int, Callable[[int], float] | None, BatchStream | None]] = []
+    main = [i for i, c in enumerate(members) if c.kind in ("original", "control")]
+    treated = [i for i, c in enumerate(members) if c.kind in ("batch", "gaussian")]
+    if same:
+        main += treated
+    groups.append((main, cfg.recipe.steps, None, None))
+    if not same and treated:
+        groups.append((treated, end, lr, None))
+    for i, c in enumerate(members):
+        if c.kind == "spawn":
+            groups.append(([i], end, lr, spawn_stream(setup, t, c.direction)))
+    lanes = []
+    order: list[int] = []
+    for idx, until, lane_lr, stream in groups:
+        pop = Population.from_members(
+            [members[i].name for i in idx],
+            [member_params[i] for i in idx],
+            [{s: clone(d) for s, d in state_t.items()} for _ in idx],
+            t,
+        )
+        lanes.append(Lane(pop, until, lane_lr, stream))
+        order += idx
+    inverse = [order.index(i) for i in range(len(members))]
+    return lanes, inverse
+
+
+def gather(lanes: list[Lane], inverse: list[int]) -> tuple[Tensors, list[bool]]:
+    """The members of all lanes as one stacked dict (in population order) and their
+    divergence flags."""
+    if len(lanes) == 1:
+        return lanes[0].pop.params, lanes[0].pop.diverged.tolist()
+    index = torch.tensor(inverse)
+    params = {
+        k: torch.cat([lane.pop.params[k] for lane in lanes])[index.to(v.device)]
+        for k, v in lanes[0].pop.params.items()
+    }
+    diverged = torch.cat([lane.pop.diverged for lane in lanes])[index].tolist()
+    return params, diverged
+
+
+def log_spaced_steps(t: int, T: int, n: int) -> list[int]:
+    """``t``, ``T`` and about ``n`` steps between them, log-spaced in the steps after t."""
+    if n <= 0:
+        return []
+    offsets = np.unique(np.round(np.geomspace(1, T - t, num=n)).astype(int)) if t < T else []
+    return sorted({t, T, *(t + int(o) for o in offsets)})
+
+
+# ---- a population ---------------------------------------------------------------------------
+
+
+@dataclass
+class PopulationRun:
+    """A trained population: each member's final weights, whether it diverged, the noise it
+    was given (‖σε‖, weights perturbed), the step it trained to, and its trajectory rows."""
+
+    finals: list[Tensors]
+    diverged: list[bool]
+    noise: list[tuple[float, int]]
+    end_steps: list[int]
+    trajectory: list[dict[str, Any]]
+    member_steps: int
+
+
+def run_population(
+    setup: Setup,
+    members: tuple[Member, ...],
+    t: int,
+    params_t: Tensors,
+    state_t: OptState,
+    on_step: Callable[[int], None] | None = None,
+) -> PopulationRun:
+    """Perturb the children of ``members`` at the parent's state (``params_t``, ``state_t``) at
+    step ``t``, train the whole population, and record its trajectories."""
+    perturber = Perturber(setup, params_t, state_t, t)
+    member_params: list[Tensors] = []
+    noise: list[tuple[float, int]] = []
+    for m in members:
+        p = clone(params_t)
+        if m.kind in ("batch", "gaussian"):
+            pert = perturber.perturbation(m.kind, m.fraction, m.direction)
+            apply_perturbation(p, pert, m.sigma)
+            noise.append((m.sigma * l2_norm(pert.eps), pert.n_masked))
+        else:
+            noise.append((0.0, 0))
+        member_params.append(p)
+    lanes, inverse = make_lanes(setup, members, t, member_params, state_t)
+    trajectory: list[dict[str, Any]] = []
+
+    def record(step: int, lanes: list[Lane]) -> None:
+        params, diverged = gather(lanes, inverse)
+        cmp, init = setup.comparer, setup.init
+        trajectory.extend(trajectory_rows(cmp, init, setup.seed, members, t, step, params, diverged))
+
+    end = max(lane.until for lane in lanes)
+    marks = log_spaced_steps(t, end, setup.cfg.eval.trajectory_points)
+    setup.trainer.train_lanes(lanes, record=marks, on_record=record, on_step=on_step)
+    params, diverged = gather(lanes, inverse)
+    until = {name: lane.until for lane in lanes for name in lane.pop.names}
+    return PopulationRun(
+        finals=[member(params, i) for i in range(len(members))],
+        diverged=diverged,
+        noise=noise,
+        end_steps=[until[m.name] for m in members],
+        trajectory=trajectory,
+        member_steps=sum((lane.until - t) * lane.pop.size for lane in lanes),
+    )

@@ -1,0 +1,126 @@
+"""Building models from a config or a stored spec, and starting from a checkpoint's weights.
+
+:func:`build_model` makes a freshly initialised network for a seed from a :class:`ModelConfig`;
+:func:`model_spec` is what is stored next to every checkpoint so :func:`build_from_spec`
+rebuilds the architecture.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from butterfly.checkpoint import CheckpointError, load_checkpoint
+from butterfly.config import ModelConfig
+from butterfly.models.cnn import CNN
+from butterfly.models.mlp import MLP
+from butterfly.models.params import kaiming_init_
+from butterfly.models.resnet import ResNet, ResNet50
+from butterfly.models.vit import ViT
+
+
+def model_spec(cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int) -> dict[str, Any]:
+    """Everything needed to rebuild the architecture (stored next to checkpoints)."""
+    spec: dict[str, Any] = {
+        "name": cfg.name,
+        "width": cfg.width,
+        "depth": cfg.depth,
+        "input_shape": list(input_shape),
+        "n_classes": n_classes,
+    }
+    if cfg.name == "vit":
+        spec.update(patch=cfg.patch, heads=cfg.heads, dropout=cfg.dropout)
+    if cfg.name == "hf":
+        spec["path"] = cfg.path
+    return spec
+
+
+def build_from_spec(spec: dict[str, Any]) -> nn.Module:
+    """The architecture of ``spec`` with default (untrained) torch parameters."""
+    shape = tuple(spec["input_shape"])
+    n_classes = int(spec["n_classes"])
+    name = spec["name"]
+    if name == "mlp":
+        return MLP(shape, n_classes, spec["width"], spec["depth"])
+    if name == "cnn":
+        return CNN(shape, n_classes, spec["width"], spec["depth"])
+    if name == "resnet":
+        return ResNet(shape, n_classes, spec["depth"], spec["width"])
+    if name == "resnet50":
+        return ResNet50(shape, n_classes, spec["width"])
+    if name == "vit":
+        return ViT(
+            shape, n_classes, spec["width"], spec["depth"], spec.get("patch", 4),
+            spec.get("heads", 3), dropout=spec.get("dropout", 0.0),
+        )  # fmt: skip
+    if name == "hf":
+        from butterfly.models.hf import HFClassifier  # imports transformers: only when asked
+
+        return HFClassifier(spec["path"], shape, n_classes)
+    raise ValueError(f"unknown model '{name}'; choose from mlp, cnn, resnet, resnet50, vit, hf")
+
+
+def build_model(
+    cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int, seed: int
+) -> nn.Module:
+    """A freshly initialised model for ``seed`` (in eval mode; the trainer switches dropout on).
+
+    A Hugging Face model keeps its pre-trained weights and draws only what its checkpoint
+    lacks (the head). With ``cfg.init_from`` the weights come from that butterfly checkpoint,
+    except the head (the last Linear layer), which is freshly initialised for the new task.
+    """
+    model = build_from_spec(model_spec(cfg, input_shape, n_classes))
+    init_fresh = getattr(model, "init_fresh_", None)
+    if init_fresh is not None:
+        init_fresh(seed)
+    else:
+        kaiming_init_(model, seed)
+    if cfg.init_from:
+        load_backbone_(model, cfg.init_from.replace("{seed}", str(seed)))
+    return model.eval()
+
+
+def head_names(model: nn.Module) -> list[str]:
+    """Parameters of the classification head: the last Linear layer in module order."""
+    last = None
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Linear):
+            last = name
+    if last is None:
+        return []
+    return [f"{last}.{p}" for p, _ in model.get_submodule(last).named_parameters(recurse=False)]
+
+
+def load_backbone_(model: nn.Module, path: str) -> list[str]:
+    """Copy every parameter but the head from a butterfly checkpoint into ``model``.
+
+    Returns the names loaded. Shapes must match (same architecture, any number of classes).
+    """
+    if not Path(path).is_file():
+        raise ValueError(f"model.init_from checkpoint {path} does not exist")
+    try:
+        saved, _, _ = load_checkpoint(Path(path))
+    except CheckpointError as err:
+        raise ValueError(f"model.init_from: {err}") from None
+    head = set(head_names(model))
+    params = dict(model.named_parameters())
+    loaded = []
+    with torch.no_grad():
+        for name, p in params.items():
+            if name in head:
+                continue
+            if name not in saved:
+                raise ValueError(
+                    f"checkpoint {path} lacks parameter '{name}': another architecture?"
+                )
+            if saved[name].shape != p.shape:
+                raise ValueError(
+                    f"checkpoint {path}: '{name}' has shape {tuple(saved[name].shape)}, the model "
+                    f"needs {tuple(p.shape)}"
+                )
+            p.copy_(saved[name])
+            loaded.append(name)
+    return loaded

@@ -1,0 +1,113 @@
+"""What each parameter is, for the perturbation mask and the Eq. 6 scale, and He init.
+
+:func:`param_info` tells, for every parameter, whether it is a ``weight``, a ``bias`` or a
+``norm`` parameter and its expected variance at initialisation; :func:`kaiming_init_` draws
+He-normal weights (N(0, 2/fan_in)), zero biases and unit norm scales from a generator keyed by
+the seed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from butterfly.layers import NORM_TYPES, PERTURBED_TYPES, WEIGHT_TYPES
+from butterfly.rng import generator
+
+ParamKind = Literal["weight", "bias", "norm"]
+
+
+@dataclass(frozen=True)
+class ParamInfo:
+    """What a parameter is and its expected per-element variance at initialisation."""
+
+    kind: ParamKind
+    init_var: float
+
+
+def fan_in(weight: torch.Tensor) -> int:
+    return math.prod(weight.shape[1:])
+
+
+def kaiming_init_(model: nn.Module, seed: int) -> nn.Module:
+    """He-normal initialisation drawn from a generator keyed by ``seed`` (in parameter order).
+
+    Parameters a module lists in ``extra_params`` (a ViT's class token and positional
+    embedding) are drawn from N(0, the variance it gives).
+    """
+    g = generator("init", seed)
+    with torch.no_grad():
+        for module in model.modules():
+            for pname, var in getattr(module, "extra_params", {}).items():
+                p = getattr(module, pname)
+                p.copy_(torch.randn(p.shape, generator=g) * math.sqrt(var))
+            if isinstance(module, WEIGHT_TYPES):
+                std = math.sqrt(2.0 / fan_in(module.weight))
+                module.weight.copy_(torch.randn(module.weight.shape, generator=g) * std)
+                if module.bias is not None:
+                    module.bias.zero_()
+            elif isinstance(module, NORM_TYPES) and getattr(module, "weight", None) is not None:
+                module.weight.fill_(1.0)
+                module.bias.zero_()
+    return model
+
+
+def param_info(model: nn.Module) -> dict[str, ParamInfo]:
+    """Kind and expected init variance of every parameter (paper Eq. 3 and appendix B.3).
+
+    Weights of linear/conv layers have variance 2/fan_in. Biases and normalisation parameters
+    are initialised to constants, so, following appendix B.3, they are given the scale of the
+    weights of the layer that follows them (in module order); a bias of the last layer, with no
+    layer after it, takes its own layer's scale.
+    """
+    modules = list(model.named_modules())
+    # A model may fix one init variance for all its weights (HF: initializer_range^2).
+    fixed_var: float | None = getattr(model, "weight_init_var", None)
+
+    def own_var(m: nn.Module) -> float:
+        if fixed_var is not None:
+            return fixed_var
+        if isinstance(m, nn.Embedding):
+            return 1.0  # torch's default N(0, 1) embedding init
+        return 2.0 / fan_in(m.weight)
+
+    weight_vars = [
+        (i, own_var(m)) for i, (_, m) in enumerate(modules) if isinstance(m, PERTURBED_TYPES)
+    ]
+
+    def following_var(i: int, fallback: float | None) -> float:
+        for j, v in weight_vars:
+            if j > i:
+                return v
+        if fallback is None:
+            return weight_vars[-1][1]
+        return fallback
+
+    info: dict[str, ParamInfo] = {}
+    for i, (mname, m) in enumerate(modules):
+        prefix = f"{mname}." if mname else ""
+        for pname, var in getattr(m, "extra_params", {}).items():
+            info[prefix + pname] = ParamInfo("weight", var)
+        if isinstance(m, PERTURBED_TYPES):
+            own = own_var(m)
+            info[prefix + "weight"] = ParamInfo("weight", own)
+            if getattr(m, "bias", None) is not None:
+                info[prefix + "bias"] = ParamInfo("bias", following_var(i, own))
+        elif isinstance(m, NORM_TYPES):
+            v = following_var(i, None)
+            for pname, _ in m.named_parameters(recurse=False):
+                info[prefix + pname] = ParamInfo("norm", v)
+    missing = [n for n, _ in model.named_parameters() if n not in info]
+    if fixed_var is not None:  # e.g. a HF ViT's class token and position embeddings
+        info.update({n: ParamInfo("weight", fixed_var) for n in missing})
+        missing = []
+    if missing:
+        raise ValueError(
+            f"cannot classify parameters {missing}: only Linear, Conv, Embedding and norm "
+            "layers are known (list others in the module's extra_params)"
+        )
+    return info

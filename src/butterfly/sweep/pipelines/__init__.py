@@ -1,0 +1,45 @@
+"""Pipelines: what ``butterfly run`` runs for a config, above the sweep runner.
+
+* a plain config is one sweep (:func:`butterfly.sweep.runner.run_sweep`);
+* a config with a ``pretrain`` section is the fine-tuning pipeline
+  (:func:`butterfly.sweep.pipelines.finetune.run_finetune`): pre-training, then one sweep per
+  pre-training checkpoint, in one run folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from butterfly.config import RunConfig
+from butterfly.sweep import rundir
+from butterfly.sweep.pipelines.finetune import run_finetune
+from butterfly.sweep.runner import SweepOutcome, log, run_sweep
+
+
+def run_pipeline(
+    cfg: RunConfig,
+    run_dir: str | Path,
+    workers: int | None = None,
+    quiet: bool = False,
+    executor: str = "local",
+    address: str | None = None,
+    force_new: bool = False,
+    progress: bool | None = None,
+    **kwargs: Any,
+) -> SweepOutcome:
+    """Run (or resume) whatever ``cfg`` describes in ``run_dir``; returns its outcome.
+
+    ``force_new``: if ``run_dir`` holds a run with another config, use a fresh ``run_dir-N``.
+    """
+    run_dir = Path(run_dir)
+    if force_new and rundir.config_differs(cfg, run_dir):
+        run_dir = rundir.fresh_run_dir(run_dir)
+        log(f"config differs from the existing run: starting a fresh run in {run_dir}", quiet)
+    if cfg.pretrain is not None:
+        return run_finetune(cfg, run_dir, workers, quiet, executor, address, progress)
+    return run_sweep(cfg, run_dir, workers=workers, quiet=quiet, executor=executor,
+                     address=address, progress=progress, **kwargs)  # fmt: skip
+
+
+__all__ = ["run_finetune", "run_pipeline"]

@@ -1,0 +1,130 @@
+"""The fine-tuning pipeline (paper section 4.4, Figures 5 and 17-19).
+
+A config with a ``pretrain`` section runs in two stages inside one run folder:
+
+1. ``pretrain/``: for each seed, one network is trained on ``pretrain.data`` with
+   ``pretrain.recipe``; its full state is saved at every step in ``pretrain.checkpoints``
+   (resumable, like any parent).
+2. ``from-stepNNNNNNN/``: for each checkpoint, an ordinary spawn-and-perturb sweep on the
+   config's own data and recipe, starting from the pre-trained weights with a freshly drawn
+   head (``model.init_from``). Checkpoint 0 means random initialisation: the baseline.
+
+The top folder is prepared and locked like any run folder; its store holds the config and the
+index of the sweeps (meta ``pipeline`` and ``runs``), which is all ``butterfly report`` and
+``butterfly status`` need. The results of all sweeps are joined with a ``pretrain_steps`` column
+into ``results.csv`` in the top folder.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from butterfly.config import RunConfig, build_config
+from butterfly.experiment import check_control, configure_torch
+from butterfly.experiment.rows import PRETRAIN_STEPS
+from butterfly.experiment.setup import environment
+from butterfly.sweep import rundir
+from butterfly.sweep.lock import RunLock
+from butterfly.sweep.runner import SweepOutcome, log, preflight, run_sweep
+from butterfly.sweep.store import Store
+from butterfly.sweep.tasks import run_parent
+
+PIPELINE = "finetune"
+
+
+def pretrain_config(cfg: RunConfig) -> RunConfig:
+    """The pre-training run: the sweep's model on ``pretrain.data`` with ``pretrain.recipe``."""
+    assert cfg.pretrain is not None
+    raw = cfg.to_dict()
+    raw["data"] = cfg.pretrain.data.model_dump()
+    raw["recipe"] = cfg.pretrain.recipe.model_dump()
+    raw["pretrain"] = None
+    raw["model"]["init_from"] = None
+    raw["perturb"] = {"times": [0.0], "steps": []}
+    raw["name"] = f"{cfg.name}-pretrain"
+    return build_config(raw)
+
+
+def checkpoint_template(run_dir: Path, step: int) -> str:
+    """The pre-trained parent's state at ``step``, with ``{seed}`` for the seed (init_from)."""
+    return str(rundir.parent_path(run_dir / "pretrain", "{seed}", step))
+
+
+def sub_dir(run_dir: Path, step: int) -> Path:
+    return run_dir / f"from-step{step:07d}"
+
+
+def finetune_config(cfg: RunConfig, run_dir: Path, step: int) -> RunConfig:
+    """The sweep that fine-tunes from pre-training checkpoint ``step`` (0: random init)."""
+    raw = cfg.to_dict()
+    raw["pretrain"] = None
+    raw["model"]["init_from"] = checkpoint_template(run_dir, step) if step > 0 else None
+    raw["name"] = f"{cfg.name}-from{step}"
+    return build_config(raw)
+
+
+def run_finetune(
+    cfg: RunConfig,
+    run_dir: Path,
+    workers: int | None = None,
+    quiet: bool = False,
+    executor: str = "local",
+    address: str | None = None,
+    progress: bool | None = None,
+) -> SweepOutcome:
+    """Pre-train, then one sweep per checkpoint; returns a SweepOutcome over all of them."""
+    assert cfg.pretrain is not None
+    start = time.perf_counter()
+    pre = pretrain_config(cfg)
+    preflight(pre)
+    preflight(finetune_config(cfg, run_dir, 0))  # the fine-tuning task, from random init
+    steps = sorted(cfg.pretrain.checkpoints)
+    wanted = [s for s in steps if s > 0]
+    pre_dir = run_dir / "pretrain"
+    parent_steps = 0
+    with RunLock(run_dir):
+        rundir.prepare_run_dir(cfg, run_dir, "a fine-tuning run")
+        with Store(run_dir / rundir.STORE) as store:
+            store.set_meta("config", cfg.to_dict())
+            store.set_meta("pipeline", PIPELINE)
+            store.set_meta("runs", [[s, sub_dir(run_dir, s).name] for s in steps])
+            store.set_meta("environment", environment(cfg))
+        if wanted:
+            with RunLock(pre_dir):
+                rundir.prepare_run_dir(pre, pre_dir, "a pre-training run")
+                configure_torch(cfg.runtime.threads)
+                for seed in cfg.seeds:
+                    t0 = time.perf_counter()
+                    res = run_parent(pre, seed, pre_dir, steps=wanted)
+                    parent_steps += res["steps"]
+                    log(
+                        f"pre-training seed {seed} on {cfg.pretrain.data.name}: checkpoints at "
+                        f"{wanted} ({res['steps']} steps, {time.perf_counter() - t0:.1f} s)",
+                        quiet,
+                    )
+        frames = []
+        outcomes = []
+        for s in steps:
+            log(f"fine-tuning from pre-training step {s}" + (" (random init)" if s == 0 else ""),
+                quiet)  # fmt: skip
+            out = run_sweep(
+                finetune_config(cfg, run_dir, s), sub_dir(run_dir, s), workers=workers,
+                quiet=quiet, executor=executor, address=address, progress=progress,
+            )  # fmt: skip
+            outcomes.append(out)
+            frames.append(out.results.assign(**{PRETRAIN_STEPS.name: s}))
+        df = pd.concat(frames, ignore_index=True)
+        df.to_csv(run_dir / rundir.CSV, index=False)
+    return SweepOutcome(
+        run_dir,
+        df,
+        time.perf_counter() - start,
+        parent_steps + sum(o.steps for o in outcomes),
+        sum(o.minimum_steps for o in outcomes) + len(cfg.seeds) * max(wanted, default=0),
+        sum(o.units_run for o in outcomes),
+        sum(o.units_skipped for o in outcomes),
+        not check_control(df),
+    )

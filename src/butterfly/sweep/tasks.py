@@ -1,0 +1,103 @@
+"""The two tasks executors run, in-process or in a worker: a parent per seed, a unit per
+(seed, t). Each reads the parent's checkpoints, calls the experiment, writes checkpoints
+atomically and returns rows; only the driver writes the store."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from butterfly.checkpoint import load_checkpoint, save_checkpoint
+from butterfly.config import RunConfig
+from butterfly.experiment import make_setup, run_population, train_parent
+from butterfly.experiment.measure import measure_children, permutation_proxy_rows
+from butterfly.sweep.plan import Unit
+from butterfly.sweep.rundir import member_path, parent_path
+
+
+def run_parent(
+    cfg: RunConfig, seed: int, run_dir: Path, steps: list[int] | None = None
+) -> dict[str, Any]:
+    """Train the parent of ``seed`` once, saving its full state at every perturbation time t
+    (or at ``steps``, e.g. pre-training checkpoints; the last may be the final step T).
+
+    Resumes from the latest saved state; never retrains past what is saved.
+    """
+    start = time.perf_counter()
+    ts = sorted(steps) if steps is not None else cfg.perturbation_steps()
+    missing = [t for t in ts if not parent_path(run_dir, seed, t).is_file()]
+    if not missing:
+        return {"seed": seed, "steps": 0, "wall_s": time.perf_counter() - start}
+    setup = make_setup(cfg, seed)
+    saved = [t for t in ts if t < missing[0]]
+    resume = None
+    if saved:
+        params, state, _ = load_checkpoint(parent_path(run_dir, seed, saved[-1]))
+        resume = (params, state, saved[-1])
+
+    def save(step: int, params: Any, state: Any) -> None:
+        path = parent_path(run_dir, seed, step)
+        if not path.is_file():
+            meta = {"seed": seed, "step": step, "model_spec": setup.model_spec, "role": "parent"}
+            save_checkpoint(path, params, state, meta)
+
+    trained = train_parent(setup, missing, resume, save)
+    return {"seed": seed, "steps": trained, "wall_s": time.perf_counter() - start}
+
+
+@dataclass
+class UnitResult:
+    seed: int
+    t: int
+    rows: list[dict[str, Any]]
+    trajectory: list[dict[str, Any]]
+    proxy: list[dict[str, Any]]
+    steps: int
+    wall_s: float
+    population: int
+
+
+def run_unit(cfg: RunConfig, unit: Unit, run_dir: Path, reporter: Any = None) -> UnitResult:
+    """Train one population from the parent's state at t and measure every child."""
+    start = time.perf_counter()
+    setup = make_setup(cfg, unit.seed)
+    params_t, state_t, _ = load_checkpoint(parent_path(run_dir, unit.seed, unit.t))
+    device = cfg.runtime.device
+    params_t = {k: v.to(device) for k, v in params_t.items()}
+    state_t = {s: {k: v.to(device) for k, v in d.items()} for s, d in state_t.items()}
+
+    on_step = None
+    if reporter is not None:
+        every = max(1, (max(cfg.child_end(unit.t), cfg.recipe.steps) - unit.t) // 50)
+
+        def on_step(step: int) -> None:
+            if step % every == 0:
+                reporter.put((unit.seed, unit.t, step))
+
+    run = run_population(setup, unit.members, unit.t, params_t, state_t, on_step)
+    if cfg.runtime.checkpoints:
+        for i, m in enumerate(unit.members):
+            meta = {
+                "model_spec": setup.model_spec, "seed": unit.seed, "t": unit.t,
+                "step": run.end_steps[i], "member": m.name, "kind": m.kind, "sigma": m.sigma,
+                "fraction": m.fraction, "direction": m.direction,
+                "data": cfg.data.model_dump(), "eval": cfg.eval.model_dump(),
+            }  # fmt: skip
+            save_checkpoint(member_path(run_dir, unit.seed, unit.t, m.name), run.finals[i], None,
+                            meta)  # fmt: skip
+    rows = measure_children(
+        setup.comparer, setup.init, unit.seed, cfg.recipe.steps, unit.members, unit.t,
+        run.finals, run.diverged, run.noise,
+    )  # fmt: skip
+    proxy: list[dict[str, Any]] = []
+    first_t = unit.t == cfg.perturbation_steps()[0]
+    if cfg.eval.proxy_fractions and first_t and not run.diverged[0]:
+        proxy = permutation_proxy_rows(setup.comparer, unit.seed, run.finals[0])
+    wall = time.perf_counter() - start
+    for r in rows:
+        r["unit_wall_s"] = wall
+    return UnitResult(
+        unit.seed, unit.t, rows, run.trajectory, proxy, run.member_steps, wall, len(unit.members)
+    )
