@@ -12,9 +12,12 @@ def test_defaults_are_the_documented_default_sweep() -> None:
     cfg = RunConfig()
     assert cfg.data.name == "mnist1d"
     assert (cfg.model.name, cfg.model.width) == ("mlp", 64)
-    assert (cfg.recipe.optimizer, cfg.recipe.lr, cfg.recipe.schedule) == ("sgd", 0.1, "cosine")
+    # the paper's Table 1 'Standard' recipe: 2% warm-up, then linear decay
+    assert (cfg.recipe.optimizer, cfg.recipe.lr, cfg.recipe.momentum) == ("sgd", 0.1, 0.9)
+    assert (cfg.recipe.warmup, cfg.recipe.schedule) == (0.02, "linear")
     assert (cfg.recipe.steps, cfg.recipe.batch_size) == (3000, 128)
-    assert cfg.perturbation_steps() == [0, 30, 150, 750, 1500, 2250]
+    # the paper's perturbation times: 0, 0.1%, 0.5%, 2%, 10% and 50% of T
+    assert cfg.perturbation_steps() == [0, 3, 15, 60, 300, 1500]
 
 
 @pytest.mark.parametrize(
@@ -38,6 +41,9 @@ def test_defaults_are_the_documented_default_sweep() -> None:
         ({"model": {"name": "transformer"}}, "model.name"),
         ({"data": {"name": "imagenet"}}, "data.name"),
         ({"runtime": {"mode": "jit"}}, "runtime.mode"),
+        ({"name": "../../x"}, "name '../../x' must be one folder name"),
+        ({"name": "a/b/c"}, "must be one folder name"),
+        ({"name": ""}, "must be one folder name"),
     ],
 )
 def test_bad_values_name_the_field(raw: dict, needle: str) -> None:

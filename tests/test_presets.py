@@ -42,6 +42,57 @@ def test_presets_are_listed_and_valid_at_both_scales(capsys: pytest.CaptureFixtu
         load_config("table1-standard", scale="huge")
 
 
+def test_the_table1_presets_state_only_what_differs_from_the_standard_one() -> None:
+    from butterfly.config import PRESET_DIR
+
+    std = {s: load_config("table1-standard", scale=s) for s in ("cpu", "full")}
+    for name in NAMES:
+        if not name.startswith("table1-") or name == "table1-standard":
+            continue
+        text = (PRESET_DIR / f"{name}.yaml").read_text()
+        assert "extends: table1-" in text and len(text.splitlines()) <= 20, name
+    w = load_config("table1-warmup10x", scale="full")
+    assert w.recipe.warmup == 0.2 and w.name == "table1-warmup10x"
+    assert w.model_copy(update={"recipe": std["full"].recipe, "name": "table1-standard"}) == std[
+        "full"
+    ]
+    # a chain: resnet8-warmup10x extends resnet8 extends standard, per scale
+    r = load_config("table1-resnet8-warmup10x", scale="cpu")
+    assert (r.model.width, r.model.depth, r.recipe.warmup) == (256, 1, 0.2)
+    assert r.name == "table1-resnet8-warmup10x-cpu"
+    r = load_config("table1-resnet8-warmup10x", scale="full")
+    assert (r.model.name, r.model.width, r.model.depth) == ("resnet", 64, 8)
+    a = load_config("table1-adamw", scale="cpu")
+    assert (a.recipe.optimizer, a.recipe.lr, a.recipe.steps) == ("adamw", 0.003, 2400)
+    # each preset carries its own note: the perturb-norm stand-in is a ResNet, not an MLP
+    doc = dict(list_presets())
+    assert "ResNet-8" in doc["table1-perturb-norm"]["cpu"]["note"]
+    assert load_config("table1-perturb-norm").model.name == "resnet"
+
+
+def test_a_config_extends_a_preset_or_another_file(tmp_path: Path) -> None:
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("extends: table1-warmup10x\nname: mine\nrecipe: {lr: 0.05}\nseeds: [7]\n")
+    cfg = load_config(mine)
+    assert (cfg.name, cfg.recipe.lr, cfg.recipe.warmup, cfg.seeds) == ("mine", 0.05, 0.2, [7])
+    assert cfg.recipe.steps == 3000 and load_config(mine, scale="full").recipe.steps == 25000
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: mine.yaml\nperturb: {sigmas: [0.01]}\n")  # relative to child.yaml
+    c = load_config(child)
+    assert c.perturb.sigmas == [0.01] and c.recipe.lr == 0.05 and c.name == "mine"
+    loop_a, loop_b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    loop_a.write_text("extends: b.yaml\n")
+    loop_b.write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match="extends itself"):
+        load_config(loop_a)
+    (tmp_path / "bad.yaml").write_text("extends: [a, b]\n")
+    with pytest.raises(ConfigError, match="extends must name one"):
+        load_config(tmp_path / "bad.yaml")
+    (tmp_path / "nobase.yaml").write_text("extends: no-such-preset\n")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nobase.yaml")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_every_cpu_preset_runs_end_to_end(name: str, tmp_path: Path) -> None:

@@ -47,8 +47,13 @@ def test_schedules() -> None:
     assert lr_at(cfg, 10) == pytest.approx(1.0)
     assert lr_at(cfg, 55) == pytest.approx(0.5)
     assert lr_at(cfg, 99) < 1e-3
-    lin = RecipeConfig(lr=1.0, steps=100, schedule="linear")
+    lin = RecipeConfig(lr=1.0, steps=100, warmup=0.0, schedule="linear")
     assert lr_at(lin, 50) == pytest.approx(0.5)
+    # the default: the paper's 2% warm-up, then linear decay to 0 over the remaining steps
+    std = RecipeConfig(lr=1.0, steps=100)
+    assert (std.warmup, std.schedule) == (0.02, "linear")
+    assert [lr_at(std, s) for s in (0, 1, 2)] == [0.5, 1.0, 1.0]
+    assert lr_at(std, 51) == pytest.approx(0.5) and lr_at(std, 99) == pytest.approx(1 / 98)
     assert lr_at(RecipeConfig(lr=0.3, schedule="constant"), 2999) == 0.3
 
 
