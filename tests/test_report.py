@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import html
+import json
 import os
 import re
 import shutil
 import socket
 import subprocess
 import threading
+from html.parser import HTMLParser
 from pathlib import Path
 
 import matplotlib.image as mpimg
 import numpy as np
+import pandas as pd
 import pytest
 
 from butterfly.cli import main
+from butterfly.experiment.rows import children, spawned
+from butterfly.report import build_report
+from butterfly.report.summary import finding, fmt_number, fmt_t
 from butterfly.sweep import run_sweep
+from butterfly.sweep.store import Store
 from conftest import tiny_config
 
 
@@ -84,21 +92,161 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+class Tables(HTMLParser):
+    """The page's tables: class -> rows of (cell text, data-v) pairs (header row first, with
+    data-v None)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: dict[str, list[list[tuple[str, str | None]]]] = {}
+        self.numeric: list[tuple[str, str]] = []  # (text, data-v) of every numeric cell
+        self._rows: list | None = None
+        self._cell: list[str] | None = None
+        self._attrs: dict[str, str | None] = {}
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "table":
+            self._rows = self.tables.setdefault(a.get("class") or "", [])
+        elif tag == "tr" and self._rows is not None:
+            self._rows.append([])
+        elif tag in ("td", "th") and self._rows is not None:
+            self._cell, self._attrs = [], a
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self._cell is not None and self._rows is not None:
+            text = "".join(self._cell)
+            self._rows[-1].append((text, self._attrs.get("data-v")))
+            if tag == "td" and self._attrs.get("class") == "":
+                self.numeric.append((text, self._attrs.get("data-v") or ""))
+            self._cell = None
+        elif tag == "table":
+            self._rows = None
+
+
+def parse(page: Path) -> tuple[str, Tables]:
+    text = page.read_text()
+    t = Tables()
+    t.feed(text)
+    return text, t
+
+
+def supported_figures(df: pd.DataFrame, traj: pd.DataFrame) -> list[str]:
+    """The figures the data supports, in the page's order (the report's rule, restated)."""
+    kids = children(df)
+    full = kids[kids["fraction"] == kids["fraction"].max()]
+    names = []
+    if full["barrier_train_loss"].notna().any():
+        names += ["barrier_vs_sigma", "barrier_vs_sigma_log"]
+    if full["barrier_train_loss_wm"].notna().any():
+        names.append("barrier_wm_vs_sigma")
+    if full["t_frac"].nunique() > 1:
+        names.append("barrier_vs_t")
+    if full["cka"].notna().any():
+        names.append("cka")
+    if len(traj):
+        names += ["trajectories", "l2_from_init"]
+    if full["l2"].notna().any():
+        names.append("barrier_vs_l2")
+    if full["fixed_point_fraction_wm"].notna().any():
+        names.append("fixed_points")
+    if kids["fraction"].nunique() > 1:
+        names.append("barrier_vs_fraction")
+    if len(spawned(df)):
+        names.append("spawn")
+    return names
+
+
+def stored(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    with Store(run_dir / "results.db") as s:
+        return s.results(), s.trajectories(), s.get_meta("config")
+
+
+def check_figures_and_numbers(page: Path, run_dir: Path, fig_dir: Path) -> Tables:
+    text, tables = parse(page)
+    df, traj, _ = stored(run_dir)
+    listed = re.findall(r'<figure data-figure="(\w+)">', text)
+    assert listed == supported_figures(df, traj)
+    for name in listed:
+        png = mpimg.imread(fig_dir / f"{name}.png")[..., :3]
+        assert len(np.unique((png * 31).astype(int).reshape(-1, 3), axis=0)) > 20, name
+        assert (fig_dir / f"{name}.pdf").read_bytes()[:5] == b"%PDF-", name
+    # one number format for every number on the page
+    assert tables.numeric
+    for shown, raw in tables.numeric:
+        value = None if raw == "" else int(raw) if re.fullmatch(r"-?\d+", raw) else float(raw)
+        assert shown == fmt_number(value), (shown, raw)
+    # the summary table holds the store's means over seeds (largest fraction; spawn at 0)
+    kids = children(df, spawn=True)
+    kids = kids[(kids["kind"] == "spawn") | (kids["fraction"] == children(df)["fraction"].max())]
+    means = kids.groupby(["kind", "t_frac", "sigma"])["barrier_train_loss"].mean()
+    head, *rows = tables.tables["summary"]
+    sigmas = sorted(kids["sigma"].unique())
+    labels = ["σ = 0 (spawned)" if s == 0 else f"σ = {fmt_number(s)}" for s in sigmas]
+    assert [h for h, _ in head] == ["kind, t", *labels]
+    expected_rows = sorted({(k, tf) for k, tf, _ in means.index})
+    assert [r[0][0] for r in rows] == [f"{k}, t = {fmt_t(tf)}" for k, tf in expected_rows]
+    for (kind, tf), row in zip(expected_rows, rows, strict=True):
+        for s, (shown, raw) in zip(sigmas, row[1:], strict=True):
+            want = means.get((kind, tf, s))
+            if want is None:
+                assert shown == "–" and raw == ""
+            else:
+                assert float(raw) == pytest.approx(want, rel=1e-12, abs=1e-300)
+                assert shown == fmt_number(want)
+    # the page opens, right after the introduction, with the finding computed from the store
+    m = re.search(r'id="runs">.*?</script>\s*<p class="finding"><b>Finding.</b> (.*?)</p>', text)
+    assert m and m.group(1) == html.escape(finding(df))
+    return tables
+
+
 def test_report_command_writes_figures_and_page(
     run: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["report", str(run)]) == 0
     page = run / "report.html"
+    check_figures_and_numbers(page, run, run / "figures")
     text = page.read_text()
-    for name in ("barrier_vs_sigma", "barrier_vs_sigma_log", "barrier_wm_vs_sigma", "barrier_vs_t",
-                 "cka", "trajectories", "l2_from_init", "barrier_vs_l2", "fixed_points",
-                 "barrier_vs_fraction"):  # fmt: skip
-        assert (run / "figures" / f"{name}.png").stat().st_size > 5000, name
-        assert (run / "figures" / f"{name}.pdf").is_file(), name
+    assert re.findall(r'<figure data-figure="(\w+)">', text) == [
+        "barrier_vs_sigma", "barrier_vs_sigma_log", "barrier_wm_vs_sigma", "barrier_vs_t", "cka",
+        "trajectories", "l2_from_init", "barrier_vs_l2", "fixed_points", "barrier_vs_fraction",
+    ]  # fmt: skip
     assert text.count("<img") == 10
-    assert text.index("Barrier against perturbation size") < text.index("<figcaption>") + 200
     assert not re.search(r"(src|href)=[\"']https?:", text), "the page must load nothing remotely"
     assert "Determinism check passed" in text and "torch" in text and "recipe:" in text
+    assert "Perturbing at t = 0 by σ = " in text
+
+
+def test_a_run_without_optional_measures_shows_only_what_it_has(tmp_path: Path) -> None:
+    out = tmp_path / "bare"
+    off = {"cka": False, "weight_matching": False, "activation_matching": False,
+           "ensemble": False, "trajectory_points": 0, "proxy_fractions": []}  # fmt: skip
+    run_sweep(
+        tiny_config(perturb={"times": [0.0], "kinds": ["gaussian"]}, eval=off), out, quiet=True
+    )
+    page = build_report([out])
+    check_figures_and_numbers(page, out, out / "figures")
+    text = page.read_text()
+    assert re.findall(r'<figure data-figure="(\w+)">', text) == [
+        "barrier_vs_sigma",
+        "barrier_vs_sigma_log",
+        "barrier_vs_l2",
+    ]
+    assert "(gaussian perturbation, 1 seed)" in text
+
+
+def flat(cfg: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in cfg.items():
+        if isinstance(v, dict):
+            out.update(flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
 
 
 def test_several_runs_side_by_side(run: Path, tmp_path: Path) -> None:
@@ -106,9 +254,24 @@ def test_several_runs_side_by_side(run: Path, tmp_path: Path) -> None:
     run_sweep(tiny_config(recipe={"warmup": 0.2}, perturb={"times": [0.0, 0.5]}), other, quiet=True)
     page = tmp_path / "both.html"
     assert main(["report", str(run), str(other), "--out", str(page)]) == 0
-    text = page.read_text()
+    text, tables = parse(page)
     assert "Settings compared" in text and "Run run" in text and "Run other" in text
+    assert '<figure data-figure="runs_compared">' in text
     assert (tmp_path / "figures" / "runs_compared.png").is_file()
+    # the config keys that differ, with each run's value
+    a, b = flat(stored(run)[2]), flat(stored(other)[2])
+    differ = sorted(k for k in set(a) | set(b) if a.get(k, "absent") != b.get(k, "absent"))
+    assert {"recipe.warmup", "perturb.times", "perturb.fractions"} <= set(differ)
+    head, *rows = tables.tables["config-diff"]
+    assert [h for h, _ in head] == ["key", "run", "other"]
+    assert [r[0][0] for r in rows] == differ
+    by_key = {r[0][0]: [c for c, _ in r[1:]] for r in rows}
+    assert by_key["recipe.warmup"] == [fmt_number(a["recipe.warmup"]), fmt_number(0.2)]
+    assert by_key["perturb.times"] == [json.dumps(a["perturb.times"]), json.dumps([0.0, 0.5])]
+    # one finding per run, from each run's store
+    for name, d in (("run", run), ("other", other)):
+        sentence = html.escape(finding(stored(d)[0]))
+        assert f"<li><b>{name}:</b> {sentence}</li>" in text
 
 
 def test_report_renders_in_headless_chromium_without_network(run: Path, tmp_path: Path) -> None:

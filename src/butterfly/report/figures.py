@@ -1,14 +1,27 @@
 """The paper's figures from a run's store (they read the store's tables, nothing else).
 
-Every figure is saved as PNG and PDF. Colours come from ``viridis`` (ordered, colour-blind safe,
-readable in grayscale) and every series also gets its own marker; points are means over seeds
-with the standard error over seeds as error bars.
+Every builder returns a matplotlib :class:`~matplotlib.figure.Figure` (``save_figure`` writes it
+as PNG and PDF), so that tests can read what each axis plots. The rules every figure keeps:
+
+* perturbation kinds are never averaged together: one panel (column or row) per kind;
+* points are means over seeds of the per-seed mean over directions (``seed_stats``), error bars
+  the standard error over seeds (none for one seed); what else a line averages over is in its
+  caption (``FIGURES``). Figures other than the fraction figure show the children that perturb
+  the largest fraction of weights (``full_fraction``);
+* a log axis only for values that are all strictly positive; otherwise (and for barriers, which
+  are >= 0 and often exactly 0, always) a symmetric-log axis, linear below the decade of the
+  smallest non-zero value, with its bottom fixed at 0; a quantity with no non-zero value is linear
+  from 0;
+* legends sit outside the axes (a figure legend to the right);
+* one :class:`Palette` for a whole report: the same t (and the same σ) has the same colour and
+  marker in every panel, every figure and every run of a comparison.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
@@ -20,325 +33,599 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from butterfly.experiment.rows import children, spawned
+from butterfly.experiment.rows import PERTURBED_KINDS, children, spawned
+from butterfly.report.summary import (
+    fmt_number,
+    fmt_t,
+    full_fraction,
+    perturbed_kinds,
+    seed_stats,
+)
 
 MARKERS = "osD^v<>ph*"
-SYMLOG = 1e-4  # linear range of symmetric-log axes: barriers are often exactly 0
+REF = "reference"  # gid of reference lines (axhline): their x data are axes fractions
+KIND_TITLES = {
+    "batch": "batch perturbation",
+    "gaussian": "Gaussian perturbation",
+    "spawn": "spawned (σ = 0, own batches from t)",
+}
+Colour = tuple[float, float, float, float]
 
 
-def _colors(n: int) -> list:
-    cmap = plt.get_cmap("viridis")
-    return [cmap(0.9 * i / max(n - 1, 1)) for i in range(n)]
+def _key(v: float) -> float:
+    return round(float(v), 12)
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def _ramp(cmap: str, lo: float, hi: float, i: int, n: int) -> Colour:
+    c = plt.get_cmap(cmap)(lo + (hi - lo) * i / max(n - 1, 1))
+    return (float(c[0]), float(c[1]), float(c[2]), float(c[3]))
+
+
+@dataclass(frozen=True)
+class Palette:
+    """Colours and markers keyed by value: t/T (viridis), σ (plasma) and pre-training steps
+    (cividis). Build it once from every results table a report shows (``Palette.of``) and pass
+    it to every figure."""
+
+    t_fracs: tuple[float, ...] = ()
+    sigmas: tuple[float, ...] = ()
+    pretrain: tuple[int, ...] = ()
+    _t: dict[float, int] = field(init=False, repr=False, compare=False)
+    _s: dict[float, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_t", {_key(v): i for i, v in enumerate(self.t_fracs)})
+        object.__setattr__(self, "_s", {_key(v): i for i, v in enumerate(self.sigmas)})
+
+    @classmethod
+    def of(cls, *frames: pd.DataFrame) -> Palette:
+        """The union of the t/T, σ (of perturbed children) and pre-training values of
+        ``frames`` (results tables)."""
+        ts: set[float] = set()
+        ss: set[float] = set()
+        ps: set[int] = set()
+        for df in frames:
+            if df is None or df.empty:
+                continue
+            ts |= {_key(v) for v in df["t_frac"].dropna()}
+            pert = df[df["kind"].isin(PERTURBED_KINDS)]
+            ss |= {_key(v) for v in pert["sigma"].dropna()}
+            if "pretrain_steps" in df.columns:
+                ps |= {int(v) for v in df["pretrain_steps"].dropna()}
+        return cls(tuple(sorted(ts)), tuple(sorted(ss)), tuple(sorted(ps)))
+
+    def _index(self, table: dict[float, int], v: float, what: str) -> int:
+        try:
+            return table[_key(v)]
+        except KeyError:
+            raise KeyError(f"{what} = {v} is not in the report's palette") from None
+
+    def t(self, tf: float) -> Colour:
+        return _ramp("viridis", 0.0, 0.9, self._index(self._t, tf, "t/T"), len(self.t_fracs))
+
+    def t_marker(self, tf: float) -> str:
+        return MARKERS[self._index(self._t, tf, "t/T") % len(MARKERS)]
+
+    def sigma(self, s: float) -> Colour:
+        return _ramp("plasma", 0.0, 0.85, self._index(self._s, s, "sigma"), len(self.sigmas))
+
+    def sigma_marker(self, s: float) -> str:
+        return MARKERS[self._index(self._s, s, "sigma") % len(MARKERS)]
+
+    def pretrain_colour(self, steps: int) -> Colour:
+        if int(steps) not in self.pretrain:
+            raise KeyError(f"pretrain_steps = {steps} is not in the report's palette")
+        i = self.pretrain.index(int(steps))
+        return _ramp("cividis", 0.0, 0.9, i, len(self.pretrain))
+
+    def pretrain_marker(self, steps: int) -> str:
+        return MARKERS[self.pretrain.index(int(steps)) % len(MARKERS)]
+
+
+def label_t(tf: float) -> str:
+    return f"t = {fmt_t(tf)}"
+
+
+def label_sigma(s: float) -> str:
+    return f"σ = {fmt_number(float(s))}"
+
+
+def label_pretrain(steps: float) -> str:
+    return f"pre-trained {int(steps)} steps" if steps else "random init"
+
+
+# ---- plumbing -------------------------------------------------------------------------------
+def save_figure(fig: Figure, path: Path) -> Path:
+    """Write ``fig`` as PNG (``path``) and PDF beside it, and close it."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
     fig.savefig(path, dpi=130)
     fig.savefig(path.with_suffix(".pdf"))
     plt.close(fig)
     return path
 
 
-def _series(
-    ax: Axes, d: pd.DataFrame, x: str, y: str, group: str, label: Callable[[float], str]
-) -> None:
-    """One line per value of ``group``: mean of y over seeds against x, s.e. as error bars."""
-    values = sorted(d[group].unique())
-    for j, (v, color) in enumerate(zip(values, _colors(len(values)), strict=True)):
-        g = d[d[group] == v].groupby(x)[y]
-        mean, sem, count = g.mean(), g.sem(), g.count()
-        if mean.dropna().empty:
-            continue
-        err = np.where(count > 1, sem.fillna(0.0), 0.0)
-        ax.errorbar(
-            mean.index, mean.values, yerr=err, color=color, marker=MARKERS[j % len(MARKERS)],
-            ms=5, lw=1.5, capsize=2, label=label(v),
+def _figure(
+    nrows: int, ncols: int, width: float = 4.0, height: float = 3.1, **share: object
+) -> tuple[Figure, np.ndarray]:
+    fig = plt.figure(figsize=(width * ncols + 1.9, height * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False, **share)  # type: ignore[arg-type]
+    return fig, axes
+
+
+def _legend(fig: Figure, title: str | None = None) -> None:
+    """One legend for the figure, to the right of every axes; each label once."""
+    seen: dict[str, object] = {}
+    for ax in fig.axes:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            if lab and not lab.startswith("_") and lab not in seen:
+                seen[lab] = h
+    if seen:
+        fig.legend(
+            list(seen.values()), list(seen), loc="outside right upper", title=title,
+            fontsize=8, title_fontsize=8,
         )  # fmt: skip
 
 
-def _label_t(tf: float) -> str:
-    return f"t = {tf:.3g} T"
+def _plotted(ax: Axes, axis: str) -> np.ndarray:
+    """The data values ``ax`` and the axes sharing ``axis`` with it plot along ``axis`` (lines,
+    error-bar centres, scatter points; not error-bar extents)."""
+    group = (ax.get_shared_x_axes() if axis == "x" else ax.get_shared_y_axes()).get_siblings(ax)
+    vals: list[np.ndarray] = []
+    for a in group:
+        for line in a.lines:
+            if axis == "x" and line.get_gid() == REF:
+                continue
+            data = line.get_xdata() if axis == "x" else line.get_ydata()
+            vals.append(np.asarray(data, dtype=float).ravel())
+        for coll in a.collections:
+            offsets = np.ma.getdata(coll.get_offsets())
+            if type(coll).__name__ == "PathCollection" and len(offsets):
+                vals.append(np.asarray(offsets, dtype=float)[:, 0 if axis == "x" else 1])
+    if not vals:
+        return np.array([])
+    v = np.concatenate(vals)
+    return v[np.isfinite(v)]
 
 
-def _label_sigma(s: float) -> str:
-    return f"σ = {s:.0e}"
+def _scale(ax: Axes, axis: str, how: str) -> None:
+    """Scale ``axis`` from the data it plots. ``log``: log if every value is > 0, else as
+    ``symlog0``. ``symlog0``: symmetric-log, linear below the decade of the smallest non-zero
+    value (at least 1e-6 of the largest), bottom at 0; linear from 0 without non-zero values.
+    ``linear0``: linear from 0. ``linear``: matplotlib's default."""
+    v = _plotted(ax, axis)
+    set_scale = ax.set_xscale if axis == "x" else ax.set_yscale
+    if how == "linear" or len(v) == 0:
+        return
+    pos = v[v > 0]
+    if how == "log" and len(pos) == len(v):
+        set_scale("log")
+        return
+    if how in ("log", "symlog0") and len(pos):
+        top = 10.0 ** math.floor(math.log10(pos.max()))
+        lin = max(10.0 ** math.floor(math.log10(pos.min())), top * 1e-6)
+        set_scale("symlog", linthresh=lin, linscale=0.5)
+    ax.relim()
+    ax.autoscale_view()
+    if axis == "x":
+        ax.set_xlim(left=0)
+    else:
+        ax.set_ylim(bottom=0)
 
 
-def _panels(n: int, width: float = 4.6, height: float = 3.6, sharey: bool = True):
-    fig, axes = plt.subplots(1, n, figsize=(width * n, height), squeeze=False, sharey=sharey)
-    return fig, list(axes[0])
+def _series(
+    ax: Axes,
+    d: pd.DataFrame,
+    x: str,
+    y: str,
+    group: str,
+    colour: Callable[[float], Colour],
+    label: Callable[[float], str],
+    marker: Callable[[float], str],
+    **style: object,
+) -> None:
+    """One line per value of ``group``: the mean of y over seeds against x, the s.e. over seeds
+    as error bars (clipped at 0: every plotted quantity is >= 0). Not clipped to the axes, so
+    that points on an axis that starts at 0 show whole; the limits hold every point."""
+    for v in sorted(d[group].dropna().unique()):
+        st = seed_stats(d[d[group] == v], [x], y)
+        if st.empty:
+            continue
+        mean = st["mean"].to_numpy(dtype=float)
+        err = np.where(st["n"] > 1, st["sem"].fillna(0.0), 0.0)
+        lower = np.minimum(err, np.maximum(mean, 0.0))
+        ax.errorbar(
+            st.index.to_numpy(dtype=float), mean, yerr=[lower, err], color=colour(v),
+            marker=marker(v), ms=5, lw=1.5, capsize=2, label=label(v), clip_on=False, **style,
+        )  # fmt: skip
 
 
+def _t_series(ax: Axes, d: pd.DataFrame, x: str, y: str, palette: Palette) -> None:
+    _series(ax, d, x, y, "t_frac", palette.t, label_t, palette.t_marker)
+
+
+def _sigma_series(ax: Axes, d: pd.DataFrame, x: str, y: str, palette: Palette) -> None:
+    _series(ax, d, x, y, "sigma", palette.sigma, label_sigma, palette.sigma_marker)
+
+
+def _t_scatter(ax: Axes, d: pd.DataFrame, x: str, y: str, palette: Palette) -> None:
+    """Each child a point, coloured and marked by its t."""
+    for tf in sorted(d["t_frac"].unique()):
+        dt = d[d["t_frac"] == tf].dropna(subset=[x, y])
+        if len(dt):
+            ax.scatter(
+                dt[x], dt[y], color=palette.t(tf), marker=palette.t_marker(tf), s=18,
+                label=label_t(tf), clip_on=False,
+            )  # fmt: skip
+
+
+def _empty(ax: Axes, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4")
+
+
+def _finish(axes: Iterable[Axes]) -> None:
+    for ax in axes:
+        ax.grid(True, alpha=0.3)
+
+
+def _kids(df: pd.DataFrame) -> pd.DataFrame:
+    """Perturbed children (batch, gaussian), the largest perturbed fraction only."""
+    return full_fraction(children(df))
+
+
+def _palette(palette: Palette | None, *frames: pd.DataFrame) -> Palette:
+    return palette if palette is not None else Palette.of(*frames)
+
+
+BARRIER_LABELS = {
+    "barrier_train_loss": "train-loss barrier",
+    "barrier_train_loss_wm": "train-loss barrier after weight matching",
+    "barrier_test_error": "test-error barrier",
+}
+
+
+# ---- the figures ----------------------------------------------------------------------------
 def barrier_vs_sigma(
-    df: pd.DataFrame, path: Path, metric: str = "barrier_train_loss", logy: bool = False
-) -> Path:
-    """Paper Figure 2 (27 with log y): barrier against σ, one colour per t, a panel per kind."""
-    d = children(df)
-    kinds = sorted(d["kind"].unique()) or ["batch"]
-    fig, axes = _panels(len(kinds))
-    for ax, kind in zip(axes, kinds, strict=True):
-        _series(ax, d[d["kind"] == kind], "sigma", metric, "t_frac", _label_t)
-        ax.set_xscale("log")
-        if logy:
-            ax.set_yscale("symlog", linthresh=SYMLOG)
+    df: pd.DataFrame,
+    palette: Palette | None = None,
+    metric: str = "barrier_train_loss",
+    logy: bool = False,
+) -> Figure:
+    """Paper Figure 2 (27 with symmetric-log y): barrier against σ, a panel per kind, a line
+    per t."""
+    palette = _palette(palette, df)
+    d = _kids(df)
+    kinds = perturbed_kinds(d.dropna(subset=[metric])) or perturbed_kinds(d) or ["batch"]
+    fig, axes = _figure(1, len(kinds), sharey=True)
+    for ax, kind in zip(axes[0], kinds, strict=True):
+        _t_series(ax, d[d["kind"] == kind], "sigma", metric, palette)
+        ax.set_title(KIND_TITLES[kind])
         ax.set_xlabel("perturbation size σ")
-        ax.set_title(f"{kind} perturbation")
-        ax.grid(True, alpha=0.3)
-    axes[0].set_ylabel(metric.replace("_", " "))
-    axes[-1].legend(title="perturbed at", fontsize=8, title_fontsize=8, loc="upper left")
-    return _save(fig, path)
+    axes[0, 0].set_ylabel(BARRIER_LABELS.get(metric, metric))
+    for ax in axes[0]:
+        _scale(ax, "x", "log")
+        _scale(ax, "y", "symlog0" if logy else "linear0")
+    _finish(axes.flat)
+    _legend(fig, "perturbed at")
+    return fig
 
 
-def barrier_vs_t(df: pd.DataFrame, path: Path) -> Path:
-    """Workshop Figure 1: train (solid) and test-error (dashed) barrier against t, by σ."""
-    d = children(df)
-    kinds = sorted(d["kind"].unique()) or ["batch"]
-    fig, axes = _panels(len(kinds))
-    for ax, kind in zip(axes, kinds, strict=True):
+def barrier_vs_t(df: pd.DataFrame, palette: Palette | None = None) -> Figure:
+    """Workshop Figures 1, 5, 9: train-loss (top) and test-error (bottom) barrier against t, a
+    column per kind, a line per σ."""
+    palette = _palette(palette, df)
+    d = _kids(df)
+    kinds = perturbed_kinds(d) or ["batch"]
+    metrics = ["barrier_train_loss", "barrier_test_error"]
+    fig, axes = _figure(2, len(kinds), sharex=True, sharey="row")
+    for j, kind in enumerate(kinds):
+        for i, metric in enumerate(metrics):
+            _sigma_series(axes[i, j], d[d["kind"] == kind], "t_frac", metric, palette)
+        axes[0, j].set_title(KIND_TITLES[kind])
+        axes[1, j].set_xlabel("perturbation time t / T")
+    axes[0, 0].set_ylabel("train-loss barrier (nats)")
+    axes[1, 0].set_ylabel("test-error barrier (fraction)")
+    for ax in axes.flat:
+        _scale(ax, "x", "log")
+        _scale(ax, "y", "symlog0")
+    _finish(axes.flat)
+    _legend(fig, "perturbation size")
+    return fig
+
+
+def cka_figure(df: pd.DataFrame, palette: Palette | None = None) -> Figure:
+    """Paper Figure 3, a row per kind: angular CKA distance against σ (a line per t); train-loss
+    barrier against CKA and ensemble accuracy against CKA (a point per child)."""
+    palette = _palette(palette, df)
+    d = _kids(df).dropna(subset=["cka"])
+    kinds = perturbed_kinds(d) or ["batch"]
+    fig, axes = _figure(len(kinds), 3)
+    for i, kind in enumerate(kinds):
         dk = d[d["kind"] == kind]
-        _series(ax, dk, "t_frac", "barrier_train_loss", "sigma", _label_sigma)
-        sigmas = sorted(dk["sigma"].unique())
-        for s, color in zip(sigmas, _colors(len(sigmas)), strict=True):
-            g = dk[dk["sigma"] == s].groupby("t_frac")["barrier_test_error"].mean()
-            ax.plot(g.index, g.values, color=color, ls="--", lw=1)
-        ax.set_xscale("symlog", linthresh=0.01)
-        ax.set_yscale("symlog", linthresh=SYMLOG)
-        ax.set_xlabel("perturbation time t / T")
-        ax.set_title(f"{kind}: train loss (solid), test error (dashed)")
-        ax.grid(True, alpha=0.3)
-    axes[0].set_ylabel("barrier")
-    axes[-1].legend(fontsize=8, loc="upper right")
-    return _save(fig, path)
+        left, mid, right = axes[i]
+        _t_series(left, dk, "sigma", "cka", palette)
+        left.set_xlabel("perturbation size σ")
+        left.set_ylabel(f"{kind}: angular CKA distance (rad)")
+        _t_scatter(mid, dk, "cka", "barrier_train_loss", palette)
+        mid.set_ylabel("train-loss barrier")
+        _t_scatter(right, dk, "cka", "ensemble_test_acc", palette)
+        right.set_ylabel("ensemble test accuracy")
+        if dk["test_acc_a"].notna().any():
+            right.axhline(
+                dk["test_acc_a"].mean(), color="0.3", ls=":", lw=1.2, gid=REF,
+                label="original alone (mean)",
+            )  # fmt: skip
+        for ax in (mid, right):
+            ax.set_xlabel("angular CKA distance (rad)")
+        left.set_title(KIND_TITLES[kind])
+        _scale(left, "x", "log")
+        _scale(left, "y", "linear0")
+        _scale(mid, "x", "linear0")
+        _scale(mid, "y", "symlog0")
+        _scale(right, "x", "linear0")
+    _finish(axes.flat)
+    _legend(fig, "perturbed at")
+    return fig
 
 
-def cka_figure(df: pd.DataFrame, path: Path) -> Path:
-    """Paper Figure 3: CKA against σ by t; barrier against CKA; ensemble accuracy against CKA."""
-    d = children(df).dropna(subset=["cka"])
-    fig, axes = _panels(3, sharey=False)
-    _series(axes[0], d, "sigma", "cka", "t_frac", _label_t)
-    axes[0].set_xscale("log")
-    axes[0].set_xlabel("perturbation size σ")
-    axes[0].set_ylabel("angular CKA distance (rad)")
-    ts = sorted(d["t_frac"].unique())
-    for j, (tf, color) in enumerate(zip(ts, _colors(len(ts)), strict=True)):
-        dt = d[d["t_frac"] == tf]
-        m = MARKERS[j % len(MARKERS)]
-        axes[1].scatter(
-            dt["cka"], dt["barrier_train_loss"], color=color, marker=m, s=16, label=_label_t(tf)
+def _traj_children(traj: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
+    """Trajectory rows of perturbed and spawned children that did not diverge, with their t/T
+    and fraction from the results table; the largest perturbed fraction only."""
+    info = df[["seed", "t", "member", "t_frac", "fraction", "diverged"]]
+    d = traj.merge(info, on=["seed", "t", "member"], how="inner")
+    d = d[d["kind"].isin([*PERTURBED_KINDS, "spawn"]) & (d["diverged"] == 0)]
+    return full_fraction(d)
+
+
+def trajectory_figure(
+    traj: pd.DataFrame, df: pd.DataFrame, palette: Palette | None = None
+) -> Figure:
+    """Paper Figure 6: train-loss barrier (top) and L2 to the original (bottom) over training, a
+    column per kind (spawned children in their own column), a line per t averaged over σ."""
+    palette = _palette(palette, df)
+    d = _traj_children(traj, df)
+    kinds = perturbed_kinds(d) + (["spawn"] if (d["kind"] == "spawn").any() else [])
+    kinds = kinds or ["batch"]
+    metrics = ["l2_to_original"]
+    if d["barrier_train_loss"].notna().any():
+        metrics.insert(0, "barrier_train_loss")
+    fig, axes = _figure(len(metrics), len(kinds), sharex="col")
+    for j, kind in enumerate(kinds):
+        for i, metric in enumerate(metrics):
+            _t_series(axes[i, j], d[d["kind"] == kind], "step", metric, palette)
+        axes[0, j].set_title(KIND_TITLES[kind])
+        axes[-1, j].set_xlabel("training step")
+    for i, metric in enumerate(metrics):
+        axes[i, 0].set_ylabel(
+            "train-loss barrier" if metric == "barrier_train_loss" else "L2 to the original"
         )
-        axes[2].scatter(dt["cka"], dt["ensemble_test_acc"], color=color, marker=m, s=16)
-    axes[1].set_yscale("symlog", linthresh=SYMLOG)
-    axes[1].set_xlabel("angular CKA distance (rad)")
-    axes[1].set_ylabel("barrier train loss")
-    axes[2].set_xlabel("angular CKA distance (rad)")
-    axes[2].set_ylabel("ensemble test accuracy")
-    if len(d):
-        axes[2].axhline(d["test_acc_a"].mean(), color="0.4", ls=":", lw=1, label="single network")
-        axes[2].legend(fontsize=8)
-    axes[1].legend(fontsize=7)
-    for ax in axes:
-        ax.grid(True, alpha=0.3)
-    return _save(fig, path)
+        for ax in axes[i]:
+            _scale(ax, "x", "log")
+            _scale(ax, "y", "symlog0" if metric == "barrier_train_loss" else "log")
+    _finish(axes.flat)
+    _legend(fig, "perturbed at")
+    return fig
 
 
-def trajectory_figure(traj: pd.DataFrame, path: Path) -> Path:
-    """Paper Figure 6: L2 to the original and train-loss barrier over training, by t (largest σ
-    of the first kind, mean over seeds)."""
-    d = traj[~traj["kind"].isin(["original", "control"])]
-    fig, axes = _panels(2, sharey=False)
-    if len(d):
-        kind = sorted(d["kind"].unique())[0]
-        sigma = d[d["kind"] == kind]["sigma"].max()
-        d = d[(d["kind"] == kind) & (d["sigma"] == sigma)]
-        ts = sorted(d["t"].unique())
-        for j, (t, color) in enumerate(zip(ts, _colors(len(ts)), strict=True)):
-            g = d[d["t"] == t].groupby("step")
-            m = MARKERS[j % len(MARKERS)]
-            axes[0].plot(g["l2_to_original"].mean(), color=color, marker=m, ms=3, label=f"t = {t}")
-            axes[1].plot(g["barrier_train_loss"].mean(), color=color, marker=m, ms=3)
-        fig.suptitle(f"{kind} perturbation, σ = {sigma:.0e}", fontsize=10)
-    axes[0].set_ylabel("L2 to the original")
-    axes[1].set_ylabel("barrier train loss")
-    axes[0].set_yscale("log")
-    axes[1].set_yscale("symlog", linthresh=SYMLOG)
-    for ax in axes:
+def l2_from_init_figure(
+    traj: pd.DataFrame, df: pd.DataFrame, palette: Palette | None = None
+) -> Figure:
+    """Workshop Figure 3 (middle, right): L2 from θ0 over training for the original and, a panel
+    per kind, its children perturbed at the earliest t (a line per σ)."""
+    palette = _palette(palette, df)
+    t0 = traj["t"].min() if len(traj) else 0
+    d = _traj_children(traj[traj["t"] == t0], df)
+    orig = traj[(traj["t"] == t0) & (traj["kind"] == "original")]
+    kinds = perturbed_kinds(d) + (["spawn"] if (d["kind"] == "spawn").any() else [])
+    fig, axes = _figure(1, 1 + len(kinds), sharey=True, sharex=True)
+    ax0 = axes[0, 0]
+    st = seed_stats(orig, ["step"], "l2_from_init")
+    ax0.plot(st.index.to_numpy(dtype=float), st["mean"].to_numpy(), color="k", lw=2,
+             marker="o", ms=3, label="original")  # fmt: skip
+    tf0 = df.loc[df["t"] == t0, "t_frac"]
+    when = label_t(tf0.iloc[0]) if len(tf0) else f"t = step {t0}"
+    ax0.set_title("original")
+    for ax, kind in zip(axes[0, 1:], kinds, strict=True):
+        dk = d[d["kind"] == kind]
+        if kind == "spawn":
+            st = seed_stats(dk, ["step"], "l2_from_init")
+            ax.plot(st.index.to_numpy(dtype=float), st["mean"].to_numpy(), color="0.35", lw=1.5,
+                    marker="s", ms=3, ls="--", label="spawned child")  # fmt: skip
+        else:
+            _sigma_series(ax, dk, "step", "l2_from_init", palette)
+        ax.set_title(f"{KIND_TITLES[kind]} at {when}", fontsize=9)
+    ax0.set_ylabel("L2 from initialisation θ0")
+    for ax in axes[0]:
         ax.set_xlabel("training step")
-        ax.set_xscale("symlog", linthresh=10)
-        ax.grid(True, alpha=0.3)
-    axes[0].legend(title="perturbed at", fontsize=8, title_fontsize=8)
-    return _save(fig, path)
+        _scale(ax, "x", "log")
+        _scale(ax, "y", "linear0")
+    _finish(axes.flat)
+    _legend(fig)
+    return fig
 
 
-def l2_from_init_figure(traj: pd.DataFrame, path: Path) -> Path:
-    """Workshop Figure 3 (middle, right): distance from initialisation over training, original
-    and children (by σ), for the earliest t."""
-    fig, axes = _panels(2)
-    if len(traj):
-        t0 = traj["t"].min()
-        d = traj[traj["t"] == t0]
-        orig = d[d["kind"] == "original"].groupby("step")["l2_from_init"].mean()
-        axes[0].plot(orig, color="k", lw=2, label="original")
-        kids = d[~d["kind"].isin(["original", "control"])]
-        sigmas = sorted(kids["sigma"].unique())
-        for j, (s, color) in enumerate(zip(sigmas, _colors(len(sigmas)), strict=True)):
-            g = kids[kids["sigma"] == s].groupby("step")["l2_from_init"].mean()
-            axes[1].plot(
-                g, color=color, marker=MARKERS[j % len(MARKERS)], ms=3, label=_label_sigma(s)
-            )
-        axes[0].set_title(f"original (t = {t0})")
-        axes[1].set_title(f"perturbed at t = {t0}")
-        axes[1].legend(fontsize=8)
-    axes[0].set_ylabel("L2 from initialisation")
-    for ax in axes:
-        ax.set_xlabel("training step")
-        ax.grid(True, alpha=0.3)
-    return _save(fig, path)
+def barrier_vs_l2(df: pd.DataFrame, palette: Palette | None = None) -> Figure:
+    """Paper Figure 7 / workshop Figures 3, 7 (left): train-loss barrier against L2 after
+    training, a panel per kind, a point per child coloured by t."""
+    palette = _palette(palette, df)
+    d = _kids(df)
+    kinds = perturbed_kinds(d) or ["batch"]
+    fig, axes = _figure(1, len(kinds), sharey=True, sharex=True)
+    for ax, kind in zip(axes[0], kinds, strict=True):
+        _t_scatter(ax, d[d["kind"] == kind], "l2", "barrier_train_loss", palette)
+        ax.set_title(KIND_TITLES[kind])
+        ax.set_xlabel("L2 distance after training")
+    axes[0, 0].set_ylabel("train-loss barrier")
+    for ax in axes[0]:
+        _scale(ax, "x", "log")
+        _scale(ax, "y", "symlog0")
+    _finish(axes.flat)
+    _legend(fig, "perturbed at")
+    return fig
 
 
-def barrier_vs_l2(df: pd.DataFrame, path: Path) -> Path:
-    """Paper Figure 7 / workshop Figure 3 (left): barrier against L2 after training, by t."""
+def fixed_points_figure(
+    df: pd.DataFrame, proxy: pd.DataFrame, palette: Palette | None = None
+) -> Figure:
+    """Paper Figure 16 / workshop Figures 4, 8: fixed points of the weight-matching permutation
+    against L2 and against the barrier (a row per kind, a point per child); and the
+    random-permutation proxy (mean over seeds per requested fraction of fixed points)."""
+    palette = _palette(palette, df)
+    d = _kids(df).dropna(subset=["fixed_point_fraction_wm"])
+    kinds = perturbed_kinds(d) or ["batch"]
+    has_proxy = proxy is not None and len(proxy) > 0
+    layout = [[f"{k}:l2", f"{k}:barrier", *(["proxy"] if has_proxy else [])] for k in kinds]
+    fig = plt.figure(figsize=(4.0 * len(layout[0]) + 1.9, 3.1 * len(kinds)), layout="constrained")
+    ax = fig.subplot_mosaic(layout)
+    for kind in kinds:
+        dk = d[d["kind"] == kind]
+        a_l2, a_b = ax[f"{kind}:l2"], ax[f"{kind}:barrier"]
+        _t_scatter(a_l2, dk, "fixed_point_fraction_wm", "l2", palette)
+        _t_scatter(a_b, dk, "fixed_point_fraction_wm", "barrier_train_loss", palette)
+        a_l2.set_ylabel(f"{kind}: L2 distance after training")
+        a_b.set_ylabel("train-loss barrier")
+        a_l2.set_title(KIND_TITLES[kind])
+        for a in (a_l2, a_b):
+            a.set_xlabel("fixed points of weight matching")
+            _scale(a, "x", "linear0")
+        _scale(a_l2, "y", "log")
+        _scale(a_b, "y", "symlog0")
+    if has_proxy:
+        p = ax["proxy"]
+        l2 = seed_stats(proxy, ["fixed_fraction"], "l2")["mean"]
+        bar = seed_stats(proxy, ["fixed_fraction"], "barrier_train_loss")["mean"]
+        g = pd.DataFrame({"l2": l2, "barrier": bar}).dropna()
+        sc = p.scatter(g.index, g["l2"], c=g["barrier"], cmap="cividis", s=40, marker="s")
+        fig.colorbar(sc, ax=p, label="train-loss barrier (mean over seeds)")
+        p.set_xlabel("fixed points of a random permutation")
+        p.set_ylabel("L2 to the unpermuted original")
+        p.set_title("random-permutation proxy", fontsize=9)
+        _scale(p, "x", "linear0")
+        _scale(p, "y", "linear0")
+    _finish(ax.values())
+    _legend(fig, "perturbed at")
+    return fig
+
+
+def barrier_vs_fraction(df: pd.DataFrame, palette: Palette | None = None) -> Figure:
+    """Paper Figure 11: norm of the perturbation (top) and train-loss barrier (bottom) against
+    the fraction of weights perturbed, a column per (kind, σ), a line per t."""
+    palette = _palette(palette, df)
     d = children(df)
-    fig, axes = _panels(1, width=5.2)
-    ax = axes[0]
-    ts = sorted(d["t_frac"].unique())
-    for j, (tf, color) in enumerate(zip(ts, _colors(len(ts)), strict=True)):
-        dt = d[d["t_frac"] == tf]
-        ax.scatter(
-            dt["l2"],
-            dt["barrier_train_loss"],
-            color=color,
-            marker=MARKERS[j % len(MARKERS)],
-            s=16,
-            label=_label_t(tf),
-        )
-    ax.set_xscale("log")
-    ax.set_yscale("symlog", linthresh=SYMLOG)
-    ax.set_xlabel("L2 distance after training")
-    ax.set_ylabel("barrier train loss")
-    ax.legend(fontsize=7)
-    ax.grid(True, alpha=0.3)
-    return _save(fig, path)
+    cols = [(k, s) for k in perturbed_kinds(d) for s in sorted(d[d["kind"] == k]["sigma"].unique())]
+    cols = cols or [("batch", float("nan"))]
+    fig, axes = _figure(2, len(cols), sharex=True, sharey="row")
+    for j, (kind, s) in enumerate(cols):
+        dk = d[(d["kind"] == kind) & (d["sigma"] == s)]
+        _t_series(axes[0, j], dk, "fraction", "noise_l2", palette)
+        _t_series(axes[1, j], dk, "fraction", "barrier_train_loss", palette)
+        axes[0, j].set_title(f"{KIND_TITLES[kind]}, {label_sigma(s)}", fontsize=9)
+        axes[1, j].set_xlabel("fraction of weights perturbed")
+    axes[0, 0].set_ylabel("L2 norm of the perturbation")
+    axes[1, 0].set_ylabel("train-loss barrier")
+    for ax in axes[0]:
+        _scale(ax, "x", "log")
+        _scale(ax, "y", "log")
+    for ax in axes[1]:
+        _scale(ax, "y", "symlog0")
+    _finish(axes.flat)
+    _legend(fig, "perturbed at")
+    return fig
 
 
-def fixed_points_figure(df: pd.DataFrame, proxy: pd.DataFrame, path: Path) -> Path:
-    """Paper Figure 16 / workshop Figure 4: fixed points of the weight-matching permutation
-    against L2 and barrier; and the random-permutation proxy."""
-    d = children(df).dropna(subset=["fixed_point_fraction_wm"])
-    fig, axes = _panels(3, sharey=False)
-    ts = sorted(d["t_frac"].unique())
-    for j, (tf, color) in enumerate(zip(ts, _colors(len(ts)), strict=True)):
-        dt = d[d["t_frac"] == tf]
-        m = MARKERS[j % len(MARKERS)]
-        axes[0].scatter(
-            dt["fixed_point_fraction_wm"], dt["l2"], color=color, marker=m, s=16, label=_label_t(tf)
-        )
-        axes[1].scatter(
-            dt["fixed_point_fraction_wm"], dt["barrier_train_loss"], color=color, marker=m, s=16
-        )
-    axes[0].set_ylabel("L2 distance")
-    axes[0].set_yscale("log")
-    axes[1].set_ylabel("barrier train loss")
-    axes[1].set_yscale("symlog", linthresh=SYMLOG)
-    axes[0].legend(fontsize=7)
-    for ax in axes[:2]:
-        ax.set_xlabel("fixed points of weight matching")
-    if len(proxy):
-        g = proxy.groupby("fixed_fraction")[["l2", "barrier_train_loss"]].mean()
-        sc = axes[2].scatter(
-            g.index, g["l2"], c=g["barrier_train_loss"], cmap="viridis", s=40, marker="s"
-        )
-        fig.colorbar(sc, ax=axes[2], label="barrier train loss")
-    axes[2].set_xlabel("fixed points of a random permutation")
-    axes[2].set_ylabel("L2 to the unpermuted network")
-    axes[2].set_title("random-permutation proxy", fontsize=9)
-    for ax in axes:
-        ax.grid(True, alpha=0.3)
-    return _save(fig, path)
+def runs_side_by_side(frames: dict[str, pd.DataFrame], palette: Palette | None = None) -> Figure:
+    """Paper Figures 4 and 12: train-loss barrier against σ, a column per run, a row per kind, a
+    line per t (shared linear y from 0)."""
+    palette = _palette(palette, *frames.values())
+    kids = {name: _kids(df) for name, df in frames.items()}
+    kinds = [k for k in PERTURBED_KINDS if any((d["kind"] == k).any() for d in kids.values())]
+    kinds = kinds or ["batch"]
+    fig, axes = _figure(len(kinds), len(frames), sharey=True, sharex=True)
+    for j, (name, d) in enumerate(kids.items()):
+        for i, kind in enumerate(kinds):
+            ax = axes[i, j]
+            dk = d[d["kind"] == kind]
+            if dk.empty:
+                _empty(ax, f"no {kind} children")
+            _t_series(ax, dk, "sigma", "barrier_train_loss", palette)
+            ax.set_title(f"{name}: {KIND_TITLES[kind]}", fontsize=9)
+            axes[-1, j].set_xlabel("perturbation size σ")
+        for i in range(len(kinds)):
+            axes[i, 0].set_ylabel("train-loss barrier")
+    for ax in axes.flat:
+        _scale(ax, "x", "log")
+        _scale(ax, "y", "linear0")
+    _finish(axes.flat)
+    _legend(fig, "perturbed at")
+    return fig
 
 
-def barrier_vs_fraction(df: pd.DataFrame, path: Path) -> Path:
-    """Paper Figure 11: noise L2 and barrier against the fraction of perturbed weights, by t."""
-    d = children(df)
-    fig, axes = _panels(2, sharey=False)
-    _series(axes[0], d, "fraction", "noise_l2", "t_frac", _label_t)
-    _series(axes[1], d, "fraction", "barrier_train_loss", "t_frac", _label_t)
-    axes[0].set_ylabel("L2 norm of the perturbation")
-    axes[0].set_yscale("log")
-    axes[1].set_ylabel("barrier train loss")
-    axes[1].set_yscale("symlog", linthresh=SYMLOG)
-    for ax in axes:
-        ax.set_xscale("log")
-        ax.set_xlabel("fraction of perturbed weights")
-        ax.grid(True, alpha=0.3)
-    axes[1].legend(fontsize=7)
-    return _save(fig, path)
+def spawn_figure(df: pd.DataFrame, palette: Palette | None = None) -> Figure:
+    """Paper Figure 10: train-loss barrier against t (top) for single perturbations (a line per
+    σ) and the spawning baseline (dashed, the same in every column); the perturbations' L2 norm
+    against t (bottom). A column per perturbed kind."""
+    palette = _palette(palette, df)
+    d, s = _kids(df), spawned(df)
+    kinds: list[str | None] = [*perturbed_kinds(d)] or [None]
+    fig, axes = _figure(2, len(kinds), sharex=True, sharey="row")
+    sp = seed_stats(s, ["t_frac"], "barrier_train_loss")
+    for j, kind in enumerate(kinds):
+        top, bottom = axes[0, j], axes[1, j]
+        if kind is not None:
+            dk = d[d["kind"] == kind]
+            _sigma_series(top, dk, "t_frac", "barrier_train_loss", palette)
+            _sigma_series(bottom, dk, "t_frac", "noise_l2", palette)
+        else:
+            _empty(bottom, "no perturbed children")
+        if len(sp):
+            mean = sp["mean"].to_numpy(dtype=float)
+            err = np.where(sp["n"] > 1, sp["sem"].fillna(0.0), 0.0)
+            top.errorbar(
+                sp.index.to_numpy(dtype=float), mean, yerr=[np.minimum(err, mean), err],
+                color="black", marker="s", lw=2, ls="--", capsize=2,
+                label="spawned (Frankle et al.)",
+            )  # fmt: skip
+        top.set_title(KIND_TITLES[kind] + " vs spawning" if kind else "spawning", fontsize=9)
+        bottom.set_xlabel("perturbation time t / T")
+    axes[0, 0].set_ylabel("train-loss barrier")
+    axes[1, 0].set_ylabel("L2 norm of the perturbation")
+    for ax in axes.flat:
+        _scale(ax, "x", "log")
+    for ax in axes[0]:
+        _scale(ax, "y", "symlog0")
+    for ax in axes[1]:
+        _scale(ax, "y", "log")
+    _finish(axes.flat)
+    _legend(fig)
+    return fig
 
 
-def runs_side_by_side(frames: dict[str, pd.DataFrame], path: Path) -> Path:
-    """Paper Figures 4 and 12: barrier against σ by t, one panel per run (shared y)."""
-    fig, axes = _panels(len(frames))
-    for ax, (name, df) in zip(axes, frames.items(), strict=True):
-        d = children(df)
-        kind = "batch" if "batch" in set(d["kind"]) else (sorted(d["kind"].unique()) or ["?"])[0]
-        _series(ax, d[d["kind"] == kind], "sigma", "barrier_train_loss", "t_frac", _label_t)
-        ax.set_xscale("log")
-        ax.set_yscale("symlog", linthresh=SYMLOG)
-        ax.set_title(f"{name} ({kind})", fontsize=9)
-        ax.set_xlabel("perturbation size σ")
-        ax.grid(True, alpha=0.3)
-    axes[0].set_ylabel("barrier train loss")
-    axes[-1].legend(fontsize=7)
-    return _save(fig, path)
-
-
-def spawn_figure(df: pd.DataFrame, path: Path) -> Path:
-    """Paper Figure 10: barrier against t for the spawning baseline (independent batches from
-    t) next to single perturbations (left), and the perturbations' L2 size (right)."""
-    d, s = children(df), spawned(df)
-    fig, axes = _panels(2, sharey=False)
-    kind = "batch" if "batch" in set(d["kind"]) else (sorted(d["kind"].unique()) or ["?"])[0]
-    _series(axes[0], d[d["kind"] == kind], "t_frac", "barrier_train_loss", "sigma", _label_sigma)
-    g = s.groupby("t_frac")["barrier_train_loss"]
-    axes[0].errorbar(
-        g.mean().index, g.mean().values, yerr=g.sem().fillna(0.0).values, color="black",
-        marker="s", lw=2, ls="--", capsize=2, label="spawning (Frankle et al.)",
-    )  # fmt: skip
-    axes[0].set_ylabel("barrier train loss")
-    axes[0].set_yscale("symlog", linthresh=SYMLOG)
-    axes[0].set_title(f"{kind} perturbation vs spawning", fontsize=9)
-    _series(axes[1], d[d["kind"] == kind], "t_frac", "noise_l2", "sigma", _label_sigma)
-    axes[1].set_ylabel("L2 norm of the perturbation")
-    axes[1].set_yscale("log")
-    for ax in axes:
-        ax.set_xlabel("perturbation time t / T")
-        ax.set_xscale("symlog", linthresh=0.01)
-        ax.grid(True, alpha=0.3)
-    axes[0].legend(fontsize=7)
-    return _save(fig, path)
-
-
-def finetune_figure(df: pd.DataFrame, path: Path) -> Path:
-    """Paper Figure 5: barrier against σ, a panel per perturbation time, coloured by the
-    pre-training duration the fine-tuning started from (``pretrain_steps`` column)."""
-    d = children(df)
-    kind = "batch" if "batch" in set(d["kind"]) else (sorted(d["kind"].unique()) or ["?"])[0]
-    d = d[d["kind"] == kind]
+def finetune_figure(df: pd.DataFrame, palette: Palette | None = None) -> Figure:
+    """Paper Figure 5: train-loss barrier against σ, a column per perturbation time, a row per
+    kind, a line per pre-training duration (``pretrain_steps`` column)."""
+    palette = _palette(palette, df)
+    d = _kids(df)
+    kinds = perturbed_kinds(d) or ["batch"]
     ts = sorted(d["t_frac"].unique()) or [0.0]
-    fig, axes = _panels(len(ts))
-    for ax, tf in zip(axes, ts, strict=True):
-        _series(ax, d[d["t_frac"] == tf], "sigma", "barrier_train_loss", "pretrain_steps",
-                lambda p: f"pre-trained {int(p)} steps" if p else "random init")  # fmt: skip
-        ax.set_xscale("log")
-        ax.set_yscale("symlog", linthresh=SYMLOG)
-        ax.set_title(f"{kind} perturbation at t = {tf:.3g} T", fontsize=9)
-        ax.set_xlabel("perturbation size σ")
-        ax.grid(True, alpha=0.3)
-    axes[0].set_ylabel("barrier train loss")
-    axes[-1].legend(fontsize=7)
-    return _save(fig, path)
+    fig, axes = _figure(len(kinds), len(ts), sharey=True, sharex=True)
+    for i, kind in enumerate(kinds):
+        for j, tf in enumerate(ts):
+            ax = axes[i, j]
+            dk = d[(d["kind"] == kind) & (d["t_frac"] == tf)]
+            _series(ax, dk, "sigma", "barrier_train_loss", "pretrain_steps",
+                    palette.pretrain_colour, label_pretrain, palette.pretrain_marker)  # fmt: skip
+            ax.set_title(f"{KIND_TITLES[kind]} at {label_t(tf)}", fontsize=9)
+            axes[-1, j].set_xlabel("perturbation size σ")
+        axes[i, 0].set_ylabel("train-loss barrier")
+    for ax in axes.flat:
+        _scale(ax, "x", "log")
+        _scale(ax, "y", "symlog0")
+    _finish(axes.flat)
+    _legend(fig, "fine-tuned from")
+    return fig
 
 
+# ---- what the report shows ----------------------------------------------------------------
 @dataclass(frozen=True)
 class FigureSpec:
     file: str
@@ -346,62 +633,129 @@ class FigureSpec:
     caption: str
 
 
+MEAN = (
+    "Points are means over seeds (of each seed's mean over directions), error bars the standard "
+    "error over seeds"
+)
+FULL = "children that perturb the largest fraction of weights only"
+SYMLOG0 = "symmetric-log y axis from 0, linear below the decade of the smallest non-zero value"
+LOGX = "log x axis (symmetric-log from 0 when the values include 0)"
+LOGY = "log y axis (symmetric-log from 0 if a value is 0)"
+
 FIGURES = [
     FigureSpec("barrier_vs_sigma.png", "Barrier against perturbation size (Figure 2)",
-               "Train-loss barrier after training against σ, coloured by perturbation time t."),
-    FigureSpec("barrier_vs_sigma_log.png", "The same, log y (Figure 27)",
-               "Symmetric-log y axis: small barriers and exact zeros remain visible."),
+               "Train-loss barrier after training against σ (log x axis), a panel per "
+               f"perturbation kind, a line per perturbation time t; linear y axis from 0. {MEAN}; "
+               f"{FULL}."),
+    FigureSpec("barrier_vs_sigma_log.png", "The same, symmetric-log y (Figure 27)",
+               f"As Figure 2, on a {SYMLOG0}: small barriers and exact zeros stay visible."),
     FigureSpec("barrier_wm_vs_sigma.png", "After weight matching (Figure 2, middle)",
-               "Barrier between the original and the child permuted by weight matching."),
-    FigureSpec("barrier_vs_t.png", "Barrier against perturbation time (workshop Figure 1)",
-               "Train-loss (solid) and test-error (dashed) barrier, coloured by σ."),
+               "Train-loss barrier between the original and the child permuted by weight "
+               "matching, against σ (log x axis), a panel per kind, a line per t; "
+               f"{SYMLOG0}. {MEAN}; {FULL}."),
+    FigureSpec("barrier_vs_t.png", "Barrier against perturbation time (workshop Figures 1, 5, 9)",
+               "Train-loss barrier (top, nats) and test-error barrier (bottom, fraction of "
+               f"examples) against t/T ({LOGX}), a column per kind, a line per σ; {SYMLOG0}. "
+               f"{MEAN}; {FULL}."),
     FigureSpec("cka.png", "Representations (Figure 3)",
-               "Angular CKA against σ; barrier and ensemble accuracy against CKA."),
+               "A row per kind. Left: angular CKA distance against σ (log x axis, linear y axis "
+               f"from 0), a line per t; {MEAN.lower()}. Middle: train-loss barrier ({SYMLOG0}) "
+               "and right: test accuracy of the logit-averaged pair (dotted: the original alone, "
+               "mean) against CKA (linear x axis from 0); one point per child and seed, coloured "
+               f"by t. {FULL}."),
     FigureSpec("trajectories.png", "Divergence over training (Figure 6)",
-               "L2 to the original and train-loss barrier at log-spaced steps after t."),
+               f"Train-loss barrier (top; {SYMLOG0}) and L2 distance to the original (bottom; "
+               f"{LOGY}) at log-spaced training steps from t on ({LOGX}), a column per perturbed "
+               "kind and one for the spawned children (σ = 0, independent batches from t), a "
+               "line per t. Each line averages over all σ (and directions) within a seed, then "
+               f"over seeds, error bars the s.e. over seeds; {FULL}. The original and the "
+               "σ = 0 control are not shown."),
     FigureSpec("l2_from_init.png", "Distance from initialisation (workshop Figure 3)",
-               "L2 from θ0 over training for the original and the children perturbed earliest."),
+               "L2 distance from θ0 over training (linear y axis from 0; training steps on a "
+               f"{LOGX}) for the original (left, mean over seeds) and, a panel per kind, its "
+               f"children perturbed at the earliest t, a line per σ. {MEAN}; {FULL}."),
     FigureSpec("barrier_vs_l2.png", "Barrier against L2 (Figure 7)",
-               "Each point is one child; colour is the perturbation time."),
-    FigureSpec("fixed_points.png", "Permutations (Figure 16, workshop Figure 4)",
-               "Fixed points of weight matching against L2 and barrier; random-permutation proxy."),
+               f"Train-loss barrier ({SYMLOG0}) against L2 distance after training ({LOGX}), a "
+               f"panel per kind; one point per child and seed, coloured by t. {FULL}."),
+    FigureSpec("fixed_points.png", "Permutations (Figure 16, workshop Figures 4, 8)",
+               "A row per kind: fixed points of the weight-matching permutation (linear x axis "
+               f"from 0) against L2 ({LOGY}) and against the train-loss barrier ({SYMLOG0}), one "
+               "point per child and seed, coloured by t; right: a random permutation with a "
+               "given fraction of fixed points applied to the original, L2 and barrier (colour) "
+               "to the unpermuted network, mean over seeds (linear axes from 0)."),
     FigureSpec("barrier_vs_fraction.png", "Fraction of perturbed weights (Figure 11)",
-               "Perturbation norm and barrier against the fraction of weights perturbed."),
+               f"L2 norm of the perturbation (top; {LOGY}) and train-loss barrier (bottom; "
+               f"{SYMLOG0}) against the fraction of weights perturbed (log x axis), a column per "
+               f"kind and σ, a line per t. {MEAN}."),
     FigureSpec("spawn.png", "Single perturbations vs the spawning baseline (Figure 10)",
-               "Barrier against t: children trained on independent batches from t (dashed) "
-               "and single perturbations by σ; right, the perturbations' L2 size."),
+               "Top: train-loss barrier against t/T for single perturbations (a line per σ) and "
+               "for children trained on independent batches from t (dashed, the same in every "
+               f"column); {SYMLOG0}. Bottom: the perturbations' L2 norm ({LOGY}). A column per "
+               f"perturbed kind; t/T on a {LOGX}. {MEAN}; {FULL}."),
 ]  # fmt: skip
+
+FINETUNE = FigureSpec(
+    "finetune.png", "Fine-tuning stability (Figure 5)",
+    "Train-loss barrier against σ (log x axis; " + SYMLOG0 + "), a column per perturbation time "
+    "t, a row per kind, a line per pre-training duration the fine-tuning started from (random init: "
+    "no pre-training). " + MEAN + "; " + FULL + ".",
+)  # fmt: skip
+RUNS_COMPARED = FigureSpec(
+    "runs_compared.png", "Settings compared (Figures 4, 12)",
+    "Train-loss barrier against σ (log x axis; linear y axis from 0, shared by every panel), a "
+    "column per run, a row per kind, a line per t (the same colours in every run). " + MEAN + "; "
+    + FULL + ".",
+)  # fmt: skip
+
+
+def run_figures(
+    df: pd.DataFrame, traj: pd.DataFrame, proxy: pd.DataFrame, palette: Palette | None = None
+) -> list[tuple[FigureSpec, Figure]]:
+    """Every figure the data supports, in the report's order, as open figures."""
+    palette = _palette(palette, df)
+    spec = {f.file: f for f in FIGURES}
+    kids = _kids(df)
+    made: list[tuple[FigureSpec, Figure]] = []
+
+    def add(name: str, build: Callable[[], Figure]) -> None:
+        made.append((spec[name], build()))
+
+    if kids["barrier_train_loss"].notna().any():
+        add("barrier_vs_sigma.png", lambda: barrier_vs_sigma(df, palette))
+        add("barrier_vs_sigma_log.png", lambda: barrier_vs_sigma(df, palette, logy=True))
+    if kids["barrier_train_loss_wm"].notna().any():
+        add(
+            "barrier_wm_vs_sigma.png",
+            lambda: barrier_vs_sigma(df, palette, "barrier_train_loss_wm", logy=True),
+        )
+    if kids["t_frac"].nunique() > 1:
+        add("barrier_vs_t.png", lambda: barrier_vs_t(df, palette))
+    if kids["cka"].notna().any():
+        add("cka.png", lambda: cka_figure(df, palette))
+    if len(traj) and len(_traj_children(traj, df)):
+        add("trajectories.png", lambda: trajectory_figure(traj, df, palette))
+    if len(traj):
+        add("l2_from_init.png", lambda: l2_from_init_figure(traj, df, palette))
+    if kids["l2"].notna().any():
+        add("barrier_vs_l2.png", lambda: barrier_vs_l2(df, palette))
+    if kids["fixed_point_fraction_wm"].notna().any():
+        add("fixed_points.png", lambda: fixed_points_figure(df, proxy, palette))
+    if children(df)["fraction"].nunique() > 1:
+        add("barrier_vs_fraction.png", lambda: barrier_vs_fraction(df, palette))
+    if len(spawned(df)):
+        add("spawn.png", lambda: spawn_figure(df, palette))
+    return made
 
 
 def all_figures(
-    df: pd.DataFrame, traj: pd.DataFrame, proxy: pd.DataFrame, out: Path
+    df: pd.DataFrame,
+    traj: pd.DataFrame,
+    proxy: pd.DataFrame,
+    out: Path,
+    palette: Palette | None = None,
 ) -> list[tuple[FigureSpec, Path]]:
-    """Every figure the data supports, in the report's order."""
-    made: list[tuple[FigureSpec, Path]] = []
-    spec = {f.file: f for f in FIGURES}
-
-    def add(name: str, fn: Callable[[Path], Path]) -> None:
-        made.append((spec[name], fn(out / name)))
-
-    add("barrier_vs_sigma.png", lambda p: barrier_vs_sigma(df, p))
-    add("barrier_vs_sigma_log.png", lambda p: barrier_vs_sigma(df, p, logy=True))
-    if children(df)["barrier_train_loss_wm"].notna().any():
-        add(
-            "barrier_wm_vs_sigma.png",
-            lambda p: barrier_vs_sigma(df, p, "barrier_train_loss_wm", logy=True),
-        )
-    if df["t"].nunique() > 1:
-        add("barrier_vs_t.png", lambda p: barrier_vs_t(df, p))
-    if children(df)["cka"].notna().any():
-        add("cka.png", lambda p: cka_figure(df, p))
-    if len(traj):
-        add("trajectories.png", lambda p: trajectory_figure(traj, p))
-        add("l2_from_init.png", lambda p: l2_from_init_figure(traj, p))
-    add("barrier_vs_l2.png", lambda p: barrier_vs_l2(df, p))
-    if children(df)["fixed_point_fraction_wm"].notna().any():
-        add("fixed_points.png", lambda p: fixed_points_figure(df, proxy, p))
-    if children(df)["fraction"].nunique() > 1:
-        add("barrier_vs_fraction.png", lambda p: barrier_vs_fraction(df, p))
-    if len(spawned(df)):
-        add("spawn.png", lambda p: spawn_figure(df, p))
-    return made
+    """Every figure the data supports, saved under ``out`` (PNG and PDF), in the report's order."""
+    return [
+        (spec, save_figure(fig, Path(out) / spec.file))
+        for spec, fig in run_figures(df, traj, proxy, palette)
+    ]

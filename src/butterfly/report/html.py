@@ -8,16 +8,35 @@ from __future__ import annotations
 import base64
 import html
 import json
+import numbers
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import yaml
 
-from butterfly.experiment import check_control
+from butterfly.experiment.measure import check_control
 from butterfly.experiment.rows import PRETRAIN_STEPS, children
-from butterfly.report.figures import FigureSpec, all_figures, finetune_figure, runs_side_by_side
-from butterfly.report.summary import finetune_table, summary_table
+from butterfly.report.figures import (
+    FINETUNE,
+    RUNS_COMPARED,
+    FigureSpec,
+    Palette,
+    all_figures,
+    finetune_figure,
+    runs_side_by_side,
+    save_figure,
+)
+from butterfly.report.summary import (
+    config_diff,
+    finding,
+    finetune_table,
+    fmt_number,
+    fmt_t,
+    summary_table,
+)
 from butterfly.sweep.store import Store, pipeline_runs
 
 TABLE_COLUMNS = [
@@ -36,6 +55,7 @@ figure img{max-width:100%}figcaption{color:#444;font-size:.9em}
 table{border-collapse:collapse;font-size:.82em;background:#fff}
 th,td{border:1px solid #e0e0e0;padding:3px 7px;text-align:right}th{background:#f0f0f0;cursor:pointer;position:sticky;top:0}
 td.s{text-align:left}.ok{color:#0a5c2b;font-weight:600}.bad{color:#a00000;font-weight:700}
+.finding{background:#fff;border-left:4px solid #3b528b;padding:8px 12px;font-size:1.05em}
 pre{background:#fff;border:1px solid #e3e3e3;padding:10px;overflow:auto;font-size:.85em}
 .scroll{max-height:520px;overflow:auto;border:1px solid #e0e0e0}
 """
@@ -64,28 +84,41 @@ def _img(path: Path) -> str:
     return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
 
 
-def _fmt(v: object) -> str:
-    if v is None or (isinstance(v, float) and v != v):
-        return "–"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return html.escape(str(v))
+def _figure_html(spec: FigureSpec, path: Path) -> str:
+    return (
+        f'<figure data-figure="{html.escape(Path(spec.file).stem)}">{_img(path)}<figcaption>'
+        f"<b>{html.escape(spec.title)}.</b> {html.escape(spec.caption)}</figcaption></figure>"
+    )
+
+
+def _sort_key(v: object) -> str:
+    """The raw value a sortable cell sorts by (full precision; empty when missing)."""
+    text = fmt_number(v)
+    if text == "–":
+        return ""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
+        return str(v)
+    return str(int(v)) if isinstance(v, numbers.Integral) else repr(float(v))
 
 
 def _table(df: pd.DataFrame, sortable: bool = False, cls: str = "") -> str:
+    """An HTML table; every cell through ``fmt_number`` (the page's one number format)."""
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
     rows = []
     for rec in df.itertuples(index=False):
         cells = []
         for v in rec:
-            num = isinstance(v, (int, float)) and not isinstance(v, bool)
-            key = "" if v is None or (isinstance(v, float) and v != v) else str(v)
+            num = isinstance(v, numbers.Number) and not isinstance(v, (bool, np.bool_))
             cells.append(
-                f'<td class="{"" if num else "s"}" data-v="{html.escape(key)}">{_fmt(v)}</td>'
+                f'<td class="{"" if num else "s"}" data-v="{html.escape(_sort_key(v))}">'
+                f"{html.escape(fmt_number(v))}</td>"
             )
         rows.append("<tr>" + "".join(cells) + "</tr>")
     klass = " ".join(x for x in ("sortable" if sortable else "", cls) if x)
-    return f'<table class="{klass}"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    return (
+        f'<table class="{klass}"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
 
 
 def _control_check(df: pd.DataFrame) -> str:
@@ -93,21 +126,49 @@ def _control_check(df: pd.DataFrame) -> str:
     problems = check_control(df)
     if problems:
         items = "".join(f"<li>{html.escape(p)}</li>" for p in problems)
-        return f'<p class="bad">DETERMINISM FAILURE in {len(problems)} of {n} controls</p><ul>{items}</ul>'
+        return (
+            f'<p class="bad">DETERMINISM FAILURE in {len(problems)} of {n} controls</p>'
+            f"<ul>{items}</ul>"
+        )
     return (
         f'<p class="ok">Determinism check passed: all {n} σ = 0 controls ended bit-identical to '
         "their original (L2 = 0.0 and barrier = 0.0 exactly).</p>"
     )
 
 
+def _pivot_html(t: pd.DataFrame, row_label: Callable[[tuple], str], first: str, cls: str) -> str:
+    """A (rows x sigma) table of means as HTML: σ in the column heads, one label column."""
+    t = t.copy()
+    t.columns = [
+        f"σ = {fmt_number(float(s))}" if float(s) else "σ = 0 (spawned)" for s in t.columns
+    ]
+    labels = [row_label(i if isinstance(i, tuple) else (i,)) for i in t.index]
+    t.index = pd.Index(labels, name=first)
+    return _table(t.reset_index(), cls=cls)
+
+
 def _summary(df: pd.DataFrame) -> str:
+    parts = []
     t = summary_table(df, "barrier_train_loss")
-    if t.empty:
-        return ""
-    t.columns = [f"σ = {s:.0e}" for s in t.columns]
-    t.index = [f"{k}, t = {tf:.3g} T" for k, tf in t.index]
-    t = t.reset_index().rename(columns={"index": "kind, perturbation time"})
-    return "<h2>Mean train-loss barrier over seeds</h2>" + _table(t)
+    if not t.empty:
+        parts.append(
+            "<h2>Mean train-loss barrier over seeds</h2><p>Rows: kind and perturbation time; "
+            "columns: σ (spawned children at σ = 0). Mean over seeds of each seed's mean over "
+            "directions; children that perturb the largest fraction of weights only.</p>"
+            + _pivot_html(t, lambda i: f"{i[0]}, t = {fmt_t(i[1])}", "kind, t", "summary")
+        )
+    if children(df)["fraction"].nunique() > 1:
+        t = summary_table(df, "barrier_train_loss", by_fraction=True)
+        parts.append(
+            "<h2>Mean train-loss barrier by fraction of weights perturbed</h2>"
+            + _pivot_html(
+                t,
+                lambda i: f"{i[0]}, fraction {fmt_number(i[1])}, t = {fmt_t(i[2])}",
+                "kind, fraction, t",
+                "summary-fraction",
+            )
+        )
+    return "".join(parts)
 
 
 def read_run(run_dir: Path) -> dict:
@@ -135,26 +196,48 @@ def _run_section(
         f"{int(df['diverged'].sum())} diverged), {len(units)} population units.</p>"
     )
     parts.append(_summary(df))
-    for spec, path in figures:
-        parts.append(
-            f"<figure>{_img(path)}<figcaption><b>{html.escape(spec.title)}.</b> "
-            f"{html.escape(spec.caption)}</figcaption></figure>"
-        )
+    parts.extend(_figure_html(spec, path) for spec, path in figures)
     cols = [c for c in TABLE_COLUMNS if c in df.columns]
     parts.append("<h2>Results (click a column to sort)</h2>")
     parts.append(f'<div class="scroll">{_table(df[cols], sortable=True, cls="results")}</div>')
     parts.append("<h2>Timings</h2>")
     if len(units):
-        total = (
-            f"{units['wall_s'].sum():.1f} s of unit time, {int(units['steps'].sum())} member-steps"
+        parts.append(
+            f"<p>{fmt_number(float(units['wall_s'].sum()))} s of unit time, "
+            f"{fmt_number(int(units['steps'].sum()))} member-steps.</p>"
         )
-        parts.append(f"<p>{total}</p>")
-        parts.append(_table(units[["seed", "t", "population", "steps", "wall_s"]], sortable=True))
+        parts.append(
+            _table(
+                units[["seed", "t", "population", "steps", "wall_s"]], sortable=True, cls="timings"
+            )
+        )
     parts.append("<h2>Environment</h2>")
     parts.append(_table(pd.DataFrame({"key": list(env), "value": [str(v) for v in env.values()]})))
     parts.append("<h2>Config</h2>")
     parts.append(f"<pre>{html.escape(yaml.safe_dump(run['config'], sort_keys=False))}</pre>")
     return "\n".join(parts)
+
+
+def _findings(runs: dict[str, dict], finetune: pd.DataFrame | None) -> str:
+    """The page's opening: one sentence per run (or for the fine-tuning folder as a whole)."""
+    if finetune is not None:
+        return f'<p class="finding"><b>Finding.</b> {html.escape(finding(finetune))}</p>'
+    if len(runs) == 1:
+        (run,) = runs.values()
+        return f'<p class="finding"><b>Finding.</b> {html.escape(finding(run["results"]))}</p>'
+    items = "".join(
+        f"<li><b>{html.escape(n)}:</b> {html.escape(finding(r['results']))}</li>"
+        for n, r in runs.items()
+    )
+    return f'<div class="finding"><b>Findings.</b><ul>{items}</ul></div>'
+
+
+def _config_differences(runs: dict[str, dict]) -> str:
+    diff = config_diff({n: r["config"] for n, r in runs.items()})
+    head = "<h2>Config keys that differ between the runs</h2>"
+    if diff.empty:
+        return head + "<p>None: the runs have the same config.</p>"
+    return head + _table(diff, cls="config-diff")
 
 
 def build_report(run_dirs: list[Path], out: Path | None = None) -> Path:
@@ -182,32 +265,41 @@ def build_report(run_dirs: list[Path], out: Path | None = None) -> Path:
         if not (r / "results.db").is_file():
             raise FileNotFoundError(f"{r} has no results.db: is it a butterfly run folder?")
     runs = {name: read_run(r) for name, r in named.items()}
+    finetune = None
     if pretrain_steps and len(run_dirs) == 1:
-        df = pd.concat(
-            [runs[n]["results"].assign(**{PRETRAIN_STEPS.name: s}) for n, s in pretrain_steps.items()],
-            ignore_index=True,
-        )
-        fig = finetune_figure(df, fig_dir / "finetune.png")
-        table = finetune_table(df)
-        table.columns = [f"σ = {c:.0e}" for c in table.columns]
-        sections.append(
-            f"<figure>{_img(fig)}<figcaption><b>Fine-tuning stability (Figure 5).</b> Train-loss "
-            "barrier against σ, one panel per perturbation time, coloured by pre-training "
-            "duration (0 = random initialisation).</figcaption></figure>"
-            "<h2>Mean train-loss barrier by pre-training duration</h2>"
-            + _table(table.reset_index())
-        )
+        frames = [
+            runs[n]["results"].assign(**{PRETRAIN_STEPS.name: s}) for n, s in pretrain_steps.items()
+        ]
+        finetune = pd.concat(frames, ignore_index=True)
+    # One palette for the whole page: the same t (and sigma) has the same colour everywhere.
+    palette = Palette.of(
+        *(r["results"] for r in runs.values()), *([finetune] if finetune is not None else [])
+    )
+    sections.append(_findings(runs, finetune))
     if len(runs) > 1:
-        side = runs_side_by_side(
-            {n: r["results"] for n, r in runs.items()}, fig_dir / "runs_compared.png"
-        )
+        sections.append(_config_differences(runs))
+    if finetune is not None:
+        fig = save_figure(finetune_figure(finetune, palette), fig_dir / FINETUNE.file)
+        table = finetune_table(finetune)
+        sections.append(_figure_html(FINETUNE, fig))
+        if not table.empty:
+            sections.append(
+                "<h2>Mean train-loss barrier by pre-training duration</h2>"
+                + _pivot_html(
+                    table,
+                    lambda i: f"{i[0]} steps, {i[1]}, t = {fmt_t(i[2])}",
+                    "pre-training steps, kind, t",
+                    "finetune",
+                )
+            )
+    if len(runs) > 1:
+        side = runs_side_by_side({n: r["results"] for n, r in runs.items()}, palette)
         sections.append(
-            f"<figure>{_img(side)}<figcaption><b>Settings compared (Figures 4, 12).</b> Train-loss "
-            "barrier against σ by perturbation time, one panel per run.</figcaption></figure>"
+            _figure_html(RUNS_COMPARED, save_figure(side, fig_dir / RUNS_COMPARED.file))
         )
     for i, (name, run) in enumerate(runs.items()):
         sub = fig_dir if len(runs) == 1 else fig_dir / f"run{i}-{name}"
-        figs = all_figures(run["results"], run["trajectories"], run["proxy"], sub)
+        figs = all_figures(run["results"], run["trajectories"], run["proxy"], sub, palette)
         sections.append(_run_section(name, run, figs, heading=len(runs) > 1))
     title = "butterfly report: " + ", ".join(html.escape(r.name) for r in run_dirs)
     stamp = time.strftime("%Y-%m-%d %H:%M")

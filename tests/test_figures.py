@@ -1,0 +1,569 @@
+"""The report's figures show what they say: what each axis plots equals the aggregate computed
+here, independently, from the store with pandas; kinds are never averaged together; log axes
+plot only positive values and symmetric-log axes start at 0; legends lie outside the axes; one
+colour per t (and per σ) in every figure of a run and of a comparison of runs. Also the page's
+opening sentence, number format and config differences, on hand-made tables."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.axes import Axes
+from matplotlib.collections import PathCollection
+from matplotlib.colors import to_rgba
+from matplotlib.container import ErrorbarContainer
+from matplotlib.figure import Figure
+
+from butterfly.experiment.rows import children, spawned
+from butterfly.report import figures as F
+from butterfly.report import html as H
+from butterfly.report.summary import config_diff, finding, fmt_number
+from butterfly.sweep import run_sweep
+from butterfly.sweep.store import Store
+from conftest import tiny_config
+
+TIMES_A = [0.0, 0.25, 0.5]
+TIMES_B = [0.0, 0.5, 0.75]
+SIGMAS = [1e-3, 1e-1]
+TITLES = {"batch": "batch perturbation", "gaussian": "Gaussian perturbation"}
+
+
+def _read(run_dir: Path) -> dict[str, pd.DataFrame]:
+    with Store(run_dir / "results.db") as s:
+        return {"df": s.results(), "traj": s.trajectories(), "proxy": s.permutation_proxy()}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """Run A: two seeds, three times, batch/gaussian/spawn, two fractions; run B: one seed,
+    other times (0.75 is only in B, 0.25 only in A), batch only, longer warm-up."""
+    root = tmp_path_factory.mktemp("figures")
+    a, b = root / "A", root / "B"
+    run_sweep(
+        tiny_config(
+            seeds=[0, 1],
+            perturb={
+                "times": TIMES_A,
+                "sigmas": SIGMAS,
+                "kinds": ["batch", "gaussian", "spawn"],
+                "fractions": [0.1, 1.0],
+            },
+            eval={"trajectory_points": 4},
+        ),
+        a,
+        quiet=True,
+    )
+    run_sweep(
+        tiny_config(
+            recipe={"warmup": 0.2},
+            perturb={"times": TIMES_B, "sigmas": SIGMAS, "kinds": ["batch"]},
+            eval={"trajectory_points": 3},
+        ),
+        b,
+        quiet=True,
+    )
+    return {"A": _read(a), "B": _read(b), "dirs": (a, b)}
+
+
+@pytest.fixture(scope="module")
+def palette(runs: dict) -> F.Palette:
+    return F.Palette.of(runs["A"]["df"], runs["B"]["df"])
+
+
+KEEP: set[int] = set()  # the module's shared figures (``all_figs``), closed at its end
+
+
+@pytest.fixture(autouse=True)
+def _close_figures() -> Iterator[None]:
+    yield
+    for n in plt.get_fignums():
+        if n not in KEEP:
+            plt.close(n)
+
+
+@pytest.fixture(scope="module")
+def all_figs(runs: dict, palette: F.Palette) -> Iterator[list[tuple[str, Figure]]]:
+    """Every figure of both runs, the comparison figure and a fine-tuning figure, one palette."""
+    limit = plt.rcParams["figure.max_open_warning"]
+    plt.rcParams["figure.max_open_warning"] = 0  # about 25 figures stay open for the module
+    figs = every_figure(runs, palette)
+    KEEP.update(fig.number for _, fig in figs)  # type: ignore[attr-defined]
+    yield figs
+    for _, fig in figs:
+        plt.close(fig)
+    KEEP.clear()
+    plt.rcParams["figure.max_open_warning"] = limit
+
+
+# ---- reading a figure back -------------------------------------------------------------------
+def grid(fig: Figure) -> dict[tuple[int, int], Axes]:
+    """(row, column) -> axes, for the axes laid out on the figure's grid (not colour bars)."""
+    out = {}
+    for ax in fig.axes:
+        spec = ax.get_subplotspec()
+        if spec is not None and ax.get_label() != "<colorbar>":
+            out[(spec.rowspan.start, spec.colspan.start)] = ax
+    return out
+
+
+def errorbars(ax: Axes) -> dict[str, tuple[np.ndarray, ...]]:
+    """label -> (x, y, lower end, upper end of the error bar) of each error-bar series."""
+    out = {}
+    for c in ax.containers:
+        if isinstance(c, ErrorbarContainer):
+            x, y = (np.asarray(v, dtype=float) for v in c.lines[0].get_data())
+            segs = c.lines[2][0].get_segments() if c.lines[2] else []
+            lo = np.array([s[0][1] for s in segs])
+            hi = np.array([s[1][1] for s in segs])
+            out[c.get_label()] = (x, y, lo, hi)
+    return out
+
+
+def scatters(ax: Axes) -> dict[str, np.ndarray]:
+    return {
+        c.get_label(): np.asarray(np.ma.getdata(c.get_offsets()), dtype=float)
+        for c in ax.collections
+        if isinstance(c, PathCollection) and not c.get_label().startswith("_")
+    }
+
+
+def labelled_colours(fig: Figure) -> list[tuple[str, tuple]]:
+    """(label, RGBA) of every labelled series in every axes of ``fig``."""
+    out = []
+    for ax in fig.axes:
+        for c in ax.containers:
+            if isinstance(c, ErrorbarContainer):
+                out.append((c.get_label(), to_rgba(c.lines[0].get_color())))
+        for line in ax.lines:
+            if not line.get_label().startswith("_"):
+                out.append((line.get_label(), to_rgba(line.get_color())))
+        for coll in ax.collections:
+            if isinstance(coll, PathCollection) and not coll.get_label().startswith("_"):
+                out.append((coll.get_label(), tuple(coll.get_facecolor()[0])))
+    return out
+
+
+def sorted_xy(s: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    s = s.sort_index()
+    return s.index.to_numpy(dtype=float), s.to_numpy(dtype=float)
+
+
+def check_series(
+    ax: Axes, label: str, expected: pd.Series, sem: pd.Series | None = None, rtol: float = 1e-9
+) -> None:
+    """The error-bar series ``label`` in ``ax`` plots ``expected`` (index = x); its bars are
+    mean + s.e. up and max(mean - s.e., 0) down."""
+    series = errorbars(ax)
+    assert label in series, (label, list(series))
+    x, y, lo, hi = series[label]
+    ex, ey = sorted_xy(expected)
+    np.testing.assert_allclose(x, ex, rtol=rtol)
+    np.testing.assert_allclose(y, ey, rtol=rtol, atol=1e-15)
+    if sem is not None:
+        _, es = sorted_xy(sem.reindex(expected.index))
+        es = np.nan_to_num(es)
+        np.testing.assert_allclose(hi, ey + es, rtol=1e-7, atol=1e-12)
+        np.testing.assert_allclose(lo, np.maximum(ey - es, 0.0), rtol=1e-7, atol=1e-12)
+
+
+def full(df: pd.DataFrame) -> pd.DataFrame:
+    """The perturbed children (not control, spawn or diverged) of the full fraction."""
+    k = children(df)
+    return k[k["fraction"] == 1.0]
+
+
+# ---- figure content --------------------------------------------------------------------------
+@pytest.mark.parametrize("logy", [False, True])
+def test_figure2_barrier_vs_sigma_is_the_seed_mean_per_kind_and_t(
+    runs: dict, palette: F.Palette, logy: bool
+) -> None:
+    df = runs["A"]["df"]
+    fig = F.barrier_vs_sigma(df, palette, logy=logy)
+    axes = grid(fig)
+    assert len(axes) == 2  # batch and gaussian; spawn (sigma 0) is not on a sigma axis
+    for j, kind in enumerate(["batch", "gaussian"]):
+        ax = axes[(0, j)]
+        assert ax.get_title() == TITLES[kind]
+        assert ax.get_xscale() == "log"
+        assert ax.get_yscale() == ("symlog" if logy else "linear")
+        assert ax.get_ylim()[0] == 0
+        assert len(errorbars(ax)) == len(TIMES_A)
+        for tf in TIMES_A:
+            d = full(df)
+            g = d[(d["kind"] == kind) & (d["t_frac"] == tf)].groupby("sigma")["barrier_train_loss"]
+            assert g.count().eq(2).all()  # two seeds: s.e. error bars
+            check_series(ax, F.label_t(tf), g.mean(), g.sem())
+    assert not [lab for lab, _ in labelled_colours(fig) if "spawn" in lab]
+
+
+def test_workshop_figure1_puts_loss_and_error_barriers_on_separate_axes(
+    runs: dict, palette: F.Palette
+) -> None:
+    df = runs["A"]["df"]
+    axes = grid(F.barrier_vs_t(df, palette))
+    assert set(axes) == {(i, j) for i in range(2) for j in range(2)}
+    assert "nats" in axes[(0, 0)].get_ylabel() and "fraction" in axes[(1, 0)].get_ylabel()
+    for j, kind in enumerate(["batch", "gaussian"]):
+        assert axes[(0, j)].get_title() == TITLES[kind]
+        for i, metric in enumerate(["barrier_train_loss", "barrier_test_error"]):
+            d = full(df)
+            for s in SIGMAS:
+                g = d[(d["kind"] == kind) & (d["sigma"] == s)].groupby("t_frac")[metric]
+                check_series(axes[(i, j)], F.label_sigma(s), g.mean(), g.sem())
+
+
+def test_figure3_cka_separates_kinds_and_has_a_legend(runs: dict, palette: F.Palette) -> None:
+    df = runs["A"]["df"]
+    fig = F.cka_figure(df, palette)
+    axes = grid(fig)
+    assert len(fig.legends) == 1
+    legend_labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert [F.label_t(tf) for tf in TIMES_A] == legend_labels[: len(TIMES_A)]
+    for i, kind in enumerate(["batch", "gaussian"]):
+        left, mid, right = axes[(i, 0)], axes[(i, 1)], axes[(i, 2)]
+        assert left.get_title() == TITLES[kind]
+        d = full(df)
+        d = d[d["kind"] == kind]
+        for tf in TIMES_A:
+            dt = d[d["t_frac"] == tf]
+            g = dt.groupby("sigma")["cka"]
+            check_series(left, F.label_t(tf), g.mean(), g.sem())
+            for ax, y in ((mid, "barrier_train_loss"), (right, "ensemble_test_acc")):
+                pts = scatters(ax)[F.label_t(tf)]
+                want = dt[["cka", y]].to_numpy(dtype=float)
+                np.testing.assert_allclose(
+                    pts[np.lexsort(pts.T[::-1])], want[np.lexsort(want.T[::-1])]
+                )
+        ref = [ln for ln in right.lines if ln.get_gid() == F.REF]
+        assert len(ref) == 1 and ref[0].get_ydata()[0] == pytest.approx(d["test_acc_a"].mean())
+
+
+def _traj_expected(runs: dict) -> pd.DataFrame:
+    df, traj = runs["A"]["df"], runs["A"]["traj"]
+    info = df[["seed", "t", "member", "t_frac", "fraction", "diverged"]]
+    d = traj.merge(info, on=["seed", "t", "member"])
+    return d[(d["diverged"] == 0) & (d["fraction"] == 1.0)]
+
+
+def test_figure6_trajectories_average_over_sigma_per_kind_and_t(
+    runs: dict, palette: F.Palette
+) -> None:
+    fig = F.trajectory_figure(runs["A"]["traj"], runs["A"]["df"], palette)
+    axes = grid(fig)
+    kinds = ["batch", "gaussian", "spawn"]
+    assert set(axes) == {(i, j) for i in range(2) for j in range(3)}
+    d = _traj_expected(runs)
+    assert d.loc[d["kind"].isin(kinds), "barrier_train_loss"].notna().all()
+    for j, kind in enumerate(kinds):
+        assert kind.lower() in axes[(0, j)].get_title().lower()
+        for i, metric in enumerate(["barrier_train_loss", "l2_to_original"]):
+            ax = axes[(i, j)]
+            assert set(errorbars(ax)) == {F.label_t(tf) for tf in TIMES_A}  # no original/control
+            for tf in TIMES_A:
+                dk = d[(d["kind"] == kind) & (d["t_frac"] == tf)]
+                if kind != "spawn":
+                    assert dk["sigma"].nunique() == len(SIGMAS)  # every sigma averaged in
+                per_seed = dk.groupby(["step", "seed"])[metric].mean()
+                g = per_seed.groupby(level="step")
+                check_series(ax, F.label_t(tf), g.mean(), g.sem())
+        assert axes[(0, j)].get_yscale() in ("symlog", "linear")
+        assert axes[(0, j)].get_ylim()[0] == 0
+
+
+def test_workshop_figure3_l2_from_init_separates_kinds(runs: dict, palette: F.Palette) -> None:
+    fig = F.l2_from_init_figure(runs["A"]["traj"], runs["A"]["df"], palette)
+    axes = grid(fig)
+    d = _traj_expected(runs)
+    d = d[d["t"] == 0]
+    titles = [axes[(0, j)].get_title() for j in range(len(axes))]
+    assert titles[0] == "original" and TITLES["batch"] in titles[1] and "Gaussian" in titles[2]
+    for j, kind in ((1, "batch"), (2, "gaussian")):
+        for s in SIGMAS:
+            dk = d[(d["kind"] == kind) & (d["sigma"] == s)]
+            g = dk.groupby("step")["l2_from_init"]
+            check_series(axes[(0, j)], F.label_sigma(s), g.mean(), g.sem())
+
+
+def test_figure7_barrier_vs_l2_has_a_panel_per_kind(runs: dict, palette: F.Palette) -> None:
+    df = runs["A"]["df"]
+    axes = grid(F.barrier_vs_l2(df, palette))
+    for j, kind in enumerate(["batch", "gaussian"]):
+        ax = axes[(0, j)]
+        assert ax.get_title() == TITLES[kind]
+        assert ax.get_yscale() == "symlog" and ax.get_ylim()[0] == 0
+        for tf in TIMES_A:
+            d = full(df)
+            want = d[(d["kind"] == kind) & (d["t_frac"] == tf)][["l2", "barrier_train_loss"]]
+            pts = scatters(ax)[F.label_t(tf)]
+            np.testing.assert_allclose(np.sort(pts[:, 0]), np.sort(want["l2"]))
+            np.testing.assert_allclose(np.sort(pts[:, 1]), np.sort(want["barrier_train_loss"]))
+
+
+def test_figure10_spawn_line_and_figure11_fractions(runs: dict, palette: F.Palette) -> None:
+    df = runs["A"]["df"]
+    axes = grid(F.spawn_figure(df, palette))
+    g = spawned(df).groupby("t_frac")["barrier_train_loss"]
+    for j in range(2):
+        check_series(axes[(0, j)], "spawned (Frankle et al.)", g.mean(), g.sem())
+    axes = grid(F.barrier_vs_fraction(df, palette))
+    cols = [(k, s) for k in ("batch", "gaussian") for s in SIGMAS]
+    assert len(axes) == 2 * len(cols)
+    for j, (kind, s) in enumerate(cols):
+        assert TITLES[kind] in axes[(0, j)].get_title()
+        d = children(df)
+        d = d[(d["kind"] == kind) & (d["sigma"] == s)]
+        for i, metric in enumerate(["noise_l2", "barrier_train_loss"]):
+            for tf in TIMES_A:
+                gg = d[d["t_frac"] == tf].groupby("fraction")[metric]
+                check_series(axes[(i, j)], F.label_t(tf), gg.mean(), gg.sem())
+
+
+def test_figure5_finetuning_lines_per_pretraining(runs: dict) -> None:
+    a = runs["A"]["df"]
+    scaled = a.assign(barrier_train_loss=a["barrier_train_loss"] * 3)
+    df = pd.concat([a.assign(pretrain_steps=0), scaled.assign(pretrain_steps=40)])
+    axes = grid(F.finetune_figure(df, F.Palette.of(df)))
+    for i, kind in enumerate(["batch", "gaussian"]):
+        for j, tf in enumerate(TIMES_A):
+            for p, label in ((0, "random init"), (40, "pre-trained 40 steps")):
+                d = full(df)
+                d = d[(d["kind"] == kind) & (d["t_frac"] == tf) & (d["pretrain_steps"] == p)]
+                g = d.groupby("sigma")["barrier_train_loss"]
+                check_series(axes[(i, j)], label, g.mean(), g.sem())
+
+
+def test_runs_compared_figure_is_per_run_and_kind(runs: dict, palette: F.Palette) -> None:
+    frames = {"A": runs["A"]["df"], "B": runs["B"]["df"]}
+    axes = grid(F.runs_side_by_side(frames, palette))
+    assert set(axes) == {(i, j) for i in range(2) for j in range(2)}
+    for j, (name, df) in enumerate(frames.items()):
+        for i, kind in enumerate(["batch", "gaussian"]):
+            d = full(df)
+            d = d[d["kind"] == kind]
+            ax = axes[(i, j)]
+            assert ax.get_title() == f"{name}: {TITLES[kind]}"
+            assert len(errorbars(ax)) == d["t_frac"].nunique()
+            for tf in sorted(d["t_frac"].unique()):
+                g = d[d["t_frac"] == tf].groupby("sigma")["barrier_train_loss"]
+                check_series(ax, F.label_t(tf), g.mean(), g.sem())
+
+
+# ---- rules every figure keeps --------------------------------------------------------------
+def every_figure(runs: dict, palette: F.Palette) -> list[tuple[str, Figure]]:
+    out = []
+    for name in ("A", "B"):
+        r = runs[name]
+        out += [
+            (f"{name}/{s.file}", f)
+            for s, f in F.run_figures(r["df"], r["traj"], r["proxy"], palette)
+        ]
+    out.append(
+        (
+            "runs_compared",
+            F.runs_side_by_side({"A": runs["A"]["df"], "B": runs["B"]["df"]}, palette),
+        )
+    )
+    a = runs["A"]["df"]
+    with_pretrain = F.Palette(palette.t_fracs, palette.sigmas, (0,))
+    out.append(("finetune", F.finetune_figure(a.assign(pretrain_steps=0), with_pretrain)))
+    return out
+
+
+def plotted(ax: Axes, axis: int) -> np.ndarray:
+    vals = [np.asarray(c.lines[0].get_data()[axis], dtype=float) for c in ax.containers
+            if isinstance(c, ErrorbarContainer)]  # fmt: skip
+    vals += [np.asarray(ln.get_data()[axis], dtype=float) for ln in ax.lines
+             if not (axis == 0 and ln.get_gid() == F.REF)]  # fmt: skip
+    vals += [np.asarray(np.ma.getdata(c.get_offsets()), dtype=float)[:, axis]
+             for c in ax.collections if isinstance(c, PathCollection)]  # fmt: skip
+    v = np.concatenate([x.ravel() for x in vals]) if vals else np.array([])
+    return v[np.isfinite(v)]
+
+
+def test_log_axes_plot_only_positive_values_and_symlog_axes_start_at_zero(
+    all_figs: list[tuple[str, Figure]],
+) -> None:
+    figs = all_figs
+    assert len(figs) >= 15
+    seen = set()
+    for name, fig in figs:
+        for ax in grid(fig).values():
+            for axis, scale, lim in ((0, ax.get_xscale(), ax.get_xlim()),
+                                     (1, ax.get_yscale(), ax.get_ylim())):  # fmt: skip
+                seen.add(scale)
+                v = plotted(ax, axis)
+                if scale == "log":
+                    assert (v > 0).all(), (name, ax.get_title(), axis)
+                if scale == "symlog":
+                    assert lim[0] == 0, (name, ax.get_title(), axis, lim)
+                    assert (v >= 0).all()
+            if "barrier" in ax.get_ylabel():  # barriers are >= 0 and often exactly 0
+                assert ax.get_yscale() != "log", (name, ax.get_ylabel())
+                assert ax.get_ylim()[0] == 0, (name, ax.get_ylabel())
+    assert {"log", "symlog", "linear"} <= seen
+
+
+def test_every_legend_lies_outside_every_axes(all_figs: list[tuple[str, Figure]]) -> None:
+    for name, fig in all_figs:
+        fig.canvas.draw()
+        legends = list(fig.legends) + [ax.get_legend() for ax in fig.axes if ax.get_legend()]
+        labelled = {lab for lab, _ in labelled_colours(fig)}
+        if len(labelled) > 1:
+            assert legends, name
+        assert not [ax for ax in fig.axes if ax.get_legend()], f"{name}: a legend inside axes"
+        renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+        for leg in legends:
+            box = leg.get_window_extent(renderer)
+            for ax in fig.axes:
+                assert not box.overlaps(ax.get_window_extent(renderer)), (name, ax.get_title())
+            assert fig.bbox.contains(box.x1 - 1, box.y0 + 1), f"{name}: legend cut off"
+
+
+def test_the_same_t_has_the_same_colour_in_every_figure_and_run(
+    all_figs: list[tuple[str, Figure]], palette: F.Palette
+) -> None:
+    colours: dict[str, set[tuple]] = {}
+    for _, fig in all_figs:
+        for label, rgba in labelled_colours(fig):
+            colours.setdefault(label, set()).add(tuple(np.round(rgba, 6)))
+    for tf in sorted(set(TIMES_A) | set(TIMES_B)):
+        assert colours[F.label_t(tf)] == {tuple(np.round(palette.t(tf), 6))}, tf
+    for s in SIGMAS:
+        assert colours[F.label_sigma(s)] == {tuple(np.round(palette.sigma(s), 6))}
+    # one colour per label everywhere, and distinct t get distinct colours
+    assert all(len(v) == 1 for v in colours.values()), {
+        k: v for k, v in colours.items() if len(v) > 1
+    }
+    ts = [next(iter(colours[F.label_t(tf)])) for tf in sorted(set(TIMES_A) | set(TIMES_B))]
+    assert len(set(ts)) == len(ts)
+
+
+def test_the_comparison_report_uses_one_palette_for_every_figure(
+    runs: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    saved: list[Figure] = []
+    original = F.save_figure
+
+    def spy(fig: Figure, path: Path) -> Path:
+        saved.append(fig)
+        return original(fig, path)
+
+    monkeypatch.setattr(F, "save_figure", spy)
+    monkeypatch.setattr(H, "save_figure", spy)
+    H.build_report(list(runs["dirs"]), tmp_path / "both.html")
+    colours: dict[str, set[tuple]] = {}
+    for fig in saved:
+        for label, rgba in labelled_colours(fig):
+            colours.setdefault(label, set()).add(tuple(np.round(rgba, 6)))
+    assert len(saved) > 15
+    t_labels = {F.label_t(tf) for tf in set(TIMES_A) | set(TIMES_B)}
+    assert t_labels <= set(colours)
+    assert all(len(colours[lab]) == 1 for lab in t_labels)
+
+
+# ---- the page's words and numbers, on hand-made tables ---------------------------------------
+def table(rows: list[tuple]) -> pd.DataFrame:
+    """Results rows from (kind, t_frac, sigma, barrier[, seed[, extra columns]])."""
+    out = []
+    for r in rows:
+        kind, tf, s, b = r[:4]
+        seed = r[4] if len(r) > 4 else 0
+        extra = r[5] if len(r) > 5 else {}
+        out.append({"seed": seed, "kind": kind, "t": int(tf * 100), "t_frac": tf, "sigma": s,
+                    "fraction": 1.0, "control": int(kind == "control"), "diverged": 0,
+                    "barrier_train_loss": b, **extra})  # fmt: skip
+    return pd.DataFrame(out)
+
+
+def test_finding_cites_the_earliest_t_and_where_the_barrier_becomes_small() -> None:
+    df = table([
+        ("batch", 0.0, 1e-4, 0.04), ("batch", 0.0, 1e-4, 0.046, 1), ("batch", 0.0, 1e-2, 0.5),
+        ("batch", 0.1, 1e-4, 0.001), ("batch", 0.1, 1e-2, 0.3),
+        ("batch", 0.5, 1e-4, 2e-8), ("batch", 0.5, 1e-2, 0.01),
+        ("gaussian", 0.0, 1e-4, 9.0), ("control", 0.0, 0.0, 0.0),
+        ("batch", 0.5, 1e-4, 5.0, 0, {"diverged": 1}),
+    ])  # fmt: skip
+    assert finding(df) == (
+        "Perturbing at t = 0 by σ = 1e-4 (batch perturbation, mean over 2 seeds) gives a mean "
+        "train-loss barrier of 0.043; from t = 0.1T on it is at most 0.001."
+    )
+    late_zero = table([("batch", 0.0, 1e-4, 0.043), ("batch", 0.2, 1e-4, 0.0),
+                       ("batch", 0.5, 1e-4, 0.0)])  # fmt: skip
+    assert finding(late_zero).endswith("; from t = 0.2T on it is exactly 0.")
+    last_only = table([("batch", 0.0, 1e-4, 0.043), ("batch", 0.2, 1e-4, 0.03),
+                       ("batch", 0.5, 1e-4, 1e-9)])  # fmt: skip
+    assert finding(last_only).endswith("; at t = 0.5T it is 1e-9.")
+    never = table([("batch", 0.0, 1e-4, 0.043), ("batch", 0.5, 1e-4, 0.03)])
+    assert finding(never).endswith("; at t = 0.5T it is still 0.03 (never ten times smaller).")
+
+
+def test_finding_handles_one_t_zeros_missing_kinds_and_finetuning() -> None:
+    one_t = table([("batch", 0.0, 1e-4, 0.043), ("batch", 0.0, 1e-2, 0.2)])
+    assert finding(one_t) == (
+        "Perturbing at t = 0 by σ = 1e-4 (batch perturbation, 1 seed) gives a mean train-loss "
+        "barrier of 0.043; σ = 0.01 gives 0.2."
+    )
+    zeros = table([("batch", 0.0, 1e-4, 0.0), ("batch", 0.5, 1e-2, 0.0)])
+    assert finding(zeros) == (
+        "Every batch perturbation (t from 0 to 0.5T, σ from 1e-4 to 0.01) gives a mean "
+        "train-loss barrier of exactly 0 (1 seed)."
+    )
+    smallest_zero = table([("batch", 0.0, 1e-4, 0.0), ("batch", 0.0, 1e-2, 0.2),
+                           ("batch", 0.5, 1e-4, 0.0), ("batch", 0.5, 1e-2, 1e-3)])  # fmt: skip
+    assert finding(smallest_zero) == (
+        "Perturbing at t = 0 by σ = 0.01 (batch perturbation, 1 seed) gives a mean train-loss "
+        "barrier of 0.2 (σ = 1e-4 gives exactly 0); at t = 0.5T it is 0.001."
+    )
+    late = table([("batch", 0.0, 1e-4, 0.0), ("batch", 0.5, 1e-4, 2e-3)])
+    assert finding(late).endswith("exactly 0; at later t it is at most 0.002 (t = 0.5T).")
+    gaussian = table([("gaussian", 0.0, 1e-4, 0.043), ("gaussian", 0.5, 1e-4, 0.0)])
+    assert finding(gaussian) == (
+        "Perturbing at t = 0 by σ = 1e-4 (gaussian perturbation, 1 seed) gives a mean "
+        "train-loss barrier of 0.043; at t = 0.5T it is exactly 0."
+    )
+    spawn = table([("spawn", 0.0, 0.0, 0.02), ("spawn", 0.5, 0.0, 0.0)])
+    assert finding(spawn) == (
+        "Spawned children (independent batches from t on, 1 seed) reach a mean train-loss "
+        "barrier of 0.02 when spawned at t = 0 and 0 at t = 0.5T."
+    )
+    nothing = table([("batch", 0.0, 1e-4, 1.0, 0, {"diverged": 1}), ("control", 0.0, 0.0, 0.0)])
+    assert finding(nothing).startswith("No child has a measured train-loss barrier")
+    ft = pd.concat([
+        table([("batch", 0.0, 1e-2, 0.5), ("batch", 0.5, 1e-2, 0.1)]).assign(pretrain_steps=0),
+        table([("batch", 0.0, 1e-2, 0.002), ("batch", 0.5, 1e-2, 0.0)]).assign(pretrain_steps=40),
+    ])  # fmt: skip
+    assert finding(ft) == (
+        "Perturbing at t = 0 by σ = 0.01 (batch perturbation, 1 seed) gives a mean train-loss "
+        "barrier of 0.5 from random initialisation and 0.002 from 40 pre-training steps."
+    )
+
+
+def test_one_number_format() -> None:
+    cases = [
+        (0, "0"), (7, "7"), (np.int64(12), "12"), (0.0, "0"), (0.043, "0.043"), (0.25, "0.25"),
+        (1e-4, "1e-4"), (1.23456e-8, "1.235e-8"), (-2e-5, "-2e-5"), (0.001, "0.001"),
+        (9999.0, "9999"), (123456.0, "1.235e5"), (1.0, "1"), (float("nan"), "–"), (None, "–"),
+        (np.float32(0.5), "0.5"), ("batch", "batch"),
+    ]  # fmt: skip
+    for v, want in cases:
+        assert fmt_number(v) == want, v
+
+
+def test_config_diff_lists_dotted_keys_with_each_runs_value() -> None:
+    a = {"name": "x", "recipe": {"lr": 0.1, "warmup": 0.02}, "perturb": {"times": [0.0, 0.5]}}
+    b = {"name": "x", "recipe": {"lr": 0.1, "warmup": 0.2}, "perturb": {"times": [0.0]},
+         "pretrain": {"checkpoints": [0]}}  # fmt: skip
+    c = {**a, "seeds": [1]}
+    d = config_diff({"A": a, "B": b, "C": c})
+    assert list(d.columns) == ["key", "A", "B", "C"]
+    assert list(d["key"]) == ["perturb.times", "pretrain", "recipe.warmup", "seeds"]
+    row = d.set_index("key").loc["recipe.warmup"]
+    assert (row["A"], row["B"], row["C"]) == (0.02, 0.2, 0.02)
+    assert d.set_index("key").loc["perturb.times", "B"] == "[0.0]"
+    assert d.set_index("key").loc["seeds", "A"] is None
+    assert config_diff({"A": a, "B": dict(a)}).empty
