@@ -17,7 +17,7 @@ PKG = "butterfly"
 
 # Stages, lowest first. A module may import its own stage and the stages below it.
 STAGES: list[set[str]] = [
-    {"rng", "layers", "checkpoint", "config", "hf_local"},
+    {"rng", "layers", "imports", "checkpoint", "config", "hf_local"},
     {"data", "metrics", "align"},
     {"models"},
     {"train"},

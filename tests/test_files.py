@@ -13,9 +13,9 @@ import torch
 
 from butterfly.cli import main
 from butterfly.config import AugmentConfig, DataConfig
-from butterfly.data import DataError, load_dataset
+from butterfly.data import DataError, from_tensors, load_dataset
 from butterfly.data.augment import augment
-from butterfly.data.files import from_tensors, read_idx
+from butterfly.data.files import read_idx
 from butterfly.sweep import run_sweep
 from conftest import tiny_config
 
@@ -120,7 +120,7 @@ def test_tensor_dataset() -> None:
     d = from_tensors(
         torch.randn(30, 5), torch.randint(0, 3, (30,)), torch.randn(8, 5), torch.randint(0, 3, (8,))
     )
-    assert d.x_train.shape == (30, 1, 5) and d.n_classes <= 3
+    assert d.x_train.shape == (30, 5) and d.n_classes == 3  # shapes are kept as given
 
 
 def test_augmentations_are_step_indexed_and_do_what_they_say() -> None:

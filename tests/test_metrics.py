@@ -7,7 +7,14 @@ import pytest
 import torch
 from torch import nn
 
-from butterfly.metrics import alphas, barrier, evaluate, excess_curve, interpolate, l2_distance
+from butterfly.metrics import (
+    alphas,
+    curve_barrier,
+    evaluate,
+    excess_curve,
+    interpolate,
+    l2_distance,
+)
 
 
 def test_barrier_is_literal_eq4_not_the_gap_at_the_loss_maximum() -> None:
@@ -18,10 +25,10 @@ def test_barrier_is_literal_eq4_not_the_gap_at_the_loss_maximum() -> None:
     values[5] = 6.0
     values[9] = 9.5
     assert max(range(11), key=lambda i: values[i] if 0 < i < 10 else -1) == 9
-    assert barrier(values, ws) == pytest.approx(1.0)
+    assert curve_barrier(values, ws) == pytest.approx(1.0)
     assert excess_curve(values, ws)[9] == pytest.approx(0.5)
     # a convex path has no barrier (the endpoints' excess is 0 by construction)
-    assert barrier([w * w for w in ws], ws) == 0.0
+    assert curve_barrier([w * w for w in ws], ws) == 0.0
 
 
 def _tiny_model() -> tuple[nn.Module, dict, dict]:
@@ -38,7 +45,7 @@ def test_barrier_of_a_network_with_itself_is_exactly_zero() -> None:
     ws = alphas(11)
     same = dict(a)
     losses = [evaluate(m, interpolate(a, same, w), x, y).loss for w in ws]
-    assert barrier(losses, ws) == 0.0
+    assert curve_barrier(losses, ws) == 0.0
     assert l2_distance(a, same) == 0.0
 
 
@@ -54,7 +61,7 @@ def test_barrier_equals_a_hand_computation() -> None:
     b = {"0.weight": a["0.weight"][perm], "0.bias": a["0.bias"][perm],
          "2.weight": a["2.weight"][:, perm], "2.bias": a["2.bias"]}  # fmt: skip
     ws = alphas(11)
-    ours = barrier([evaluate(m, interpolate(a, b, w), x, y).loss for w in ws], ws)
+    ours = curve_barrier([evaluate(m, interpolate(a, b, w), x, y).loss for w in ws], ws)
 
     # by hand, in float64 numpy: loss(alpha) on the path, minus the line between the endpoints
     def loss(p: dict) -> float:

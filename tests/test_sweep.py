@@ -80,12 +80,19 @@ def test_worker_pool_equals_inline(tmp_path: Path, tiny) -> None:
     pd.testing.assert_frame_equal(inline[cols], pooled[cols])
 
 
-def test_python_api_and_figure(tmp_path: Path, tiny) -> None:
-    df = butterfly.run(tiny, out=tmp_path / "api")
-    assert len(df) == 10
-    fig = tmp_path / "api" / "figures" / "barrier_vs_sigma.png"
-    assert fig.is_file() and fig.stat().st_size > 10_000
-    assert len(read_results(tmp_path / "api")) == 10
+def test_python_api_returns_the_run(tmp_path: Path, tiny, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = butterfly.run(tiny, out=tmp_path / "api")
+    assert isinstance(run, butterfly.Run) and run.control_ok and run.dir == tmp_path / "api"
+    assert len(run.results) == 10 and run.results.equals(read_results(tmp_path / "api"))
+    assert run.report == tmp_path / "api" / "report.html" and run.report.is_file()
+    files = run.files()
+    assert tmp_path / "api" / "results.db" in files and tmp_path / "api" / "config.yaml" in files
+    assert tmp_path / "api" / "figures" / "barrier_vs_sigma.png" in files
+    assert len(run.trajectories()) > 0 and "all sigma = 0 controls exactly 0" in repr(run)
+    # the default folder is runs/<name>, as on the command line
+    monkeypatch.chdir(tmp_path)
+    again = butterfly.run(tiny, report=False)
+    assert again.dir == Path("runs") / "tiny" and again.report is None
 
 
 def test_cli_run_prints_table_and_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

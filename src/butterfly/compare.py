@@ -1,16 +1,21 @@
-"""Compare any two saved checkpoints with every divergence measure (``butterfly compare``)."""
+"""Every divergence measure between two networks: two modules or state dicts from Python
+(:func:`compare`), or two saved checkpoints (:func:`compare_checkpoints`, ``butterfly compare``)."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from butterfly.checkpoint import CheckpointError, load_checkpoint
 from butterfly.config import DataConfig, EvalConfig
-from butterfly.data import load_dataset
+from butterfly.data import Dataset, as_dataset, load_dataset
 from butterfly.experiment.measure import Comparer
+from butterfly.metrics.evaluate import LossFn
+from butterfly.metrics.pairwise import as_params
 from butterfly.models import build_from_spec
 
 
@@ -46,3 +51,38 @@ def compare_checkpoints(
     torch.set_num_threads(max(1, torch.get_num_threads()))
     result = Comparer(model, dataset, ev).compare(pa, pb)
     return {"a": str(a), "b": str(b), "data": data_cfg.name, **result}
+
+
+def compare(
+    a: nn.Module | dict[str, torch.Tensor],
+    b: nn.Module | dict[str, torch.Tensor],
+    data: Dataset | tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    *,
+    model: nn.Module | None = None,
+    eval_cfg: EvalConfig | dict[str, Any] | None = None,
+    loss_fn: LossFn | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Every measure between networks ``a`` and ``b`` (modules, or state dicts with ``model``
+    giving the architecture) on ``data`` (a butterfly Dataset or (x_train, y_train, x_test,
+    y_test)): L2, the four barriers (Eq. 4), barriers and L2 after weight and activation
+    matching with their fixed points, angular CKA and the ensemble's test accuracy. Measures
+    the model does not support (no permutation spec, no class scores) are left out.
+
+    >>> import torch, butterfly
+    >>> x, y = torch.randn(200, 6), torch.randint(0, 3, (200,))
+    >>> a = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    >>> out = butterfly.compare(a, butterfly.perturb(a, 0.01), (x, y, x, y))
+    >>> sorted(k for k in out if k.startswith("barrier_"))[:2]
+    ['barrier_test_error', 'barrier_test_loss']
+    """
+    arch, pa = as_params(a, model)
+    _, pb = as_params(b, model or arch)
+    ds = data if isinstance(data, Dataset) else as_dataset(data)
+    ev = eval_cfg if isinstance(eval_cfg, EvalConfig) else EvalConfig(**(eval_cfg or {}))
+    ev = ev.model_copy(update={
+        "cka_examples": min(ev.cka_examples, len(ds.y_test)),
+        "align_examples": min(ev.align_examples, len(ds.y_train)),
+    })  # fmt: skip
+    cmp = Comparer(copy.deepcopy(arch).eval(), ds, ev, seed, loss_fn)
+    return {k: v for k, v in cmp.compare(pa, pb).items() if v is not None}

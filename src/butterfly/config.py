@@ -17,6 +17,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from butterfly.imports import LOCAL, is_import_path
+
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
@@ -44,12 +46,40 @@ class AugmentConfig(_Strict):
         )
 
 
-class DataConfig(_Strict):
-    """Which data set to train on. ``seed`` fixes how a generated data set is drawn."""
+BUILTIN_DATA = (
+    "mnist1d", "digits", "synthetic", "cifar10", "cifar100", "mnist", "glue", "sentiment",
+)  # fmt: skip
+BUILTIN_MODELS = ("mlp", "cnn", "resnet", "resnet50", "vit", "hf")
+STORED = "stored"  # in-memory data given through Python, written once into the run folder
 
-    name: Literal[
-        "mnist1d", "digits", "synthetic", "cifar10", "cifar100", "mnist", "glue", "sentiment"
-    ] = "mnist1d"
+
+def _named(kind: str, v: str, builtin: tuple[str, ...]) -> str:
+    if v in builtin or is_import_path(v) or v.startswith(LOCAL):
+        return v
+    raise ValueError(
+        f"{kind}.name must be one of {', '.join(builtin)} or an import path "
+        f"package.module:name; got {v!r}"
+    )
+
+
+class DataConfig(_Strict):
+    """Which data set to train on. ``seed`` fixes how a generated data set is drawn.
+
+    ``name`` is a built-in data set or the import path of the user's loader
+    (``package.module:load``, called with ``kwargs``); ``stored`` is data given from Python,
+    kept in the run folder with its content ``fingerprint``."""
+
+    name: str = Field(
+        "mnist1d",
+        description="mnist1d | digits | synthetic | cifar10 | cifar100 | mnist | glue | sentiment "
+        "| an import path package.module:load",
+    )
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="user loader only: keyword arguments of the loader"
+    )
+    fingerprint: str | None = Field(
+        None, description="stored data only: content hash of the tensors (set by butterfly)"
+    )
     path: str | None = Field(
         None, description="folder of a file-based data set (cifar, mnist, glue)"
     )
@@ -74,6 +104,15 @@ class DataConfig(_Strict):
     def text(self) -> bool:
         return self.name in ("glue", "sentiment")
 
+    @property
+    def builtin(self) -> bool:
+        return self.name in BUILTIN_DATA
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return v if v == STORED else _named("data", v, BUILTIN_DATA)
+
     @field_validator("classes")
     @classmethod
     def _classes(cls, v: list[int] | None) -> list[int] | None:
@@ -84,9 +123,24 @@ class DataConfig(_Strict):
 
 class ModelConfig(_Strict):
     """Architecture. ``width`` is the hidden width (MLP, ViT) or base channel count (CNN,
-    ResNet, ResNet-50); ``hf`` loads a Hugging Face classifier from ``path``."""
+    ResNet, ResNet-50); ``hf`` loads a Hugging Face classifier from ``path``; an import path
+    ``package.module:make`` names the user's ``nn.Module`` class or factory (called with
+    ``kwargs``, plus ``seed``, ``input_shape`` and ``n_classes`` where it takes them)."""
 
-    name: Literal["mlp", "cnn", "resnet", "resnet50", "vit", "hf"] = "mlp"
+    name: str = Field(
+        "mlp",
+        description="mlp | cnn | resnet | resnet50 | vit | hf | an import path "
+        "package.module:make",
+    )
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="user model only: keyword arguments of the factory"
+    )
+    init: Literal["auto", "kaiming", "own"] = Field(
+        "auto",
+        description="kaiming: He-normal from the seed (built-ins); own: keep the user model's "
+        "initialisation (Eq. 6 then uses each tensor's mean square at θ0); auto: kaiming for "
+        "built-ins, own for user models",
+    )
     width: int = Field(64, ge=1)
     depth: int = Field(
         2, ge=1, description="hidden layers (mlp), conv layers (cnn), 6n+2 (resnet), blocks (vit)"
@@ -102,6 +156,15 @@ class ModelConfig(_Strict):
         description="start from this butterfly checkpoint ('{seed}' is replaced by the seed); "
         "the head is re-initialised",
     )
+
+    @property
+    def builtin(self) -> bool:
+        return self.name in BUILTIN_MODELS
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return _named("model", v, BUILTIN_MODELS)
 
     @model_validator(mode="after")
     def _checks(self) -> ModelConfig:
@@ -137,6 +200,20 @@ class RecipeConfig(_Strict):
     grad_clip: float | None = Field(
         None, gt=0, description="clip each member's global gradient norm to this value"
     )
+    loss: str = Field(
+        "cross_entropy",
+        description="cross_entropy, or the import path package.module:loss_fn of a function "
+        "loss_fn(model, batch) -> scalar, batch = (inputs, targets)",
+    )
+
+    @field_validator("loss")
+    @classmethod
+    def _loss(cls, v: str) -> str:
+        if v == "cross_entropy" or is_import_path(v) or v.startswith(LOCAL):
+            return v
+        raise ValueError(
+            f"recipe.loss must be cross_entropy or an import path package.module:loss_fn; got {v!r}"
+        )
 
     @field_validator("betas")
     @classmethod

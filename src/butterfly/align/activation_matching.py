@@ -1,7 +1,8 @@
 """Activation matching (Ainsworth et al., 2023): match hidden units by the correlation of their
 activations on the same inputs, one linear assignment per permutation.
 
-The activations of permutation P are the ReLU outputs whose channels P reorders (found from the
+The activations of permutation P are the nonlinearity outputs (ReLU, GELU, tanh, sigmoid) whose
+channels P reorders (found from the
 model's ``torch.fx`` graph); conv feature maps contribute one row per example and position.
 Correlations are computed in float64 over ``len(x)`` examples (1000 by default in sweeps).
 """
@@ -20,6 +21,10 @@ from butterfly.align.permute import Perms
 from butterfly.align.spec import PermutationSpec, analyse
 
 Tensors = dict[str, torch.Tensor]
+
+
+class NoActivations(ValueError):
+    """A permutation reorders no activation that could be matched."""
 
 
 class _Recorder(torch.fx.Interpreter):
@@ -51,7 +56,10 @@ def hidden_activations(
     nodes = {p: analysis.activation_nodes(axes) for p, axes in spec.perm_to_axes.items()}
     missing = [p for p, ns in nodes.items() if not ns]
     if missing:
-        raise ValueError(f"no ReLU activations found for permutations {missing}")
+        raise NoActivations(
+            f"activation matching needs a nonlinearity (ReLU, GELU, tanh, sigmoid) after each "
+            f"permuted layer; none found for {missing}"
+        )
     gm = copy.deepcopy(analysis.graph_module)
     gm.load_state_dict({k: v.detach() for k, v in params.items()}, strict=True)
     keep = {n for ns in nodes.values() for n in ns}

@@ -62,3 +62,19 @@ def random_perms(
     spec: PermutationSpec, params: Tensors, fixed_fraction: float, g: torch.Generator
 ) -> Perms:
     return {p: random_permutation(n, fixed_fraction, g) for p, n in spec.sizes(params).items()}
+
+
+@torch.no_grad()
+def spec_error(model: torch.nn.Module, spec: PermutationSpec, x: torch.Tensor) -> float:
+    """How far a random permutation of every permutation in ``spec`` (no unit left in place)
+    moves the model's outputs on ``x``: max |f_P(x) - f(x)| / (1 + max |f(x)|). Rounding-level
+    for a correct spec; of order one for a wrong one."""
+    from torch.func import functional_call
+
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    perms = random_perms(spec, params, 0.0, torch.Generator().manual_seed(0))
+    a = functional_call(model, params, (x,))
+    b = functional_call(model, apply_permutation(spec, perms, params), (x,))
+    if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
+        raise ValueError("spec_error needs a model whose output is one tensor")
+    return float((a - b).abs().max() / (1 + a.abs().max()))

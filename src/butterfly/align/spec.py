@@ -60,15 +60,30 @@ def spec_for(model: nn.Module) -> PermutationSpec:
     except Exception as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise NoPermutationSpec(
-            f"{type(model).__name__} has no permutation spec ({reason}); write one (see "
-            "butterfly.align.spec) or set eval.weight_matching, eval.activation_matching to "
-            "false and eval.proxy_fractions to []"
+            f"{type(model).__name__} has no permutation spec ({reason}); to align it, give the "
+            "model a permutation_spec() method returning a butterfly.align.PermutationSpec "
+            "(README, 'Your own model')"
         ) from None
 
 
 # ---- derivation from the traced graph --------------------------------------------------------
 
-_PASSTHROUGH_FUNCS = {torch.relu, torch.nn.functional.relu, torch.tanh, torch.sigmoid}
+F = torch.nn.functional
+# Element-wise nonlinearities: they keep the channel space, and their outputs are what
+# activation matching correlates.
+_NONLINEAR_FUNCS = {torch.relu, F.relu, F.gelu, torch.tanh, F.tanh, torch.sigmoid, F.sigmoid,
+                    F.silu, F.leaky_relu, F.elu}  # fmt: skip
+_NONLINEAR_MODULES = (nn.ReLU, nn.GELU, nn.Tanh, nn.Sigmoid, nn.SiLU, nn.LeakyReLU, nn.ELU)
+# Keep the channel space (per-channel or per-position operations).
+_PASSTHROUGH_FUNCS = _NONLINEAR_FUNCS | {
+    F.dropout, F.max_pool1d, F.max_pool2d, F.avg_pool1d, F.avg_pool2d, F.adaptive_avg_pool1d,
+    F.adaptive_avg_pool2d, F.adaptive_max_pool1d, F.adaptive_max_pool2d,
+}  # fmt: skip
+_PASSTHROUGH_MODULES = (
+    *_NONLINEAR_MODULES, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.MaxPool1d,
+    nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
+)  # fmt: skip
 _MERGE_FUNCS = {operator.add, torch.add, operator.mul}
 
 
@@ -98,14 +113,14 @@ class GraphAnalysis:
     graph_module: torch.fx.GraphModule
     groups: dict[int, list[Axis]]
     node_group: dict[str, int]
-    relu_nodes: list[str]
+    activation_names: list[str]
 
     def activation_nodes(self, axes: tuple[Axis, ...]) -> list[str]:
-        """The ReLU outputs whose channels a permutation with these axes reorders."""
+        """The nonlinearity outputs whose channels a permutation with these axes reorders."""
         wanted = set(axes)
         for root, group in self.groups.items():
             if wanted & set(group):
-                return [n for n in self.relu_nodes if self.node_group.get(n) == root]
+                return [n for n in self.activation_names if self.node_group.get(n) == root]
         return []
 
 
@@ -120,8 +135,11 @@ def analyse(model: nn.Module) -> GraphAnalysis:
 
     Each value in the graph carries a channel space (its axis 1, or last axis for 2-D values).
     A Linear/Conv reads its input's space on weight axis 1 and creates a new space on weight
-    axis 0 and its bias; norms, ReLUs and pooling keep the space; additions merge spaces. The
-    input and the output are fixed (not permutable), and so is anything merged with them.
+    axis 0 and its bias; norms, element-wise nonlinearities, dropout and pooling keep the space;
+    additions merge spaces; flattening channels together with positions (``flatten(1)``,
+    ``view``, ``reshape``) fixes the space. The input and the output are fixed (not
+    permutable), and so is anything merged with them. Anything else raises
+    :class:`NoPermutationSpec` naming the operation.
     """
     gm = torch.fx.symbolic_trace(model)
     modules = dict(gm.named_modules())
@@ -131,8 +149,15 @@ def analyse(model: nn.Module) -> GraphAnalysis:
     members: dict[int, list[Axis]] = defaultdict(list)
 
     def src(arg: object) -> int:
-        assert isinstance(arg, torch.fx.Node), arg
+        if not isinstance(arg, torch.fx.Node) or arg.name not in space:
+            raise NoPermutationSpec(f"cannot follow the channels of {arg} through the graph")
         return space[arg.name]
+
+    def flattened(node: torch.fx.Node, start: object) -> None:
+        s_in = src(node.args[0])
+        if not isinstance(start, int) or 0 <= start < 2:
+            fixed.add(s_in)  # channels mixed with positions: not a plain axis permutation
+        space[node.name] = s_in
 
     for node in gm.graph.nodes:
         if node.op == "placeholder":
@@ -153,24 +178,38 @@ def analyse(model: nn.Module) -> GraphAnalysis:
                 for pname, _ in m.named_parameters(recurse=False):
                     members[s_in].append((f"{node.target}.{pname}", 0))
                 space[node.name] = s_in
-            elif isinstance(m, (nn.ReLU, nn.Identity, nn.Tanh)):
+            elif isinstance(m, _PASSTHROUGH_MODULES):
                 space[node.name] = s_in
+            elif isinstance(m, nn.Flatten):
+                flattened(node, m.start_dim)
             else:
-                raise NoPermutationSpec(f"cannot derive a spec through module {type(m).__name__}")
+                raise NoPermutationSpec(
+                    f"cannot derive a spec through layer '{node.target}' ({type(m).__name__})"
+                )
         elif node.op == "call_function" and node.target in _PASSTHROUGH_FUNCS:
             space[node.name] = src(node.args[0])
+        elif node.op == "call_function" and node.target is torch.flatten:
+            flattened(node, node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0))
         elif node.op == "call_function" and node.target in _MERGE_FUNCS:
             spaces = [space[a.name] for a in node.args if isinstance(a, torch.fx.Node)]
             for other in spaces[1:]:
                 uf.union(spaces[0], other)
             space[node.name] = spaces[0]
-        elif node.op == "call_method" and node.target in ("flatten", "mean"):
-            s_in = src(node.args[0])
-            if node.target == "flatten":
-                start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
-                if start < 2:  # channels mixed with positions: not a plain axis permutation
-                    fixed.add(s_in)
-            space[node.name] = s_in  # flatten(2) and mean over positions keep the channel axis
+        elif node.op == "call_method" and node.target == "flatten":
+            flattened(node, node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0))
+        elif node.op == "call_method" and node.target in ("view", "reshape"):
+            flattened(node, 0)
+        elif node.op == "call_method" and node.target in ("relu", "tanh", "sigmoid"):
+            space[node.name] = src(node.args[0])
+        elif node.op == "call_method" and node.target in ("mean", "sum", "amax"):
+            dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+            dims = dims if isinstance(dims, (tuple, list)) else (dims,)
+            if any(not isinstance(d, int) or d in (0, 1) for d in dims):
+                raise NoPermutationSpec(
+                    f"cannot derive a spec through {node.target}(dim={dims}): it may reduce "
+                    "the channel axis"
+                )
+            space[node.name] = src(node.args[0])  # a reduction over positions keeps channels
         elif node.op == "output":
             fixed.add(src(node.args[0]))
         else:
@@ -182,11 +221,13 @@ def analyse(model: nn.Module) -> GraphAnalysis:
         root = uf.find(s)
         if root not in fixed_roots:
             groups[root].extend(axes)
-    relus = [
+    acts = [
         n.name
         for n in gm.graph.nodes
-        if (n.op == "call_function" and n.target in (torch.relu, torch.nn.functional.relu))
-        or (n.op == "call_module" and isinstance(modules[n.target], nn.ReLU))
+        if (n.op == "call_function" and n.target in _NONLINEAR_FUNCS)
+        or (n.op == "call_method" and n.target in ("relu", "tanh", "sigmoid"))
+        or (n.op == "call_module" and isinstance(modules[n.target], _NONLINEAR_MODULES))
     ]
     node_group = {name: uf.find(s) for name, s in space.items()}
-    return GraphAnalysis(gm, dict(groups), node_group, relus)
+    return GraphAnalysis(gm, dict(groups), node_group, acts)
+

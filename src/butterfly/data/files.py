@@ -112,23 +112,3 @@ def load_mnist(path: str | Path | None) -> Dataset:
     if len(x_tr) != len(y_tr) or len(x_te) != len(y_te):
         raise DataError(f"MNIST files in {root} disagree on the number of examples")
     return Dataset("mnist", x_tr, y_tr, x_te, y_te, 10)
-
-
-def from_tensors(
-    x_train: torch.Tensor,
-    y_train: torch.Tensor,
-    x_test: torch.Tensor,
-    y_test: torch.Tensor,
-    name: str = "tensors",
-) -> Dataset:
-    """A data set from tensors passed in from Python (inputs channel-first, integer labels)."""
-    if x_train.dim() < 2 or len(x_train) != len(y_train) or len(x_test) != len(y_test):
-        raise DataError("x and y must have the same number of examples, x at least 2-D")
-    if x_train.shape[1:] != x_test.shape[1:]:
-        raise DataError(f"train inputs {tuple(x_train.shape[1:])} and test inputs differ in shape")
-    x_tr = x_train.float().unsqueeze(1) if x_train.dim() == 2 else x_train.float()
-    x_te = x_test.float().unsqueeze(1) if x_test.dim() == 2 else x_test.float()
-    n_classes = int(max(y_train.max(), y_test.max())) + 1
-    return Dataset(
-        name, x_tr.contiguous(), y_train.long(), x_te.contiguous(), y_test.long(), n_classes
-    )

@@ -6,18 +6,23 @@ so there are no cycles between the dispatcher and the loaders.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
-from butterfly.config import DataConfig
-from butterfly.data import builtin, files, text
+from butterfly.config import STORED, DataConfig
+from butterfly.data import builtin, files, text, user
 from butterfly.data.dataset import DataError, Dataset
+from butterfly.imports import ImportPathError, resolve
 
 
-def load_dataset(cfg: DataConfig, tokenizer: str | None = None) -> Dataset:
-    """Build the data set a config names (``tokenizer``: for text data sets), then keep only
-    ``cfg.classes`` (relabelled 0..k-1 in the order given) and the first ``cfg.max_train``
-    training examples."""
-    data = _load(cfg, tokenizer)
+def load_dataset(
+    cfg: DataConfig, tokenizer: str | None = None, run_dir: Path | None = None
+) -> Dataset:
+    """Build the data set a config names (``tokenizer``: for text data sets; ``run_dir``: the
+    run folder that holds stored data), then keep only ``cfg.classes`` (relabelled 0..k-1 in
+    the order given) and the first ``cfg.max_train`` training examples."""
+    data = _load(cfg, tokenizer, run_dir)
     if cfg.classes is not None:
         data = select_classes(data, cfg.classes)
     if cfg.max_train is not None and cfg.max_train < len(data.y_train):
@@ -47,7 +52,31 @@ def select_classes(data: Dataset, classes: list[int]) -> Dataset:
     return Dataset(f"{data.name}[{','.join(map(str, classes))}]", xtr, ytr, xte, yte, len(classes))
 
 
-def _load(cfg: DataConfig, tokenizer: str | None) -> Dataset:
+def _load(cfg: DataConfig, tokenizer: str | None, run_dir: Path | None) -> Dataset:
+    if cfg.name == STORED:
+        kept = user.recall(cfg.fingerprint)
+        if kept is not None:
+            return kept
+        if run_dir is None:
+            raise DataError("stored data lives in a run folder: give the run folder")
+        return user.load_stored(Path(run_dir) / (cfg.path or user.STORED_FILE), cfg.fingerprint)
+    if not cfg.builtin:
+        try:
+            loader = resolve(cfg.name, "data.name")
+        except ImportPathError as err:
+            raise DataError(str(err)) from None
+        if not callable(loader):
+            raise DataError(f"data.name '{cfg.name}' is a {type(loader).__name__}, not a loader")
+        try:
+            obj = loader(**cfg.kwargs)
+        except TypeError as err:
+            raise DataError(f"data loader '{cfg.name}' cannot take data.kwargs: {err}") from None
+        except Exception as err:
+            first = str(err).splitlines()[0] if str(err) else ""
+            raise DataError(
+                f"data loader '{cfg.name}' failed: {type(err).__name__}: {first}"
+            ) from None
+        return user.as_dataset(obj, cfg.name.split(":")[-1])
     if cfg.name == "mnist1d":
         return builtin.load_mnist1d(cfg.seed)
     if cfg.name == "digits":

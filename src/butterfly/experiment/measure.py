@@ -21,21 +21,24 @@ from torch import nn
 from torch.func import functional_call
 
 from butterfly.align import (
+    NoActivations,
+    NoPermutationSpec,
     PermutationSpec,
     activation_matching,
     apply_permutation,
     fixed_point_fraction,
     random_perms,
+    spec_error,
     spec_for,
     weight_matching,
 )
 from butterfly.config import EvalConfig
 from butterfly.data import Dataset
 from butterfly.experiment import rows
-from butterfly.metrics import alphas, barrier, evaluate, interpolate, is_finite, l2_distance
+from butterfly.metrics import alphas, curve_barrier, evaluate, interpolate, is_finite, l2_distance
 from butterfly.metrics.cka import angular_cka
 from butterfly.metrics.ensemble import ensemble_accuracy
-from butterfly.metrics.evaluate import Evaluation, evaluate_stacked
+from butterfly.metrics.evaluate import Evaluation, LossFn, evaluate_stacked
 from butterfly.rng import generator
 
 if TYPE_CHECKING:
@@ -58,15 +61,33 @@ class _Features(nn.Module):
         return self.m.features(x)  # type: ignore[operator]
 
 
+def last_linear(model: nn.Module) -> nn.Linear | None:
+    last = None
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            last = m
+    return last
+
+
 @dataclass
 class Comparer:
-    """Compares networks of ``model``'s architecture on one data set with one eval config."""
+    """Compares networks of ``model``'s architecture on one data set with one eval config.
+
+    ``loss_fn`` is the user's ``loss_fn(model, batch)`` (None: cross-entropy). Error rates,
+    test accuracy and the ensemble need class scores for integer labels; CKA compares
+    ``model.features(x)`` or, for a model without that method, the input of its last Linear
+    layer (the penultimate representation); alignment needs a permutation spec
+    (:func:`~butterfly.align.spec_for`). A measure the model does not support is left empty
+    and :attr:`skipped` says why.
+    """
 
     model: nn.Module
     data: Dataset
     cfg: EvalConfig
     seed: int = 0
+    loss_fn: LossFn | None = None
     _spec: PermutationSpec | None = field(default=None, init=False)
+    skipped: dict[str, str] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         n = self.cfg.max_train_examples or len(self.data.y_train)
@@ -77,6 +98,40 @@ class Comparer:
         self.x_cka = self.data.x_test[: self.cfg.cka_examples]
         self.ws = alphas(self.cfg.alphas)
         self._features = _Features(self.model)
+        self.classifies = self._classifies()
+        if not self.classifies:
+            self.skipped["ensemble"] = "the model's outputs are not class scores for the labels"
+        if not hasattr(self.model, "features") and last_linear(self.model) is None:
+            self.skipped["cka"] = "the model has no features() method and no Linear layer"
+        if self.cfg.weight_matching or self.cfg.activation_matching or self.cfg.proxy_fractions:
+            try:
+                self._spec = spec_for(self.model)
+            except NoPermutationSpec as err:
+                self.skipped["alignment"] = str(err)
+            else:
+                self._check_derived_spec()
+
+    def _check_derived_spec(self) -> None:
+        """A spec derived from the traced graph must leave the function unchanged: checked
+        once on a few training inputs (a hand-written spec is the model's own business)."""
+        if callable(getattr(self.model, "permutation_spec", None)) or self._spec is None:
+            return
+        err = spec_error(self.model, self._spec, self.x_train[:16])
+        if not err < 1e-4:
+            self._spec = None
+            self.skipped["alignment"] = (
+                f"the permutation spec derived from {type(self.model).__name__}'s graph changes "
+                f"its outputs (relative error {err:.2g}); give the model a permutation_spec() "
+                "method (README, 'Your own model')"
+            )
+
+    @torch.no_grad()
+    def _classifies(self) -> bool:
+        """Whether the outputs on two training inputs are scores for the data's classes."""
+        if self.data.n_classes < 2 or self.y_train.is_floating_point():
+            return False
+        out = self.model(self.x_train[:2])
+        return isinstance(out, torch.Tensor) and tuple(out.shape) == (2, self.data.n_classes)
 
     @property
     def spec(self) -> PermutationSpec:
@@ -84,10 +139,16 @@ class Comparer:
             self._spec = spec_for(self.model)
         return self._spec
 
+    @property
+    def aligns(self) -> bool:
+        return "alignment" not in self.skipped
+
+    def evaluate(self, params: Tensors, x: torch.Tensor, y: torch.Tensor) -> Evaluation:
+        return evaluate(self.model, params, x, y, self.cfg.batch_size, self.loss_fn)
+
     def endpoint(self, params: Tensors) -> Endpoint:
-        bs = self.cfg.batch_size
-        tr = evaluate(self.model, params, self.x_train, self.y_train, bs)
-        te = evaluate(self.model, params, self.x_test, self.y_test, bs)
+        tr = self.evaluate(params, self.x_train, self.y_train)
+        te = self.evaluate(params, self.x_test, self.y_test)
         return tr.loss, tr.error, te.loss, te.error
 
     def _path(
@@ -100,17 +161,18 @@ class Comparer:
     ) -> list[Evaluation]:
         """Loss and error at every alpha on the path from a to b, on one data set: one
         vectorised pass when :meth:`_fits`, else point by point (reusing known ``ends``)."""
-        bs = self.cfg.batch_size
         if self._fits(a):
             points = [interpolate(a, b, w) for w in self.ws]
             stacked = {k: torch.stack([p[k] for p in points]) for k in a}
-            return evaluate_stacked(self.model, stacked, x, y, bs)
-        inner = [evaluate(self.model, interpolate(a, b, w), x, y, bs) for w in self.ws[1:-1]]
+            return evaluate_stacked(self.model, stacked, x, y, self.cfg.batch_size)
+        inner = [self.evaluate(interpolate(a, b, w), x, y) for w in self.ws[1:-1]]
         if ends is None:
-            ends = (evaluate(self.model, a, x, y, bs), evaluate(self.model, b, x, y, bs))
+            ends = (self.evaluate(a, x, y), self.evaluate(b, x, y))
         return [ends[0], *inner, ends[1]]
 
-    def barriers(self, a: Tensors, b: Tensors, ea: Endpoint, eb: Endpoint) -> dict[str, float]:
+    def barriers(
+        self, a: Tensors, b: Tensors, ea: Endpoint, eb: Endpoint
+    ) -> dict[str, float | None]:
         """Eq. 4 on the linear path from a to b for the four loss/error x train/test curves."""
         tr = self._path(a, b, self.x_train, self.y_train,
                         (Evaluation(ea[0], ea[1]), Evaluation(eb[0], eb[1])))  # fmt: skip
@@ -122,25 +184,41 @@ class Comparer:
             "test_loss": [e.loss for e in te],
             "test_error": [e.error for e in te],
         }
-        return {f"barrier_{n}": barrier(v, self.ws) for n, v in curves.items()}
+        return {f"barrier_{n}": curve_barrier(v, self.ws) for n, v in curves.items()}
 
     def train_loss_barrier(self, a: Tensors, b: Tensors) -> float:
         """Eq. 4 on the training loss only (cheaper; used along trajectories)."""
-        return barrier([e.loss for e in self._path(a, b, self.x_train, self.y_train)], self.ws)
+        losses = [e.loss for e in self._path(a, b, self.x_train, self.y_train)]
+        out = curve_barrier(losses, self.ws)
+        assert out is not None
+        return out
 
     def _fits(self, params: Tensors) -> bool:
         """Whether to evaluate the path as one batch: asked for (or, by default, on CUDA, where
-        it pays; on CPU it measured slower), and the stacked path stays under ~1 GB."""
+        it pays; on CPU it measured slower), the stacked path stays under ~1 GB, and the loss
+        is cross-entropy (a user's loss runs point by point)."""
         want = self.cfg.batched_path
         if want is None:
             want = next(iter(params.values())).is_cuda
         n = sum(v.numel() * v.element_size() for v in params.values())
-        return want and n * len(self.ws) < 1 << 30
+        return want and self.loss_fn is None and n * len(self.ws) < 1 << 30
 
     @torch.no_grad()
-    def features(self, params: Tensors) -> torch.Tensor:
-        prefixed = {f"m.{k}": v for k, v in params.items()}
-        return functional_call(self._features, prefixed, (self.x_cka,))
+    def features(self, params: Tensors) -> torch.Tensor | None:
+        """The representation CKA compares, on the CKA inputs (None if the model has none)."""
+        if hasattr(self.model, "features"):
+            prefixed = {f"m.{k}": v for k, v in params.items()}
+            return functional_call(self._features, prefixed, (self.x_cka,))
+        head = last_linear(self.model)
+        if head is None:
+            return None
+        seen: list[torch.Tensor] = []
+        hook = head.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+        try:
+            functional_call(self.model, params, (self.x_cka,))
+        finally:
+            hook.remove()
+        return seen[-1].flatten(1) if seen else None
 
     def compare(
         self,
@@ -159,20 +237,26 @@ class Comparer:
             "train_loss_b": eb[0],
             "test_loss_a": ea[2],
             "test_loss_b": eb[2],
-            "test_acc_a": 1.0 - ea[3],
-            "test_acc_b": 1.0 - eb[3],
+            "test_acc_a": None if ea[3] is None else 1.0 - ea[3],
+            "test_acc_b": None if eb[3] is None else 1.0 - eb[3],
         }
-        if self.cfg.weight_matching:
+        if self.cfg.weight_matching and self.aligns:
             res = weight_matching(self.spec, a, b, self.cfg.wm_max_iter, self.seed)
             out.update(self._aligned(a, b, res.perms, ea, "wm"))
             out["wm_iterations"] = res.iterations
-        if self.cfg.activation_matching:
-            perms = activation_matching(self.model, self.spec, a, b, self.x_align)
-            out.update(self._aligned(a, b, perms, ea, "am"))
-        if self.cfg.cka:
+        if self.cfg.activation_matching and self.aligns and "activation_matching" not in self.skipped:
+            try:
+                perms = activation_matching(self.model, self.spec, a, b, self.x_align)
+            except NoActivations as err:
+                self.skipped["activation_matching"] = str(err)
+            else:
+                out.update(self._aligned(a, b, perms, ea, "am"))
+        if self.cfg.cka and "cka" not in self.skipped:
             fa = self.features(a) if feats_a is None else feats_a
-            out["cka"] = angular_cka(fa, self.features(b))
-        if self.cfg.ensemble:
+            fb = self.features(b)
+            if fa is not None and fb is not None:
+                out["cka"] = angular_cka(fa, fb)
+        if self.cfg.ensemble and self.classifies:
             out["ensemble_test_acc"] = ensemble_accuracy(
                 self.model, [a, b], self.x_test, self.y_test, self.cfg.batch_size
             )
@@ -314,17 +398,21 @@ def permutation_proxy_rows(cmp: Comparer, seed: int, original: Tensors) -> list[
 
 def check_control(df: pd.DataFrame) -> list[str]:
     """Problems with the sigma = 0 control rows (empty when every control is exactly zero):
-    DESIGN contract 2, the determinism check every run ends with."""
+    DESIGN contract 2, the determinism check every run ends with. L2 and the train-loss
+    barrier must be exactly 0.0; so must the test-error barrier where the model has one (a
+    regression has none)."""
     problems = []
     for _, r in rows.controls(df).iterrows():
-        bad = {
-            c: r[c]
-            for c in ("l2", "barrier_train_loss", "barrier_test_error")
-            if not (r[c] is not None and r[c] == 0.0)
-        }
+        bad = {c: r[c] for c in ("l2", "barrier_train_loss") if not _exact_zero(r[c])}
+        err = r["barrier_test_error"]
+        if err is not None and err == err and err != 0.0:
+            bad["barrier_test_error"] = err
         if bad or r["diverged"]:
             problems.append(
                 f"seed {r['seed']} t={r['t']}: " + ", ".join(f"{k}={v!r}" for k, v in bad.items())
             )
     return problems
 
+
+def _exact_zero(v: object) -> bool:
+    return v is not None and v == 0.0

@@ -22,16 +22,21 @@ distance between two copies of the parent after one optimizer step on independen
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad
 
 from butterfly.config import Mask
 from butterfly.data import independent_batch
-from butterfly.metrics import l2_norm
-from butterfly.models import ParamInfo
+from butterfly.metrics import Bound, l2_norm
+from butterfly.metrics.evaluate import LossFn
+from butterfly.models import CNN, MLP, ParamInfo, ResNet, ResNet50, ViT, param_info
 from butterfly.rng import generator
 from butterfly.train.recipe import OptState, apply_update, clip_per_member
 
@@ -228,3 +233,61 @@ class Perturber:
                                 size)  # fmt: skip
         return pert
 
+
+def perturb(
+    model: nn.Module,
+    sigma: float,
+    kind: str = "gaussian",
+    *,
+    data: tuple[torch.Tensor, torch.Tensor] | None = None,
+    mask: Mask = "weights",
+    fraction: float = 1.0,
+    seed: int = 0,
+    t: int = 0,
+    direction: int = 0,
+    normalize: bool = True,
+    batch_size: int = 128,
+    loss_fn: LossFn | None = None,
+) -> nn.Module:
+    """A copy of ``model`` perturbed by sigma·ε (paper Eq. 2, 3 and 6), as a sweep perturbs
+    a child: ε is Kaiming-Gaussian (``kind="gaussian"``) or the training-loss gradient on a
+    batch of ``batch_size`` examples of ``data`` = (x, y) drawn independently (``"batch"``),
+    masked (``mask``, ``fraction``) and scaled so that ||ε||² is the expected initial variance
+    of the perturbed weights. Every random choice is keyed by (seed, t, direction) as in a
+    sweep, so the same call gives the same ε.
+
+    >>> import torch, butterfly
+    >>> net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    >>> child = butterfly.perturb(net, 0.01)
+    >>> 0 < butterfly.metrics.l2(net, child) < 1
+    True
+    """
+    params = {k: v.detach().clone() for k, v in model.named_parameters()}
+    builtin = isinstance(model, (MLP, CNN, ResNet, ResNet50, ViT))
+    info = param_info(model, None if builtin else params)
+    names = eligible(info, mask)
+    shapes = {n: params[n].shape for n in names}
+    key = (seed, t, direction)
+    m = make_mask(shapes, names, fraction, *key, mask)
+    if kind == "gaussian":
+        eps_hat = gaussian_direction(shapes, info, names, *key)
+    elif kind == "batch":
+        if data is None:
+            raise ValueError("a batch perturbation needs data=(x, y)")
+        x, y = data
+        idx = independent_batch(len(y), batch_size, *key)
+
+        def loss(p: Tensors) -> torch.Tensor:
+            if loss_fn is not None:
+                return loss_fn(Bound(model, p), (x[idx], y[idx]))
+            return F.cross_entropy(functional_call(model, p, (x[idx],)), y[idx])
+
+        g = grad(loss)(params)
+        eps_hat = {k: g[k].detach().cpu() for k in names}
+    else:
+        raise ValueError(f"kind must be gaussian or batch; got {kind!r}")
+    pert = scale_direction(eps_hat, m, info, normalize)
+    child = copy.deepcopy(model)
+    child_params = dict(child.named_parameters())
+    apply_perturbation({k: child_params[k].data for k in pert.eps}, pert, sigma)
+    return child

@@ -11,6 +11,7 @@ import os
 import platform
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,6 +20,8 @@ from torch import nn
 from butterfly.config import DataConfig, RunConfig
 from butterfly.data import BatchStream, Dataset, load_dataset
 from butterfly.experiment.measure import Comparer
+from butterfly.imports import ImportPathError, resolve
+from butterfly.metrics.evaluate import LossFn
 from butterfly.models import ParamInfo, build_model, model_spec, param_info
 from butterfly.train import PopulationTrainer
 
@@ -71,26 +74,45 @@ class Setup:
 
 
 @lru_cache(maxsize=4)
-def _dataset(data_json: str, device: str, tokenizer: str | None = None) -> Dataset:
-    return load_dataset(DataConfig.model_validate_json(data_json), tokenizer).to(device)
+def _dataset(
+    data_json: str, device: str, tokenizer: str | None = None, run_dir: str | None = None
+) -> Dataset:
+    cfg = DataConfig.model_validate_json(data_json)
+    return load_dataset(cfg, tokenizer, Path(run_dir) if run_dir else None).to(device)
 
 
-def make_setup(cfg: RunConfig, seed: int) -> Setup:
-    """The setup of ``seed``; the data set is built once per process and reused."""
+def loss_function(cfg: RunConfig) -> LossFn | None:
+    """The user's loss function named by ``recipe.loss`` (None: cross-entropy)."""
+    if cfg.recipe.loss == "cross_entropy":
+        return None
+    fn = resolve(cfg.recipe.loss, "recipe.loss")
+    if not callable(fn):
+        raise ImportPathError(f"recipe.loss '{cfg.recipe.loss}' is not a function")
+    return fn
+
+
+def make_setup(cfg: RunConfig, seed: int, run_dir: Path | None = None) -> Setup:
+    """The setup of ``seed``; the data set is built once per process and reused (``run_dir``:
+    the run folder, for data kept there)."""
     device = cfg.runtime.device
-    data = _dataset(cfg.data.model_dump_json(), device, cfg.tokenizer_path())
+    data = _dataset(cfg.data.model_dump_json(), device, cfg.tokenizer_path(),
+                    str(run_dir) if run_dir else None)  # fmt: skip
     model = build_model(cfg.model, data.input_shape, data.n_classes, seed).to(device)
     init = {k: v.detach().clone() for k, v in model.named_parameters()}
     stream = BatchStream(len(data.y_train), cfg.recipe.batch_size, seed)
-    trainer = PopulationTrainer(model, data, stream, cfg.recipe, cfg.runtime.mode, cfg.data.augment)
+    loss_fn = loss_function(cfg)
+    trainer = PopulationTrainer(
+        model, data, stream, cfg.recipe, cfg.runtime.mode, cfg.data.augment, loss_fn
+    )
+    info = param_info(model, None if cfg.model.builtin else init)
     return Setup(
         cfg,
         seed,
         data,
         model,
         init,
-        param_info(model),
+        info,
         trainer,
         model_spec(cfg.model, data.input_shape, data.n_classes),
-        Comparer(model, data, cfg.eval, seed),
+        Comparer(model, data, cfg.eval, seed, loss_fn),
     )

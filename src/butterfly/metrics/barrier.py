@@ -43,6 +43,10 @@ def excess_curve(values: Sequence[float], weights: Sequence[float]) -> list[floa
     return [float(v) - (la + w * (lb - la)) for v, w in zip(values, weights, strict=True)]
 
 
-def barrier(values: Sequence[float], weights: Sequence[float]) -> float:
-    """Eq. 4: the largest excess over the interpolated endpoints (0 at the endpoints)."""
-    return max(excess_curve(values, weights))
+def curve_barrier(values: Sequence[float | None], weights: Sequence[float]) -> float | None:
+    """Eq. 4 on a path already evaluated: the largest excess of ``values`` (one per alpha in
+    ``weights``) over the interpolated endpoints (0 at the endpoints). None if any value is
+    None (a measure the model does not have, e.g. an error rate without class scores)."""
+    if any(v is None for v in values):
+        return None
+    return max(excess_curve([float(v) for v in values], weights))  # type: ignore[arg-type]

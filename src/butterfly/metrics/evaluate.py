@@ -10,7 +10,9 @@ per-example losses in float64.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -20,30 +22,77 @@ from torch.func import functional_call, vmap
 Tensors = dict[str, torch.Tensor]
 
 
+LossFn = Callable[[Any, tuple[torch.Tensor, torch.Tensor]], torch.Tensor]
+
+
 @dataclass(frozen=True)
 class Evaluation:
     loss: float
-    error: float
+    error: float | None  # None where the model is not a classifier of the data's labels
 
     @property
-    def accuracy(self) -> float:
-        return 1.0 - self.error
+    def accuracy(self) -> float | None:
+        return None if self.error is None else 1.0 - self.error
+
+
+class Bound:
+    """``model`` with the parameters ``params``, callable like the module itself: what a user's
+    ``loss_fn(model, batch)`` receives, so the same loss trains stacked members (under vmap)
+    and evaluates interpolated networks. Other attributes are the module's own. Records its
+    calls, so an evaluation can tell whether the loss ran the model once on the inputs."""
+
+    def __init__(self, model: nn.Module, params: Tensors):
+        self.module = model
+        self.params = params
+        self.calls = 0
+        self.last: Any = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        out = functional_call(self.module, self.params, args, kwargs)
+        self.calls += 1
+        self.last = out
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.module, name)
+
+
+def _wrong(logits: Any, y: torch.Tensor) -> int | None:
+    """Misclassified examples, if ``logits`` are class scores for integer labels ``y``."""
+    ok = (
+        isinstance(logits, torch.Tensor) and logits.dim() == 2 and logits.shape[0] == len(y)
+        and logits.shape[1] > 1 and not y.is_floating_point() and y.dim() == 1
+    )  # fmt: skip
+    return int((logits.argmax(-1) != y).sum()) if ok else None
 
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, params: Tensors, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2048
+    model: nn.Module,
+    params: Tensors,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int = 2048,
+    loss_fn: LossFn | None = None,
 ) -> Evaluation:
-    """Mean cross-entropy and error rate of ``model`` with ``params`` on ``(x, y)``."""
+    """Mean loss and error rate of ``model`` with ``params`` on ``(x, y)``: cross-entropy, or
+    the user's ``loss_fn(model, (x, y))`` (a batch mean, weighted by batch size here). The
+    error rate is None unless the model's outputs are class scores for the labels."""
     loss_sum = 0.0
-    wrong = 0
+    wrong: int | None = 0
     for i in range(0, len(y), batch_size):
         xb, yb = x[i : i + batch_size], y[i : i + batch_size]
-        logits = functional_call(model, params, (xb,))
-        loss_sum += float(F.cross_entropy(logits, yb, reduction="sum").to(torch.float64))
-        wrong += int((logits.argmax(-1) != yb).sum())
+        if loss_fn is None:
+            logits = functional_call(model, params, (xb,))
+            loss_sum += float(F.cross_entropy(logits, yb, reduction="sum").to(torch.float64))
+        else:
+            bound = Bound(model, params)
+            loss_sum += float(loss_fn(bound, (xb, yb)).to(torch.float64)) * len(yb)
+            logits = bound.last if bound.calls == 1 else None
+        w = _wrong(logits, yb)
+        wrong = None if (w is None or wrong is None) else wrong + w
     n = len(y)
-    return Evaluation(loss_sum / n, wrong / n)
+    return Evaluation(loss_sum / n, None if wrong is None else wrong / n)
 
 
 @torch.no_grad()

@@ -7,6 +7,7 @@ rebuilds the architecture.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +15,14 @@ import torch
 from torch import nn
 
 from butterfly.checkpoint import CheckpointError, load_checkpoint
-from butterfly.config import ModelConfig
+from butterfly.config import BUILTIN_MODELS, ModelConfig
+from butterfly.imports import ImportPathError, resolve
 from butterfly.models.cnn import CNN
 from butterfly.models.mlp import MLP
 from butterfly.models.params import kaiming_init_
 from butterfly.models.resnet import ResNet, ResNet50
 from butterfly.models.vit import ViT
+from butterfly.rng import derive_seed
 
 
 def model_spec(cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int) -> dict[str, Any]:
@@ -35,7 +38,52 @@ def model_spec(cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int) -
         spec.update(patch=cfg.patch, heads=cfg.heads, dropout=cfg.dropout)
     if cfg.name == "hf":
         spec["path"] = cfg.path
+    if not cfg.builtin:
+        spec = {"name": cfg.name, "kwargs": cfg.kwargs, "input_shape": list(input_shape),
+                "n_classes": n_classes}  # fmt: skip
     return spec
+
+
+def keeps_own_init(cfg: ModelConfig) -> bool:
+    """Whether the model keeps its own initialisation (a user's model by default) rather than
+    being re-drawn He-normal from the seed."""
+    return cfg.init == "own" or (cfg.init == "auto" and not cfg.builtin)
+
+
+def call_factory(
+    path: str, kwargs: dict[str, Any], input_shape: tuple[int, ...], n_classes: int, seed: int
+) -> nn.Module:
+    """The user's model: the class or factory at ``path`` called with ``kwargs`` and those of
+    ``seed``, ``input_shape``, ``n_classes`` it takes. Torch's global generator is seeded by
+    the seed while it runs (and restored after), so a model that draws its own initial
+    weights with torch's default initialisers gets the same θ0 for the same seed."""
+    try:
+        factory = resolve(path, "model.name")
+    except ImportPathError as err:
+        raise ValueError(str(err)) from None
+    if not callable(factory):
+        raise ValueError(f"model.name '{path}' is a {type(factory).__name__}, not a class or factory")
+    offered = {"seed": seed, "input_shape": tuple(input_shape), "n_classes": n_classes}
+    try:
+        params = inspect.signature(factory).parameters
+        takes_all = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        extra = {k: v for k, v in offered.items() if (k in params or takes_all) and k not in kwargs}
+    except (TypeError, ValueError):  # no signature (a builtin): pass only the kwargs
+        extra = {}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed("init", seed))
+        try:
+            model = factory(**kwargs, **extra)
+        except TypeError as err:
+            raise ValueError(f"model '{path}' cannot be called with model.kwargs: {err}") from None
+        except Exception as err:
+            first = str(err).splitlines()[0] if str(err) else ""
+            raise ValueError(f"model '{path}' failed to build: {type(err).__name__}: {first}") from None
+    if not isinstance(model, nn.Module):
+        raise ValueError(
+            f"model '{path}' returned a {type(model).__name__}, not a torch.nn.Module"
+        )
+    return model
 
 
 def build_from_spec(spec: dict[str, Any]) -> nn.Module:
@@ -43,6 +91,8 @@ def build_from_spec(spec: dict[str, Any]) -> nn.Module:
     shape = tuple(spec["input_shape"])
     n_classes = int(spec["n_classes"])
     name = spec["name"]
+    if name not in BUILTIN_MODELS:
+        return call_factory(name, spec.get("kwargs") or {}, shape, n_classes, 0)
     if name == "mlp":
         return MLP(shape, n_classes, spec["width"], spec["depth"])
     if name == "cnn":
@@ -69,14 +119,18 @@ def build_model(
     """A freshly initialised model for ``seed`` (in eval mode; the trainer switches dropout on).
 
     A Hugging Face model keeps its pre-trained weights and draws only what its checkpoint
-    lacks (the head). With ``cfg.init_from`` the weights come from that butterfly checkpoint,
+    lacks (the head); a user's model keeps its own initialisation unless ``cfg.init`` is
+    ``kaiming``. With ``cfg.init_from`` the weights come from that butterfly checkpoint,
     except the head (the last Linear layer), which is freshly initialised for the new task.
     """
-    model = build_from_spec(model_spec(cfg, input_shape, n_classes))
+    if cfg.builtin:
+        model = build_from_spec(model_spec(cfg, input_shape, n_classes))
+    else:
+        model = call_factory(cfg.name, cfg.kwargs, input_shape, n_classes, seed)
     init_fresh = getattr(model, "init_fresh_", None)
     if init_fresh is not None:
         init_fresh(seed)
-    else:
+    elif not keeps_own_init(cfg):
         kaiming_init_(model, seed)
     if cfg.init_from:
         load_backbone_(model, cfg.init_from.replace("{seed}", str(seed)))

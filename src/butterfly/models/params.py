@@ -56,21 +56,37 @@ def kaiming_init_(model: nn.Module, seed: int) -> nn.Module:
     return model
 
 
-def param_info(model: nn.Module) -> dict[str, ParamInfo]:
+def mean_square(t: torch.Tensor) -> float:
+    return float(t.detach().to(torch.float64).square().mean()) if t.numel() else 0.0
+
+
+def param_info(
+    model: nn.Module, measured: dict[str, torch.Tensor] | None = None
+) -> dict[str, ParamInfo]:
     """Kind and expected init variance of every parameter (paper Eq. 3 and appendix B.3).
 
-    Weights of linear/conv layers have variance 2/fan_in. Biases and normalisation parameters
-    are initialised to constants, so, following appendix B.3, they are given the scale of the
-    weights of the layer that follows them (in module order); a bias of the last layer, with no
-    layer after it, takes its own layer's scale.
+    Weights of linear/conv layers have variance 2/fan_in (He init). Biases and normalisation
+    parameters are initialised to constants, so, following appendix B.3, they are given the
+    scale of the weights of the layer that follows them (in module order); a bias of the last
+    layer, with no layer after it, takes its own layer's scale.
+
+    ``measured``: θ0 of a model that keeps its own initialisation (a user's model). Each weight
+    then takes its tensor's mean square at θ0 as its init variance (2/fan_in if it starts at
+    zero), and parameters outside known layers are classified by shape: 1-D ones named
+    ``*bias`` are biases, everything else a weight with its measured variance.
     """
     modules = list(model.named_modules())
     # A model may fix one init variance for all its weights (HF: initializer_range^2).
     fixed_var: float | None = getattr(model, "weight_init_var", None)
+    prefixes = {id(m): (f"{n}." if n else "") for n, m in modules}
 
     def own_var(m: nn.Module) -> float:
         if fixed_var is not None:
             return fixed_var
+        if measured is not None:
+            v = mean_square(measured[prefixes[id(m)] + "weight"])
+            if v > 0:
+                return v
         if isinstance(m, nn.Embedding):
             return 1.0  # torch's default N(0, 1) embedding init
         return 2.0 / fan_in(m.weight)
@@ -104,6 +120,16 @@ def param_info(model: nn.Module) -> dict[str, ParamInfo]:
     missing = [n for n, _ in model.named_parameters() if n not in info]
     if fixed_var is not None:  # e.g. a HF ViT's class token and position embeddings
         info.update({n: ParamInfo("weight", fixed_var) for n in missing})
+        missing = []
+    if measured is not None:
+        fallback = weight_vars[-1][1] if weight_vars else 1.0
+        for n in missing:
+            t = measured[n]
+            if t.dim() == 1 and n.endswith("bias"):
+                info[n] = ParamInfo("bias", fallback)
+            else:
+                v = mean_square(t)
+                info[n] = ParamInfo("weight", v if v > 0 else fallback)
         missing = []
     if missing:
         raise ValueError(

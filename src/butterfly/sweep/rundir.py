@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from butterfly.config import ConfigError, RunConfig
+from butterfly.config import ConfigError, RunConfig, build_config
 
 CONFIG = "config.yaml"
 STORE = "results.db"
@@ -54,10 +54,16 @@ def diff_keys(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> set[str
 
 
 def saved_config(run_dir: Path) -> dict[str, Any] | None:
+    """The resolved config a run folder was made with, read by today's schema (so a field
+    added since, at its default, does not count as a change); None for a new folder."""
     path = Path(run_dir) / CONFIG
     if not path.is_file():
         return None
-    return yaml.safe_load(path.read_text()) or {}
+    old = yaml.safe_load(path.read_text()) or {}
+    try:
+        return build_config(old).to_dict()
+    except ConfigError:  # a key since removed or renamed: compare as written
+        return old
 
 
 def config_differs(cfg: RunConfig, run_dir: Path) -> bool:

@@ -9,6 +9,7 @@ an error naming the failures, and running it again retries only what is not fini
 
 from __future__ import annotations
 
+import ast
 import os
 import sys
 import time
@@ -18,12 +19,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import torch
+from torch import nn
 
-from butterfly.align import NoPermutationSpec, spec_for
-from butterfly.config import ConfigError, RunConfig
-from butterfly.data import DataError, load_dataset
+from butterfly.config import STORED, ConfigError, RunConfig
+from butterfly.data import DataError, Dataset, load_dataset
+from butterfly.data.user import STORED_FILE, recall, save_stored
 from butterfly.experiment import check_control, configure_torch
-from butterfly.experiment.setup import environment
+from butterfly.experiment.measure import Comparer
+from butterfly.experiment.setup import environment, loss_function
+from butterfly.imports import ImportPathError, is_local
+from butterfly.metrics.evaluate import Bound, LossFn
 from butterfly.models import build_model
 from butterfly.sweep import rundir
 from butterfly.sweep.executors import Executor, make_executor
@@ -55,6 +61,34 @@ def resolve_workers(cfg: RunConfig, workers: int | None) -> int:
     return n if n > 0 else (os.cpu_count() or 1)
 
 
+def store_data(cfg: RunConfig, run_dir: Path) -> None:
+    """Write data given from Python into the run folder once (workers and resumes read it)."""
+    data = recall(cfg.data.fingerprint)
+    path = run_dir / (cfg.data.path or STORED_FILE)
+    if data is not None:
+        save_stored(data, path)
+    elif not path.is_file():
+        raise ConfigError(f"the run's data file {path} is missing: pass the data again from Python")
+
+
+def unguarded_main() -> bool:
+    """Whether the main program is a script whose top level would run again in every spawned
+    worker process (no ``if __name__ == "__main__":`` test anywhere in it)."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if not path or not str(path).endswith(".py") or not Path(path).is_file():
+        return False
+    try:
+        tree = ast.parse(Path(path).read_text())
+    except (SyntaxError, UnicodeDecodeError, OSError):
+        return False
+    for node in ast.walk(tree):
+        left = getattr(node, "left", None) if isinstance(node, ast.Compare) else None
+        if isinstance(left, ast.Name) and left.id == "__name__":
+            return False
+    return True
+
+
 def log(msg: str, quiet: bool) -> None:
     """A progress message on stderr (the sweep's and the pipelines' one voice)."""
     if not quiet:
@@ -65,10 +99,12 @@ class SweepFailed(RuntimeError):
     """Some units failed; finished units are saved."""
 
 
-def preflight(cfg: RunConfig) -> None:
-    """Checks that need the data set, done before anything is written or trained."""
+def preflight(cfg: RunConfig, run_dir: Path | None = None) -> list[str]:
+    """Checks that need the data set and the model, done before anything is written or
+    trained; raises ConfigError (one sentence, exit 2) or returns warnings (measures that
+    will be left empty, and why)."""
     try:
-        data = load_dataset(cfg.data, cfg.tokenizer_path())
+        data = load_dataset(cfg.data, cfg.tokenizer_path(), run_dir)
     except DataError as err:
         raise ConfigError(str(err)) from None
     n = len(data.y_train)
@@ -78,18 +114,77 @@ def preflight(cfg: RunConfig) -> None:
             f"'{cfg.data.name}'"
         )
     try:
+        loss_fn = loss_function(cfg)
+    except ImportPathError as err:
+        raise ConfigError(str(err)) from None
+    try:
         model = build_model(cfg.model, data.input_shape, data.n_classes, cfg.seeds[0])
     except ValueError as err:  # HFUnavailable, a bad init_from checkpoint, a shape mismatch
-        if cfg.model.name == "hf" or cfg.model.init_from:
+        if not cfg.model.builtin or cfg.model.name == "hf" or cfg.model.init_from:
             raise ConfigError(str(err)) from None
         raise ConfigError(
             f"model '{cfg.model.name}' cannot take '{cfg.data.name}' inputs: {err}"
         ) from None
-    if cfg.eval.weight_matching or cfg.eval.activation_matching or cfg.eval.proxy_fractions:
-        try:
-            spec_for(model)
-        except NoPermutationSpec as err:
-            raise ConfigError(str(err)) from None
+    check_model(model, data, loss_fn, cfg.model.name)
+    cmp = Comparer(model, data, cfg.eval, cfg.seeds[0], loss_fn)
+    ev = cfg.eval
+    warnings = []
+    wanted = {
+        "alignment": ev.weight_matching or ev.activation_matching or bool(ev.proxy_fractions),
+        "cka": ev.cka,
+        "ensemble": ev.ensemble,
+    }
+    names = {"alignment": "weight matching, activation matching and the permutation proxy",
+             "cka": "CKA", "ensemble": "the ensemble accuracy"}  # fmt: skip
+    for key, why in cmp.skipped.items():
+        if wanted.get(key):
+            warnings.append(f"{names[key]} will be left empty: {why}")
+    return warnings
+
+
+def check_model(model: nn.Module, data: Dataset, loss_fn: LossFn | None, name: str) -> None:
+    """What the trainer needs of a model, checked on two training examples."""
+    for mname, m in model.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+            raise ConfigError(
+                f"model '{name}' has BatchNorm running statistics ('{mname}'), which training "
+                "would update outside the parameters butterfly tracks per member; use LayerNorm "
+                "or GroupNorm, or BatchNorm with track_running_stats=False"
+            )
+    x, y = data.x_train[:2], data.y_train[:2]
+    try:
+        with torch.no_grad():
+            if loss_fn is None:
+                out = model(x)
+            else:
+                loss = loss_fn(Bound(model, dict(model.named_parameters())), (x, y))
+    except Exception as err:
+        raise ConfigError(
+            f"model '{name}' fails on two training examples of shape {tuple(x.shape[1:])}: "
+            f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        ) from None
+    if loss_fn is not None:
+        if not (isinstance(loss, torch.Tensor) and loss.dim() == 0):
+            raise ConfigError("recipe.loss must return a scalar tensor (the batch's mean loss)")
+        return
+    if data.n_classes < 2:
+        raise ConfigError(
+            f"data '{data.name}' has no class labels (float targets): cross-entropy needs them; "
+            "give a loss function (recipe.loss, or loss_fn= in Python)"
+        )
+    shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+    if shape != (2, data.n_classes):
+        raise ConfigError(
+            f"model '{name}' outputs {shape} for 2 examples, but cross-entropy on "
+            f"'{data.name}' needs (2, {data.n_classes}): one score per class"
+        )
+
+
+def must_run_here(cfg: RunConfig) -> list[str]:
+    """The config's objects that only this process can find (defined in a notebook, a lambda,
+    a nested function): the work then runs in this process."""
+    named = (cfg.model.name, cfg.data.name, cfg.recipe.loss)
+    return [n for n in named if is_local(n)]
 
 
 def run_sweep(
@@ -118,12 +213,28 @@ def run_sweep(
         run_dir = rundir.fresh_run_dir(run_dir)
         log(f"config differs from the existing run: starting a fresh run in {run_dir}", quiet)
     start = time.perf_counter()
-    preflight(cfg)
+    for w in preflight(cfg, run_dir):
+        log(f"note: {w}", quiet)
+    local = must_run_here(cfg)
+    if local and executor == "ray":
+        raise ConfigError(
+            f"{', '.join(local)} {'exists' if len(local) == 1 else 'exist'} only in this Python "
+            "process, so Ray workers cannot find it: define it in an importable module"
+        )
     with RunLock(run_dir):
         rundir.prepare_run_dir(cfg, run_dir)
+        if cfg.data.name == STORED:
+            store_data(cfg, run_dir)
         configure_torch(cfg.runtime.threads)
         units = plan(cfg)
         n_workers = resolve_workers(cfg, workers)
+        if n_workers > 1 and executor == "local" and (local or unguarded_main()):
+            verb = "exists" if len(local) == 1 else "exist"
+            why = (f"{', '.join(local)} {verb} only in this process" if local else
+                   "the script has no `if __name__ == \"__main__\":` guard, which worker "
+                   "processes need")  # fmt: skip
+            log(f"note: running in this process, not {n_workers} workers: {why}", quiet)
+            n_workers = 1
         store = Store(run_dir / rundir.STORE)
         try:
             store.set_meta("config", cfg.to_dict())

@@ -30,7 +30,7 @@ def run_parent(
     missing = [t for t in ts if not parent_path(run_dir, seed, t).is_file()]
     if not missing:
         return {"seed": seed, "steps": 0, "wall_s": time.perf_counter() - start}
-    setup = make_setup(cfg, seed)
+    setup = make_setup(cfg, seed, run_dir)
     saved = [t for t in ts if t < missing[0]]
     resume = None
     if saved:
@@ -62,7 +62,7 @@ class UnitResult:
 def run_unit(cfg: RunConfig, unit: Unit, run_dir: Path, reporter: Any = None) -> UnitResult:
     """Train one population from the parent's state at t and measure every child."""
     start = time.perf_counter()
-    setup = make_setup(cfg, unit.seed)
+    setup = make_setup(cfg, unit.seed, run_dir)
     params_t, state_t, _ = load_checkpoint(parent_path(run_dir, unit.seed, unit.t))
     device = cfg.runtime.device
     params_t = {k: v.to(device) for k, v in params_t.items()}
@@ -93,7 +93,7 @@ def run_unit(cfg: RunConfig, unit: Unit, run_dir: Path, reporter: Any = None) ->
     )  # fmt: skip
     proxy: list[dict[str, Any]] = []
     first_t = unit.t == cfg.perturbation_steps()[0]
-    if cfg.eval.proxy_fractions and first_t and not run.diverged[0]:
+    if cfg.eval.proxy_fractions and first_t and not run.diverged[0] and setup.comparer.aligns:
         proxy = permutation_proxy_rows(setup.comparer, unit.seed, run.finals[0])
     wall = time.perf_counter() - start
     for r in rows:

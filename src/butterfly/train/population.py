@@ -30,6 +30,7 @@ from torch.func import functional_call, grad_and_value, vmap
 from butterfly.config import AugmentConfig, RecipeConfig
 from butterfly.data import BatchStream, Dataset
 from butterfly.data.augment import augment
+from butterfly.metrics.evaluate import Bound, LossFn
 from butterfly.rng import derive_seed
 from butterfly.train.batched_mlp import BatchedMLP
 from butterfly.train.recipe import (
@@ -136,6 +137,18 @@ def cross_entropy_loss(
     return loss
 
 
+def user_loss(
+    model: nn.Module, loss_fn: LossFn
+) -> Callable[[Tensors, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The user's ``loss_fn(model, (x, y))`` as a function of the parameters: the model it
+    receives runs with the (possibly stacked, vmapped) parameters being trained."""
+
+    def loss(params: Tensors, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return loss_fn(Bound(model, params), (x, y))
+
+    return loss
+
+
 class PopulationTrainer:
     """Trains populations of one model on one data set with one recipe."""
 
@@ -147,20 +160,23 @@ class PopulationTrainer:
         recipe: RecipeConfig,
         mode: str = "auto",
         augment: AugmentConfig | None = None,
+        loss_fn: LossFn | None = None,
     ):
         self.model = model
         self.data = data
         self.stream = stream
         self.recipe = recipe
         self.augment = augment
-        self.loss = cross_entropy_loss(model)
+        self.loss = cross_entropy_loss(model) if loss_fn is None else user_loss(model, loss_fn)
         self._single = grad_and_value(self.loss)
         self._vmapped = vmap(self._single, in_dims=(0, None, None), randomness="same")
         self.dropout = has_dropout(model)
         self.vmappable = bool(getattr(model, "vmappable", True))
+        self._vmap_tried = False
         if mode not in MODES:
             raise ValueError(f"runtime.mode must be one of {', '.join(MODES)}; got '{mode}'")
-        self.batched = BatchedMLP(model) if BatchedMLP.supports(model) else None  # type: ignore[arg-type]
+        hand_batched = loss_fn is None and BatchedMLP.supports(model)  # it writes out the CE
+        self.batched = BatchedMLP(model) if hand_batched else None  # type: ignore[arg-type]
         if mode == "batched" and self.batched is None:
             raise ValueError(
                 f"runtime.mode = batched needs an MLP; {type(model).__name__} trains with vmap or loop"
@@ -209,8 +225,18 @@ class PopulationTrainer:
             assert self.batched is not None
             return self.batched.grad_and_loss(params, x, y)
         if mode == "vmap":
-            with self._noise(key):
-                return self._vmapped(params, x, y)
+            try:
+                with self._noise(key):
+                    return self._vmapped(params, x, y)
+            except Exception:
+                # `auto` on a model vmap cannot run (data-dependent control flow, .item()):
+                # found at the first step, before any update, so every member of every
+                # population of this model trains in a loop instead.
+                if self.mode != "auto" or self._vmap_tried:
+                    raise
+                self.vmappable = False
+            finally:
+                self._vmap_tried = True
         out = []
         for i in range(P):
             with self._noise(key):
