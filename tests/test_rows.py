@@ -123,3 +123,39 @@ def test_an_older_store_is_upgraded_with_the_columns_it_lacks(tmp_path: Path) ->
         assert list(traj.columns) == rows.names("trajectories")
         assert traj.loc[0, "l2_from_init"] == 1.5 and pd.isna(traj.loc[0, "barrier_train_loss"])
         assert list(s.results().columns) == rows.names("results")
+
+
+def _columns_the_report_reads() -> set[str]:
+    """Every schema column named by a string literal in the report's source (what its figures
+    and tables select, group by or plot)."""
+    import ast
+
+    import butterfly.report
+
+    known = {c for t in rows.TABLES for c in rows.names(t)} | {rows.PRETRAIN_STEPS.name}
+    found: set[str] = set()
+    for path in Path(butterfly.report.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and node.value in known:
+                found.add(str(node.value))
+    return found
+
+
+def test_every_column_a_figure_or_table_reads_is_produced(full: Path) -> None:
+    read = _columns_the_report_reads()
+    # the report really reads the measures of Figures 2, 3, 6, 7, 10, 11 and 16
+    for c in ("barrier_train_loss", "barrier_test_error", "cka", "ensemble_test_acc",
+              "l2_to_original", "l2_from_init", "fixed_point_fraction_wm", "noise_l2",
+              "barrier_train_loss_wm", "fixed_fraction", "test_acc_a"):  # fmt: skip
+        assert c in read, c
+    tables = _tables(full)
+    kids = rows.children(tables["results"], spawn=True)
+    traj = tables["trajectories"]
+    for c in sorted(read - {rows.PRETRAIN_STEPS.name}):
+        holders = [t for t in rows.TABLES if c in rows.names(t)]
+        filled = [
+            (kids if t == "results" else traj[traj.kind != "original"] if t == "trajectories"
+             else tables[t])[c].notna().all()
+            for t in holders
+        ]  # fmt: skip
+        assert all(filled), f"the report reads {c}, which is empty in {holders}"

@@ -423,3 +423,24 @@ def test_batchnorm_running_statistics_are_refused_with_the_way_out(tmp_path: Pat
     )  # fmt: skip
     with pytest.raises(ConfigError, match="track_running_stats=False"):
         exp.run(out=tmp_path / "o", quiet=True)
+
+
+def test_a_script_without_a_main_guard_runs_in_its_own_process(tmp_path: Path) -> None:
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "import sys\nimport butterfly\nfrom test_user_models import SWEEP, TinyNet, load_tensors\n"
+        "run = butterfly.Experiment(model=TinyNet, data=load_tensors(), name='unguarded', **SWEEP)"
+        ".run(out=sys.argv[1], workers=2, quiet=False, report=False)\nprint(run)\n"
+    )
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "o")], capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(TESTS)})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "note: running in this process, not 2 workers: the script has no" in proc.stderr
+    assert "all sigma = 0 controls exactly 0" in proc.stdout
+
+
+def test_objects_of_this_process_cannot_go_to_ray(tmp_path: Path) -> None:
+    exp = experiment(model=lambda seed: TinyNet((10,), 4))
+    with pytest.raises(ConfigError, match="only in this Python process"):
+        exp.run(out=tmp_path / "o", executor="ray")
+    assert not (tmp_path / "o").exists()
