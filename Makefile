@@ -21,7 +21,7 @@ run: $(STAMP)
 
 ## The default test run (< 10 minutes on 2 cores; slow tests excluded).
 test: $(STAMP)
-	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m ruff check src tests benchmarks examples
 	$(PY) -m pytest -q
 
 ## Only the slow tests (every preset's cpu scale, the warm-up finding); CI runs these too.
@@ -33,7 +33,7 @@ test-all: $(STAMP)
 	$(PY) -m pytest -q -m ''
 
 lint: $(STAMP)
-	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m ruff check src tests benchmarks examples
 	$(PY) -m ruff format --check src tests benchmarks
 
 clean:

@@ -29,9 +29,9 @@ import torch
 
 from butterfly.config import RunConfig, build_config
 from butterfly.data import BatchStream, independent_batch, load_dataset
-from butterfly.metrics import alphas, barrier, evaluate, interpolate, l2_distance
+from butterfly.experiment.perturb import eligible, gaussian_direction, make_mask, scale_direction
+from butterfly.metrics import alphas, curve_barrier, evaluate, interpolate, l2_distance
 from butterfly.models import build_model, param_info
-from butterfly.perturb import eligible, gaussian_direction, make_mask, scale_direction
 from butterfly.sweep import run_sweep
 from butterfly.train import Population, PopulationTrainer, lr_at
 from butterfly.train.population import clone
@@ -91,8 +91,8 @@ def naive_cell(cfg: RunConfig, data, seed: int, t: int, kind: str | None, sigma:
     test = [evaluate(nets[0], interpolate(a, b, w), data.x_test, data.y_test) for w in ws]
     return {
         "l2": l2_distance(a, b),
-        "barrier_train_loss": barrier([e.loss for e in path], ws),
-        "barrier_test_error": barrier([e.error for e in test], ws),
+        "barrier_train_loss": curve_barrier([e.loss for e in path], ws),
+        "barrier_test_error": curve_barrier([e.error for e in test], ws),
         "steps": 2 * T,
     }
 
@@ -178,7 +178,7 @@ def throughput(cfg: RunConfig, sizes: list[int], steps: int) -> list[tuple[str, 
 
 def path_evaluation(cfg: RunConfig, repeats: int) -> tuple[float, float]:
     """Seconds per barrier (11 points, train + test) per point and as one vectorised batch."""
-    from butterfly.divergence import Comparer
+    from butterfly.experiment.measure import Comparer
 
     data = load_dataset(cfg.data)
     model = build_model(cfg.model, data.input_shape, data.n_classes, 0)

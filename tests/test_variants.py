@@ -288,6 +288,12 @@ def test_finetuning_run_pretrains_once_and_sweeps_each_checkpoint(tmp_path: Path
 
     page = build_report([top])
     assert page == top / "report.html" and (top / "figures/finetune.png").is_file()
+    from butterfly.sweep.status import run_status
+
+    text, ok = run_status(top)  # the top folder's status covers each of its sweeps
+    assert ok and text.startswith(f"fine-tuning run {top}: 3 sweeps")
+    assert text.count("all 2 sigma = 0 controls exactly zero") == 3
+    assert "[random init]" in text and "[pre-trained 40 steps]" in text
     assert "pre-trained 40 steps" in page.read_text()
     # a changed config is refused, not mixed in
     with pytest.raises(ConfigError, match="different config"):

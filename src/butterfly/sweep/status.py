@@ -11,11 +11,27 @@ from butterfly.experiment import check_control
 from butterfly.sweep import rundir
 from butterfly.sweep.lock import is_locked
 from butterfly.sweep.plan import plan
-from butterfly.sweep.store import Store
+from butterfly.sweep.store import Store, pipeline_runs
 
 
 def run_status(run_dir: Path) -> tuple[str, bool]:
-    """(a summary, healthy?) for a run folder."""
+    """(a summary, healthy?) for a run folder; a fine-tuning folder summarises each of its
+    sweeps."""
+    run_dir = Path(run_dir)
+    subs = pipeline_runs(run_dir) if (run_dir / rundir.STORE).is_file() else None
+    if subs is not None:
+        parts = [f"fine-tuning run {run_dir}: {len(subs)} sweeps, one per pre-training checkpoint"]
+        healthy = True
+        for steps, sub in subs:
+            label = f"pre-trained {steps} steps" if steps else "random init"
+            if not (sub / rundir.STORE).is_file():
+                parts.append(f"[{label}] {sub}: not started")
+                healthy = False
+                continue
+            text, ok = run_status(sub)
+            healthy &= ok
+            parts.append(f"[{label}] " + text.replace("\n", "\n    "))
+        return "\n".join(parts), healthy
     cfg_path = run_dir / rundir.CONFIG
     db = run_dir / rundir.STORE
     if not cfg_path.is_file() or not db.is_file():
