@@ -219,24 +219,34 @@ def test_read_only_output_folder(
     assert code == 1 and "permission denied" in err and "choose another --out" in err
 
 
-def test_corrupted_checkpoint_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_corrupted_parent_state_is_set_aside_and_trained_again_bit_for_bit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg = tiny_config(perturb={"times": [0.0, 0.5]}, eval={"activation_matching": False})
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text(yaml.safe_dump(cfg.to_dict()))
     run = tmp_path / "run"
     run_sweep(cfg, run, quiet=True)
-    # forget the t = 30 unit and corrupt the parent state it starts from
-    with sqlite3.connect(run / "results.db") as c:
-        c.execute("DELETE FROM units WHERE t = 30")
-        c.execute("DELETE FROM results WHERE t = 30")
-    parent = run / "parents" / "seed0" / "step0000030.safetensors"
-    parent.write_bytes(b"not a safetensors file")
     before = _frame(run)
-    code = main(["run", str(cfg_file), "--out", str(run), "--workers", "1"])
-    err = capsys.readouterr().err
-    assert code == 1
-    assert "step0000030.safetensors is corrupted or unreadable" in err
-    pd.testing.assert_frame_equal(_frame(run), before)
+    parent = run / "parents" / "seed0" / "step0000030.safetensors"
+    for damage in ("truncated", "flipped bits"):
+        # forget the t = 30 unit and damage the parent state it starts from
+        with sqlite3.connect(run / "results.db") as c:
+            c.execute("DELETE FROM units WHERE t = 30")
+            c.execute("DELETE FROM results WHERE t = 30")
+        raw = bytearray(parent.read_bytes())
+        if damage == "truncated":
+            raw = raw[:100]
+        else:  # a silent corruption: a mantissa bit in the last tensor's data
+            raw[-3] ^= 0x10
+        parent.write_bytes(bytes(raw))
+        from butterfly.checkpoint import damaged
+
+        assert damaged(parent) is not None and ("corrupted" in damaged(parent))
+        code = main(["run", str(cfg_file), "--out", str(run), "--workers", "1", "--quiet"])
+        assert code == 0, capsys.readouterr().err
+        assert (parent.with_name(parent.name + ".corrupt")).is_file() and damaged(parent) is None
+        pd.testing.assert_frame_equal(_frame(run), before)  # retrained: the same bits
 
 
 def test_progress_line_and_quiet_when_not_a_terminal() -> None:

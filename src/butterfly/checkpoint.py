@@ -8,6 +8,7 @@ backbones, the sweep saves parents and members, ``butterfly compare`` reads any 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -20,10 +21,21 @@ from safetensors.torch import load_file, save_file
 Tensors = dict[str, torch.Tensor]
 PARAM = "param."
 STATE = "state."
+CHECKSUM = "checksum"
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing or unreadable."""
+
+
+def checksum(tensors: Tensors) -> str:
+    """A content hash of named tensors (names, dtypes, shapes and bytes), in name order."""
+    h = hashlib.blake2b(digest_size=16)
+    for k in sorted(tensors):
+        t = tensors[k].detach().contiguous().cpu()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return "blake2b:" + h.hexdigest()
 
 
 def save_checkpoint(
@@ -36,6 +48,7 @@ def save_checkpoint(
     for slot, d in (state or {}).items():
         tensors.update({f"{STATE}{slot}.{k}": v.detach().contiguous().cpu() for k, v in d.items()})
     metadata = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (meta or {}).items()}
+    metadata[CHECKSUM] = checksum(tensors)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -47,7 +60,8 @@ def save_checkpoint(
 
 
 def load_checkpoint(path: Path) -> tuple[Tensors, dict[str, Tensors], dict[str, Any]]:
-    """(params, optimizer state, metadata) of a checkpoint."""
+    """(params, optimizer state, metadata) of a checkpoint; a checkpoint whose tensors no
+    longer match the checksum written with them (silent corruption: flipped bits) is refused."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
@@ -57,6 +71,12 @@ def load_checkpoint(path: Path) -> tuple[Tensors, dict[str, Tensors], dict[str, 
             raw_meta = fh.metadata() or {}
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"checkpoint {path} is corrupted or unreadable ({err})") from None
+    expected = raw_meta.get(CHECKSUM)
+    if expected is not None and checksum(tensors) != expected:
+        raise CheckpointError(
+            f"checkpoint {path} is corrupted: its tensors do not match the checksum written "
+            "with them"
+        )
     meta: dict[str, Any] = {}
     for k, v in raw_meta.items():
         try:
@@ -70,3 +90,19 @@ def load_checkpoint(path: Path) -> tuple[Tensors, dict[str, Tensors], dict[str, 
             slot, name = k[len(STATE) :].split(".", 1)
             state.setdefault(slot, {})[name] = v
     return params, state, meta
+
+
+def damaged(path: Path) -> str | None:
+    """Why a checkpoint cannot be used (missing, unreadable, corrupted), or None if it can."""
+    try:
+        load_checkpoint(path)
+    except CheckpointError as err:
+        return str(err)
+    return None
+
+
+def set_aside(path: Path) -> Path:
+    """Move a damaged checkpoint out of the way (``NAME.corrupt``), so it is made again."""
+    aside = path.with_name(path.name + ".corrupt")
+    os.replace(path, aside)
+    return aside

@@ -5,16 +5,21 @@
     butterfly presets
     butterfly report RUN_DIR [RUN_DIR ...] [--out PAGE.html]
     butterfly status RUN_DIR
+    butterfly repair RUN_DIR
     butterfly compare A.safetensors B.safetensors [--json] [--data NAME] [--no-align]
 
 Exit codes: 0 success, 1 a failed run (including a determinism failure), 2 a bad config or
-command line. Errors print one sentence; ``--debug`` shows the traceback.
+command line, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM); finished work is kept in
+both. Errors print one sentence; ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
+import sqlite3
 import sys
+import threading
 from pathlib import Path
 
 from butterfly.config import ConfigError
@@ -64,6 +69,11 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("run_dirs", nargs="+", help="run folders (several: compared side by side)")
     rp.add_argument("--out", default=None, help="page to write (default RUN_DIR/report.html)")
     rp.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    rr = sub.add_parser(
+        "repair", help="rebuild a damaged results.db from what can be read and the checkpoints"
+    )
+    rr.add_argument("run_dir", help="a run folder")
+    rr.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     st = sub.add_parser("status", help="summarise a run folder: units done, running, failed")
     st.add_argument("run_dir", help="a run folder")
     st.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
@@ -141,11 +151,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.no_align:
         ev = EvalConfig(weight_matching=False, activation_matching=False)
     result = compare_checkpoints(args.a, args.b, data, ev)
+    for w in result.get("warnings", []):
+        print(f"butterfly: warning: {w}", file=sys.stderr)
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True))
         return 0
     width = max(len(k) for k in result)
     for k, v in result.items():
+        if k == "warnings":
+            continue
         text = f"{v:.6g}" if isinstance(v, float) else str(v)
         print(f"{k:<{width}s}  {text}")
     return 0
@@ -175,6 +189,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_repair(args: argparse.Namespace) -> int:
+    from butterfly.sweep.repair import repair
+
+    text, ok = repair(Path(args.run_dir))
+    print(text)
+    return 0 if ok else EXIT_FAILED
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from butterfly.sweep.status import run_status
 
@@ -193,13 +215,41 @@ def describe(err: BaseException) -> str:
     if isinstance(err, OSError) and err.errno == errno.ENOSPC:
         where = err.filename or "the run folder"
         return f"out of disk space writing {where}; free some space or choose another --out"
+    if isinstance(err, OSError) and err.errno == errno.EROFS:
+        where = err.filename or "the run folder"
+        return f"cannot write to {where}: the file system is read-only; choose another --out"
+    if isinstance(err, sqlite3.OperationalError) and "readonly" in str(err):
+        return "cannot write to the run's results.db: it is read-only; choose another --out"
     text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     return text
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: finished work is kept, the run folder is unlocked."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT)
+EXIT_TERMINATED = 143  # SIGTERM
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     debug = bool(getattr(args, "debug", False))
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _dispatch(args, debug)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _dispatch(args: argparse.Namespace, debug: bool) -> int:
     try:
         if args.command == "run":
             return cmd_run(args)
@@ -211,17 +261,20 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_report(args)
         if args.command == "status":
             return cmd_status(args)
+        if args.command == "repair":
+            return cmd_repair(args)
     except ConfigError as err:
         if debug:
             raise
         print(f"butterfly: error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
+        how = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted"
         print(
-            "butterfly: interrupted; finished units are saved, run the same command to resume",
+            f"butterfly: {how}; finished units are saved, run the same command to resume",
             file=sys.stderr,
         )
-        return 130
+        return EXIT_TERMINATED if isinstance(err, Terminated) else EXIT_INTERRUPTED
     except Exception as err:
         if debug:
             raise

@@ -14,6 +14,7 @@ from butterfly.checkpoint import CheckpointError, load_checkpoint
 from butterfly.config import DataConfig, EvalConfig
 from butterfly.data import Dataset, as_dataset, load_dataset
 from butterfly.experiment.measure import Comparer
+from butterfly.metrics import is_finite
 from butterfly.metrics.evaluate import LossFn
 from butterfly.metrics.pairwise import as_params
 from butterfly.models import build_from_spec
@@ -49,8 +50,15 @@ def compare_checkpoints(
         )
     model = build_from_spec(spec_a)
     torch.set_num_threads(max(1, torch.get_num_threads()))
+    warnings = [
+        f"{path} holds non-finite weights (NaN or Inf): its measures are meaningless"
+        for path, p in ((a, pa), (b, pb)) if not is_finite(p)
+    ]  # fmt: skip
+    if warnings:  # matching cannot rank NaN similarities
+        ev = ev.model_copy(update={"weight_matching": False, "activation_matching": False})
     result = Comparer(model, dataset, ev).compare(pa, pb)
-    return {"a": str(a), "b": str(b), "data": data_cfg.name, **result}
+    return {"a": str(a), "b": str(b), "data": data_cfg.name, **result,
+            **({"warnings": warnings} if warnings else {})}  # fmt: skip
 
 
 def compare(

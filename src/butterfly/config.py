@@ -26,8 +26,31 @@ class ConfigError(ValueError):
     """A configuration value a user can fix. The message names the field."""
 
 
+INT64 = 2**63 - 1
+MAX_STEPS = 100_000_000
+
+
+def _bounded(v: Any, where: str) -> Any:
+    if isinstance(v, int) and not isinstance(v, bool) and not -INT64 <= v <= INT64:
+        raise ValueError(f"{where} = {v} does not fit in 64 bits")
+    if isinstance(v, list):
+        for x in v:
+            _bounded(x, where)
+    return v
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """Strict types: an integer field takes integers only (not booleans, floats or strings),
+    every number must be finite, unknown keys are refused."""
+
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False
+    )
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _fits(cls, v: Any, info: Any) -> Any:
+        return _bounded(v, info.field_name)
 
 
 class AugmentConfig(_Strict):
@@ -190,12 +213,14 @@ class RecipeConfig(_Strict):
     optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: float = Field(0.1, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[float, float] = Field((0.9, 0.999), strict=False)
     eps: float = Field(1e-8, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     warmup: float = Field(0.02, ge=0, lt=1, description="warm-up length as a fraction of steps")
     schedule: Literal["cosine", "linear", "constant"] = "linear"
-    steps: int = Field(3000, ge=1, description="total training steps T")
+    steps: int = Field(
+        3000, ge=1, le=MAX_STEPS, description=f"total training steps T (at most {MAX_STEPS:,})"
+    )
     batch_size: int = Field(128, ge=1)
     grad_clip: float | None = Field(
         None, gt=0, description="clip each member's global gradient norm to this value"
@@ -332,13 +357,22 @@ class EvalConfig(_Strict):
 class RuntimeConfig(_Strict):
     """Where and how to run. Does not change results except through ``device``/``threads``."""
 
-    device: str = "cpu"
+    device: str = Field(
+        "cpu", description="cpu | cuda | cuda:N | auto (CUDA when available, else CPU)"
+    )
     threads: int = Field(1, ge=1, description="torch intra-op threads per process")
     workers: int = Field(0, ge=0, description="worker processes; 0 = one per core")
     mode: Literal["auto", "vmap", "batched", "loop"] = Field(
         "auto", description="population training mode"
     )
     checkpoints: bool = Field(True, description="save final weights of every member")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not re.fullmatch(r"cpu|auto|cuda(:\d+)?", v):
+            raise ValueError(f"runtime.device must be cpu, cuda, cuda:N or auto; got {v!r}")
+        return v
 
 
 class PretrainConfig(_Strict):
@@ -453,6 +487,46 @@ class RunConfig(_Strict):
 # ---- loading, overrides, errors -------------------------------------------------------------
 
 
+class ConfigLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` for configs: refuses aliases (an alias bomb of a few hundred bytes
+    expands to gigabytes) and duplicate keys (a silent last-one-wins), and reads 1e-3 as a
+    float (YAML 1.2; YAML 1.1 reads it as a string)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not allowed in a config", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"found duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
+        r"|[0-9][0-9_]*[eE][-+]?[0-9]+|\.(?:inf|Inf|INF)|[-+]\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    """A YAML document read with :class:`ConfigLoader`."""
+    return yaml.load(text, Loader=ConfigLoader)
+
+
 def _format_error(err: ValidationError) -> str:
     e = err.errors()[0]
     field = ".".join(str(p) for p in e["loc"]) or "config"
@@ -473,16 +547,11 @@ def _format_error(err: ValidationError) -> str:
 def _parse_value(text: str) -> Any:
     """Parse an override value as YAML, so ``1e-3``, ``[0, 0.5]`` and ``true`` work."""
     try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
+        return parse_yaml(text)
+    except yaml.YAMLError as err:
+        if isinstance(err, yaml.composer.ComposerError):
+            raise ConfigError(f"--set value {text!r}: aliases are not allowed") from None
         return text
-    # YAML 1.1 reads "1e-3" as a string; accept it as a float.
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -503,27 +572,13 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return out
 
 
-def _fix_floats(raw: Any) -> Any:
-    """YAML 1.1 leaves '1e-3' as a string; convert such strings to floats."""
-    if isinstance(raw, dict):
-        return {k: _fix_floats(v) for k, v in raw.items()}
-    if isinstance(raw, list):
-        return [_fix_floats(v) for v in raw]
-    if isinstance(raw, str):
-        try:
-            return float(raw) if any(c in raw.lower() for c in "e.") else raw
-        except ValueError:
-            return raw
-    return raw
-
-
 def build_config(
     raw: dict[str, Any] | None = None, overrides: list[str] | None = None
 ) -> RunConfig:
     """Validate a raw dict (plus overrides) into a :class:`RunConfig`, or raise ConfigError."""
     data = apply_overrides(raw or {}, overrides or [])
     try:
-        return RunConfig.model_validate(_fix_floats(data))
+        return RunConfig.model_validate(data)
     except ValidationError as err:
         raise ConfigError(_format_error(err)) from None
 
@@ -566,10 +621,12 @@ def resolve_path(path: str | Path, relative_to: Path | None = None) -> Path:
 
 
 def _read_yaml(p: Path) -> dict[str, Any]:
+    if p.is_dir():
+        raise ConfigError(f"config file '{p}' is a folder; give a YAML file or a preset name")
     if not p.is_file():
         raise ConfigError(f"config file '{p}' does not exist")
     try:
-        loaded = yaml.safe_load(p.read_text())
+        loaded = parse_yaml(p.read_text())
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

@@ -2,7 +2,9 @@
 
 * CIFAR-10 / CIFAR-100: the "python version" folders (``cifar-10-batches-py`` with
   ``data_batch_1..5`` and ``test_batch``; ``cifar-100-python`` with ``train`` and ``test``),
-  pickled dicts of ``uint8`` rows of 3072 values (R, G, B planes of 32x32).
+  pickled dicts of ``uint8`` rows of 3072 values (R, G, B planes of 32x32). They are read with
+  a restricted unpickler that builds plain data and NumPy arrays only: a crafted file cannot
+  run code.
 * MNIST: the IDX files ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
   ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte`` (optionally ``.gz``).
 
@@ -15,6 +17,7 @@ import gzip
 import pickle
 import struct
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -38,19 +41,62 @@ def _folder(path: str | Path | None, name: str, hint: str) -> Path:
     return p
 
 
+# What the published CIFAR pickles (and the same dicts pickled by NumPy 1 or 2) refer to: the
+# array reconstructor, the array and dtype types, and codecs.encode for Python 2 byte strings.
+# A pickle that names anything else would run code of its choosing while it loads.
+CIFAR_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),
+}
+
+
+class CifarUnpickler(pickle.Unpickler):
+    """Unpickles plain data and NumPy arrays only; any other global is refused unrun."""
+
+    def __init__(self, fh: BinaryIO, path: Path):
+        super().__init__(fh, encoding="bytes")
+        self.path = path
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in CIFAR_GLOBALS:
+            return super().find_class(module, name)
+        raise DataError(
+            f"{self.path} is not a plain CIFAR pickle: it asks to load {module}.{name}, which a "
+            "data file never needs, so it was not read (download the data set again)"
+        )
+
+
 def _unpickle(path: Path) -> dict:
     if not path.is_file():
         raise DataError(f"{path} is missing: is this the python version of the data set?")
     try:
         with open(path, "rb") as fh:
-            return pickle.load(fh, encoding="bytes")
-    except (pickle.UnpicklingError, EOFError, ValueError) as err:
+            d = CifarUnpickler(fh, path).load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as err:
         raise DataError(f"{path} is not a readable CIFAR pickle ({err})") from None
+    if not isinstance(d, dict):
+        raise DataError(f"{path} holds a {type(d).__name__}, not the dict of a CIFAR batch")
+    return d
 
 
-def _cifar_arrays(d: dict, label_key: bytes) -> tuple[torch.Tensor, torch.Tensor]:
-    data = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-    labels = np.asarray(d[label_key], dtype=np.int64)
+def _cifar_arrays(d: dict, label_key: bytes, path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    if b"data" not in d or label_key not in d:
+        keys = sorted(k.decode(errors="replace") if isinstance(k, bytes) else str(k) for k in d)
+        raise DataError(
+            f"{path} lacks the CIFAR keys 'data' and '{label_key.decode()}' (it has {keys})"
+        )
+    try:
+        data = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        labels = np.asarray(d[label_key], dtype=np.int64).reshape(-1)
+    except (ValueError, TypeError) as err:
+        raise DataError(f"{path}: 'data' is not rows of 3072 bytes with one label each ({err})") from None
+    if len(data) != len(labels):
+        raise DataError(f"{path} holds {len(data)} images but {len(labels)} labels")
     return torch.from_numpy(data.astype(np.float32) / 255.0), torch.from_numpy(labels)
 
 
@@ -63,13 +109,14 @@ def load_cifar(path: str | Path | None, classes: int = 10) -> Dataset:
     )
     root = _folder(path, name, hint)
     if classes == 10:
-        parts = [_cifar_arrays(_unpickle(root / f"data_batch_{i}"), b"labels") for i in range(1, 6)]
+        names = [root / f"data_batch_{i}" for i in range(1, 6)]
+        parts = [_cifar_arrays(_unpickle(p), b"labels", p) for p in names]
         x_tr = torch.cat([p[0] for p in parts])
         y_tr = torch.cat([p[1] for p in parts])
-        x_te, y_te = _cifar_arrays(_unpickle(root / "test_batch"), b"labels")
+        x_te, y_te = _cifar_arrays(_unpickle(root / "test_batch"), b"labels", root / "test_batch")
     else:
-        x_tr, y_tr = _cifar_arrays(_unpickle(root / "train"), b"fine_labels")
-        x_te, y_te = _cifar_arrays(_unpickle(root / "test"), b"fine_labels")
+        x_tr, y_tr = _cifar_arrays(_unpickle(root / "train"), b"fine_labels", root / "train")
+        x_te, y_te = _cifar_arrays(_unpickle(root / "test"), b"fine_labels", root / "test")
     x_tr, x_te = _standardise(x_tr, x_te)
     return Dataset(name, x_tr, y_tr, x_te, y_te, classes)
 

@@ -351,6 +351,15 @@ def trajectory_rows(
     return out
 
 
+def same_bits(a: Tensors, b: Tensors) -> bool:
+    """Bit-identical tensors (NaN included, unlike ``==``)."""
+    return all(
+        a[k].dtype == b[k].dtype and a[k].shape == b[k].shape
+        and bool((a[k].contiguous().view(torch.uint8) == b[k].contiguous().view(torch.uint8)).all())
+        for k in a
+    )  # fmt: skip
+
+
 def measure_children(
     cmp: Comparer,
     init: Tensors,
@@ -358,13 +367,20 @@ def measure_children(
     T: int,
     members: tuple[Member, ...],
     t: int,
-    finals: list[Tensors],
+    finals: list[Tensors | None],
     diverged: list[bool],
     noise: list[tuple[float, int]],
+    undefined: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """One result row per member but the original (members[0]) of a population perturbed at
-    ``t`` (of ``T``): every divergence measure against the original at the end of training."""
+    ``t`` (of ``T``): every divergence measure against the original at the end of training.
+
+    A diverged child, or one whose perturbation was ``undefined``, keeps its identity with
+    ``diverged = 1`` and its ``status``; if the original itself diverged, every row says so,
+    and the control counts as exact when its weights are bit-identical to the original's."""
+    undefined = undefined or {}
     a = finals[0]
+    assert a is not None
     a_ok = not diverged[0] and is_finite(a)
     ea = cmp.endpoint(a) if a_ok else None
     feats_a = cmp.features(a) if a_ok and cmp.cfg.cka else None
@@ -373,14 +389,24 @@ def measure_children(
         if i == 0:
             continue
         b = finals[i]
-        ok = a_ok and not diverged[i] and is_finite(b)
+        ok = a_ok and b is not None and not diverged[i] and is_finite(b)
+        if ok:
+            status = "ok"
+        elif m.name in undefined:
+            status = f"perturbation undefined: {undefined[m.name]}"
+        elif not a_ok:
+            same = b is not None and m.control and same_bits(a, b)
+            status = "original diverged" + (" (control bit-identical)" if same else "")
+        else:
+            status = "diverged"
         values: dict[str, Any] = {
             "seed": seed, "kind": m.kind, "t": t, "t_frac": t / T,
             "sigma": m.sigma, "fraction": m.fraction, "direction": m.direction,
             "control": int(m.control), "member": m.name, "noise_l2": noise[i][0],
-            "n_perturbed": noise[i][1], "diverged": int(not ok),
+            "n_perturbed": noise[i][1], "diverged": int(not ok), "status": status,
         }  # fmt: skip
         if ok:
+            assert b is not None
             values.update(cmp.compare(a, b, ea, feats_a))
             values["l2_init_a"] = l2_distance(a, init)
             values["l2_init_b"] = l2_distance(b, init)
@@ -403,6 +429,8 @@ def check_control(df: pd.DataFrame) -> list[str]:
     regression has none)."""
     problems = []
     for _, r in rows.controls(df).iterrows():
+        if str(r.get("status") or "") == ORIGINAL_DIVERGED_EXACT:
+            continue  # the original diverged; its control did so bit for bit
         bad = {c: r[c] for c in ("l2", "barrier_train_loss") if not _exact_zero(r[c])}
         err = r["barrier_test_error"]
         if err is not None and err == err and err != 0.0:
@@ -412,6 +440,18 @@ def check_control(df: pd.DataFrame) -> list[str]:
                 f"seed {r['seed']} t={r['t']}: " + ", ".join(f"{k}={v!r}" for k, v in bad.items())
             )
     return problems
+
+
+ORIGINAL_DIVERGED_EXACT = "original diverged (control bit-identical)"
+
+
+def original_diverged(df: pd.DataFrame) -> int:
+    """Populations whose original continuation diverged (a result, not a determinism
+    failure: report it and lower the learning rate)."""
+    if "status" not in df:
+        return 0
+    status = rows.controls(df)["status"].fillna("").astype(str)
+    return int(status.str.startswith("original diverged").sum())
 
 
 def _exact_zero(v: object) -> bool:

@@ -229,6 +229,11 @@ class Perturber:
                 )
             size = self._noise_sizes[nk]
             norm = l2_norm(pert.eps)
+            if not (norm > 0 and math.isfinite(norm) and math.isfinite(size)):
+                raise FloatingPointError(
+                    f"the SGD-noise size ({size}) or the direction's norm ({norm}) is not a "
+                    "positive finite number"
+                )
             pert = Perturbation({k: v * (size / norm) for k, v in pert.eps.items()}, pert.n_masked,
                                 size)  # fmt: skip
         return pert

@@ -83,7 +83,10 @@ RESULTS: tuple[Column, ...] = (
     _c("l2_am", "REAL", "L2 after activation matching", "activation_matching"),
     _c("cka", "REAL", "angular CKA distance (rad) of the last block's outputs", "cka"),
     _c("ensemble_test_acc", "REAL", "test accuracy of the logit-averaged pair", "ensemble"),
-    _c("diverged", "INTEGER", "1 if the child's loss or weights became NaN/Inf", "key"),
+    _c("diverged", "INTEGER", "1 if the child's loss or weights became NaN/Inf (or it had no "
+       "defined perturbation)", "key"),
+    _c("status", "TEXT", "ok; diverged; original diverged; or why the perturbation was "
+       "undefined", "always"),
     _c("unit_wall_s", "REAL", "wall time of the population unit", "always"),
 )  # fmt: skip
 # Added by the fine-tuning pipeline when it joins the results of its sweeps (not stored in a

@@ -45,12 +45,19 @@ def configure_torch(threads: int) -> None:
         torch.backends.cudnn.deterministic = True
 
 
+def resolve_device(name: str) -> str:
+    """The torch device of ``runtime.device``: ``auto`` is CUDA when available, else CPU."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
 def environment(cfg: RunConfig) -> dict[str, Any]:
     """What a run's numbers depend on besides its config."""
     return {
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "device": cfg.runtime.device,
+        "device": resolve_device(cfg.runtime.device),
         "threads": torch.get_num_threads(),
         "platform": platform.platform(),
     }
@@ -94,7 +101,7 @@ def loss_function(cfg: RunConfig) -> LossFn | None:
 def make_setup(cfg: RunConfig, seed: int, run_dir: Path | None = None) -> Setup:
     """The setup of ``seed``; the data set is built once per process and reused (``run_dir``:
     the run folder, for data kept there)."""
-    device = cfg.runtime.device
+    device = resolve_device(cfg.runtime.device)
     data = _dataset(cfg.data.model_dump_json(), device, cfg.tokenizer_path(),
                     str(run_dir) if run_dir else None)  # fmt: skip
     model = build_model(cfg.model, data.input_shape, data.n_classes, seed).to(device)

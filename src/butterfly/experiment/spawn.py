@@ -62,12 +62,13 @@ def train_parent(
         on_state(step, member(p.params, 0), member_state(p.state, 0))
 
     setup.trainer.train(pop, until, record=record, on_record=hand_out)
-    if bool(pop.diverged.any()):
-        raise FloatingPointError(
-            f"the parent of seed {setup.seed} diverged (non-finite loss) before step {until}; "
-            "lower recipe.lr or check the data"
-        )
     return until - first
+
+
+def parent_diverged(params: Tensors) -> bool:
+    """Whether a parent state holds non-finite weights (its training diverged: its populations
+    are then recorded as diverged, which is a result, not a failure)."""
+    return not all(bool(torch.isfinite(v).all()) for v in params.values())
 
 
 # ---- lanes: who trains with which schedule and batches -------------------------------------
@@ -168,14 +169,19 @@ def log_spaced_steps(t: int, T: int, n: int) -> list[int]:
 @dataclass
 class PopulationRun:
     """A trained population: each member's final weights, whether it diverged, the noise it
-    was given (‖σε‖, weights perturbed), the step it trained to, and its trajectory rows."""
+    was given (‖σε‖, weights perturbed), the step it trained to, and its trajectory rows.
 
-    finals: list[Tensors]
+    A child whose perturbation is undefined (its direction has norm 0 or is not finite, e.g.
+    a batch gradient that vanished) is not trained: its ``finals`` entry is None and
+    ``undefined`` says why."""
+
+    finals: list[Tensors | None]
     diverged: list[bool]
     noise: list[tuple[float, int]]
     end_steps: list[int]
     trajectory: list[dict[str, Any]]
     member_steps: int
+    undefined: dict[str, str]
 
 
 def run_population(
@@ -189,17 +195,27 @@ def run_population(
     """Perturb the children of ``members`` at the parent's state (``params_t``, ``state_t``) at
     step ``t``, train the whole population, and record its trajectories."""
     perturber = Perturber(setup, params_t, state_t, t)
+    all_members = members
     member_params: list[Tensors] = []
-    noise: list[tuple[float, int]] = []
-    for m in members:
+    noise_of: dict[str, tuple[float, int]] = {}
+    undefined: dict[str, str] = {}
+    for m in all_members:
         p = clone(params_t)
         if m.kind in ("batch", "gaussian"):
-            pert = perturber.perturbation(m.kind, m.fraction, m.direction)
+            try:
+                pert = perturber.perturbation(m.kind, m.fraction, m.direction)
+            except FloatingPointError as err:
+                undefined[m.name] = str(err)
+                noise_of[m.name] = (0.0, 0)
+                continue
             apply_perturbation(p, pert, m.sigma)
-            noise.append((m.sigma * l2_norm(pert.eps), pert.n_masked))
+            noise_of[m.name] = (m.sigma * l2_norm(pert.eps), pert.n_masked)
         else:
-            noise.append((0.0, 0))
+            noise_of[m.name] = (0.0, 0)
         member_params.append(p)
+    # members' numbers do not depend on who else trains with them: leaving out the children
+    # with no defined perturbation changes nothing for the others
+    members = tuple(m for m in all_members if m.name not in undefined)
     lanes, inverse = make_lanes(setup, members, t, member_params, state_t)
     trajectory: list[dict[str, Any]] = []
 
@@ -213,11 +229,13 @@ def run_population(
     setup.trainer.train_lanes(lanes, record=marks, on_record=record, on_step=on_step)
     params, diverged = gather(lanes, inverse)
     until = {name: lane.until for lane in lanes for name in lane.pop.names}
+    index = {m.name: i for i, m in enumerate(members)}
     return PopulationRun(
-        finals=[member(params, i) for i in range(len(members))],
-        diverged=diverged,
-        noise=noise,
-        end_steps=[until[m.name] for m in members],
+        finals=[member(params, index[m.name]) if m.name in index else None for m in all_members],
+        diverged=[diverged[index[m.name]] if m.name in index else True for m in all_members],
+        noise=[noise_of[m.name] for m in all_members],
+        end_steps=[until.get(m.name, t) for m in all_members],
         trajectory=trajectory,
         member_steps=sum((lane.until - t) * lane.pop.size for lane in lanes),
+        undefined=undefined,
     )

@@ -139,9 +139,11 @@ def save_figure(fig: Figure, path: Path) -> Path:
     """Write ``fig`` as PNG (``path``) and PDF beside it, and close it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    fig.savefig(path.with_suffix(".pdf"))
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=130)
+        fig.savefig(path.with_suffix(".pdf"))
+    finally:
+        plt.close(fig)
     return path
 
 

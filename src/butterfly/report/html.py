@@ -319,6 +319,9 @@ Generated {stamp} from the run's results.db.</p>
 """
     page.parent.mkdir(parents=True, exist_ok=True)
     tmp = page.with_suffix(".html.tmp")
-    tmp.write_text(doc, encoding="utf-8")
-    tmp.replace(page)
+    try:
+        tmp.write_text(doc, encoding="utf-8")
+        tmp.replace(page)
+    finally:
+        tmp.unlink(missing_ok=True)  # a full disk leaves no half-written page behind
     return page

@@ -8,6 +8,7 @@ rows; the driver alone writes the store.
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import queue
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -16,6 +17,7 @@ from typing import Any, Protocol
 from butterfly.config import ConfigError, RunConfig
 from butterfly.experiment import configure_torch
 from butterfly.sweep.progress import Progress
+from butterfly.sweep.worker import init_worker
 
 
 class Executor(Protocol):
@@ -24,7 +26,8 @@ class Executor(Protocol):
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future: ...
     def drain(self, bar: Progress) -> None: ...
-    def shutdown(self) -> None: ...
+    def restart(self) -> None: ...
+    def shutdown(self, abort: bool = False) -> None: ...
 
 
 class _ListReporter:
@@ -62,39 +65,67 @@ class InlineExecutor:
                 bar.step(*item)
             self.reporter.items.clear()
 
-    def shutdown(self) -> None:
+    def restart(self) -> None:
+        pass
+
+    def shutdown(self, abort: bool = False) -> None:
         pass
 
 
 class PoolExecutor:
-    """A pool of ``n`` spawned worker processes, ``runtime.threads`` intra-op threads each."""
+    """A pool of ``n`` spawned worker processes, ``runtime.threads`` intra-op threads each.
+
+    Workers exit when the driver dies (:mod:`butterfly.sweep.worker`); if a worker dies, the
+    pool is started again (:meth:`restart`) and the scheduler resubmits what was in flight.
+    """
+
+    reporter = None  # workers report progress through the queue they were given at start
 
     def __init__(self, cfg: RunConfig, n: int, report: bool):
-        ctx = mp.get_context("spawn")
+        self._ctx = mp.get_context("spawn")
         self.slots = n
-        self._manager = ctx.Manager() if report else None
-        self.reporter = self._manager.Queue() if self._manager is not None else None
-        self._pool = ProcessPoolExecutor(
-            max_workers=n, mp_context=ctx, initializer=configure_torch,
-            initargs=(cfg.runtime.threads,),
+        self._threads = cfg.runtime.threads
+        self._queue = self._ctx.Queue() if report else None
+        self._pool = self._start()
+
+    def _start(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            max_workers=self.slots, mp_context=self._ctx, initializer=init_worker,
+            initargs=(self._threads, os.getpid(), self._queue),
         )  # fmt: skip
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
         return self._pool.submit(fn, *args)
 
+    def restart(self) -> None:
+        """A fresh pool after a worker died (the old one is broken for good)."""
+        self._abort()
+        self._pool = self._start()
+
     def drain(self, bar: Progress) -> None:
-        if self.reporter is None:
+        if self._queue is None:
             return
         while True:
             try:
-                bar.step(*self.reporter.get_nowait())
+                bar.step(*self._queue.get_nowait())
             except queue.Empty:
                 return
 
-    def shutdown(self) -> None:
+    def _abort(self) -> None:
+        for p in list(getattr(self._pool, "_processes", {}).values()):
+            if p.is_alive():
+                p.kill()
         self._pool.shutdown(wait=True, cancel_futures=True)
-        if self._manager is not None:
-            self._manager.shutdown()
+
+    def shutdown(self, abort: bool = False) -> None:
+        """Wait for the workers to finish (``abort``: stop them now, e.g. on Ctrl-C)."""
+        if abort:
+            self._abort()
+        else:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._queue is not None:
+            self._queue.close()
+            self._queue.join_thread()
 
 
 class RayExecutor:
@@ -108,10 +139,17 @@ class RayExecutor:
         self._ray = ray
         self._started = False
         if not ray.is_initialized():
-            ray.init(
-                address=address, include_dashboard=False, log_to_driver=False,
-                configure_logging=False, **({} if address else {"num_cpus": n}),
-            )  # fmt: skip
+            try:
+                ray.init(
+                    address=address, include_dashboard=False, log_to_driver=False,
+                    configure_logging=False, **({} if address else {"num_cpus": n}),
+                )  # fmt: skip
+            except (ConnectionError, RuntimeError, ValueError, TimeoutError) as err:
+                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise ConfigError(
+                    f"cannot reach the Ray cluster at {address or 'a new local instance'} "
+                    f"({first}); check --address (run `ray status` on the head node)"
+                ) from None
             self._started = True
         self.slots = max(1, int(ray.cluster_resources().get("CPU", n)))
         self.reporter = None
@@ -129,7 +167,10 @@ class RayExecutor:
     def drain(self, bar: Progress) -> None:
         pass
 
-    def shutdown(self) -> None:
+    def restart(self) -> None:
+        pass  # Ray retries a task whose worker was lost by itself (max_retries)
+
+    def shutdown(self, abort: bool = False) -> None:
         if self._started:
             self._ray.shutdown()
 

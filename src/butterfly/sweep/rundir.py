@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from butterfly.config import ConfigError, RunConfig, build_config
+from butterfly.config import ConfigError, RunConfig, build_config, parse_yaml
 
 CONFIG = "config.yaml"
 STORE = "results.db"
@@ -59,7 +59,7 @@ def saved_config(run_dir: Path) -> dict[str, Any] | None:
     path = Path(run_dir) / CONFIG
     if not path.is_file():
         return None
-    old = yaml.safe_load(path.read_text()) or {}
+    old = parse_yaml(path.read_text()) or {}
     try:
         return build_config(old).to_dict()
     except ConfigError:  # a key since removed or renamed: compare as written

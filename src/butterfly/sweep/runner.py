@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,8 +27,8 @@ from butterfly.config import STORED, ConfigError, RunConfig
 from butterfly.data import DataError, Dataset, load_dataset
 from butterfly.data.user import STORED_FILE, recall, save_stored
 from butterfly.experiment import check_control, configure_torch
-from butterfly.experiment.measure import Comparer
-from butterfly.experiment.setup import environment, loss_function
+from butterfly.experiment.measure import Comparer, original_diverged
+from butterfly.experiment.setup import environment, loss_function, resolve_device
 from butterfly.imports import ImportPathError, is_local
 from butterfly.metrics.evaluate import Bound, LossFn
 from butterfly.models import build_model
@@ -113,6 +114,20 @@ def preflight(cfg: RunConfig, run_dir: Path | None = None) -> list[str]:
             f"recipe.batch_size = {cfg.recipe.batch_size} exceeds the {n} training examples of "
             f"'{cfg.data.name}'"
         )
+    pb = cfg.perturb.batch_size
+    if pb is not None and pb > n and "batch" in cfg.perturb.kinds:
+        raise ConfigError(
+            f"perturb.batch_size = {pb} exceeds the {n} training examples of '{cfg.data.name}'"
+        )
+    dev = resolve_device(cfg.runtime.device)
+    if dev.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(dev.split(":")[1]) if ":" in dev else 0
+        if index >= count:
+            raise ConfigError(
+                f"runtime.device = {dev}, but this machine has {count} CUDA device"
+                f"{'' if count == 1 else 's'} (torch {torch.__version__}); use cpu or auto"
+            )
     try:
         loss_fn = loss_function(cfg)
     except ImportPathError as err:
@@ -284,12 +299,14 @@ def run_sweep(
                     quiet,
                 )
                 pool = make_executor(executor, cfg, n_workers, address, bar.enabled)
+                interrupted = True
                 try:
                     # (not `steps += schedule(...)`: commit() adds to steps while it runs)
                     parent_steps = schedule(cfg, todo, run_dir, pool, commit, fail, bar)
                     steps += parent_steps
+                    interrupted = False
                 finally:
-                    pool.shutdown()
+                    pool.shutdown(abort=interrupted)  # Ctrl-C, SIGTERM: stop the workers now
                     bar.close()
             df = store.results()
         finally:
@@ -301,6 +318,10 @@ def run_sweep(
             f"{failures[0]}); finished units are saved in {run_dir}, run the same command to retry"
         )
     problems = check_control(df)
+    n_div = original_diverged(df)
+    if n_div:
+        log(f"note: the original diverged (non-finite loss or weights) in {n_div} of "
+            f"{len(units)} populations; their rows say so (status); lower recipe.lr", quiet)  # fmt: skip
     return SweepOutcome(
         run_dir, df, time.perf_counter() - start, steps, minimum_steps(cfg), len(todo), skipped,
         not problems,
@@ -314,6 +335,9 @@ def _by_seed(units: list[Unit]) -> dict[int, list[Unit]]:
     return out
 
 
+RETRIES = 3  # a task whose worker process died is run again this many times at most
+
+
 def schedule(
     cfg: RunConfig,
     todo: list[Unit],
@@ -325,26 +349,56 @@ def schedule(
 ) -> int:
     """Parents first (one task per seed); each parent's units are queued when it finishes,
     earliest t (longest) first. Returns the parents' steps (units' steps are counted by
-    ``commit``)."""
+    ``commit``).
+
+    A worker process that dies (killed, out of memory) breaks the whole local pool: the pool is
+    started again and every task that was in flight is submitted again, each at most
+    :data:`RETRIES` times, so one lost worker costs a rerun of its unit, not a failed sweep.
+    """
     by_seed = _by_seed(todo)
     steps = 0
-    pending: dict[Future, tuple[str, int, int | None]] = {
-        pool.submit(run_parent, cfg, seed, run_dir): ("parent", seed, None) for seed in by_seed
-    }
+    Task = tuple[str, int, int | None, Unit | None]
+    pending: dict[Future, Task] = {}
+    tries: dict[tuple[int, int | None], int] = {}
+
+    def submit(task: Task) -> None:
+        what, seed, _, unit = task
+        if what == "parent":
+            fut = pool.submit(run_parent, cfg, seed, run_dir)
+        else:
+            fut = pool.submit(run_unit, cfg, unit, run_dir, pool.reporter)
+        pending[fut] = task
+
+    for seed in by_seed:
+        submit(("parent", seed, None, None))
     ready: list[Unit] = []
     limit = 2 * pool.slots
     try:
         while pending or ready:
             while ready and len(pending) < limit:
                 u = ready.pop(0)
-                fut = pool.submit(run_unit, cfg, u, run_dir, pool.reporter)
-                pending[fut] = ("unit", u.seed, u.t)
+                submit(("unit", u.seed, u.t, u))
             if not pending:
                 continue
             finished, _ = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
             pool.drain(bar)
+            broken = [f for f in finished if isinstance(f.exception(), BrokenProcessPool)]
+            if broken:
+                lost = list(pending.values())  # a broken pool fails everything in flight
+                pending.clear()
+                pool.restart()
+                for task in lost:
+                    key = (task[1], task[2])
+                    tries[key] = tries.get(key, 0) + 1
+                    if tries[key] > RETRIES:
+                        fail(task[1], task[2], RuntimeError(
+                            f"its worker process died {RETRIES + 1} times (killed, or out of "
+                            "memory?)"))  # fmt: skip
+                    else:
+                        submit(task)
+                continue
             for fut in finished:
-                what, seed, t = pending.pop(fut)
+                what, seed, t, _ = pending.pop(fut)
                 err = fut.exception()
                 if err is not None:
                     if isinstance(err, KeyboardInterrupt):

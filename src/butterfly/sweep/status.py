@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
+import pandas as pd
 
-from butterfly.config import ConfigError, build_config
+from butterfly.config import ConfigError, build_config, parse_yaml
 from butterfly.experiment import check_control
 from butterfly.sweep import rundir
 from butterfly.sweep.lock import is_locked
@@ -36,7 +36,7 @@ def run_status(run_dir: Path) -> tuple[str, bool]:
     db = run_dir / rundir.STORE
     if not cfg_path.is_file() or not db.is_file():
         raise ConfigError(f"{run_dir} is not a butterfly run folder (no config.yaml/results.db)")
-    cfg = build_config(yaml.safe_load(cfg_path.read_text()))
+    cfg = build_config(parse_yaml(cfg_path.read_text()))
     units = plan(cfg)
     with Store(db) as store:
         done = store.finished_units()
@@ -46,7 +46,7 @@ def run_status(run_dir: Path) -> tuple[str, bool]:
         unit_rows = store.units()
     running = is_locked(run_dir)
     todo = [u for u in units if (u.seed, u.t) not in done]
-    failed_keys = {(int(r.seed), None if r.t != r.t else int(r.t)) for r in failures.itertuples()}
+    failed_keys = {(int(r.seed), None if pd.isna(r.t) else int(r.t)) for r in failures.itertuples()}
     lines = [
         f"run {run_dir} ('{cfg.name}'): {len(done)}/{len(units)} units done"
         + (f", {len(todo)} to do" if todo else "")
@@ -57,12 +57,12 @@ def run_status(run_dir: Path) -> tuple[str, bool]:
     if len(unit_rows):
         lines.append(
             f"compute: {int(unit_rows.steps.sum())} member-steps in "
-            f"{unit_rows.wall_s.sum():.1f} s of unit time"
+            f"{unit_rows.wall_s.fillna(0).sum():.1f} s of unit time"
         )
     if failed_keys:
         lines.append(f"failed units ({len(failed_keys)}), retried by running the same command:")
         for r in failures.itertuples():
-            where = f"seed {r.seed}" + ("" if r.t != r.t else f" t={int(r.t)}")
+            where = f"seed {int(r.seed)}" + (" (parent)" if pd.isna(r.t) else f" t={int(r.t)}")
             lines.append(f"  {where}: {r.error}")
     problems = check_control(df) if len(df) else []
     n_ctrl = int((df["control"] == 1).sum()) if len(df) else 0

@@ -9,20 +9,52 @@ unit is committed in one transaction, so a crash loses at most the units in flig
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pandas as pd
 
 from butterfly.experiment import rows
 
+T = TypeVar("T")
+
+
+class StoreDamaged(RuntimeError):
+    """The run's database file is corrupted; the message names it and the way out."""
+
+
+def _damaged(path: Path, err: BaseException) -> StoreDamaged:
+    run = path.parent
+    return StoreDamaged(
+        f"{path} is damaged ({err}); the checkpoints in {run} are intact: run "
+        f"`butterfly repair {run}` to rebuild the store from what can be read and the "
+        "checkpoints"
+    )
+
+
+def guarded(method: Callable[..., T]) -> Callable[..., T]:
+    """Turn SQLite's "malformed"/"not a database" errors into :class:`StoreDamaged`."""
+
+    @functools.wraps(method)
+    def wrapper(self: Store, *args: Any, **kwargs: Any) -> T:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.OperationalError:
+            raise
+        except sqlite3.DatabaseError as err:
+            raise _damaged(self.path, err) from None
+
+    return wrapper
+
 
 class Store:
     """A thin wrapper over the run's SQLite database."""
 
+    @guarded
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -60,6 +92,11 @@ class Store:
     def close(self) -> None:
         self.conn.close()
 
+    @guarded
+    def integrity(self) -> str:
+        """SQLite's integrity check: ``ok`` for an intact store."""
+        return str(self.conn.execute("PRAGMA integrity_check").fetchone()[0])
+
     def __enter__(self) -> Store:
         return self
 
@@ -67,20 +104,24 @@ class Store:
         self.close()
 
     # ---- meta -----------------------------------------------------------------------------
+    @guarded
     def set_meta(self, key: str, value: Any) -> None:
         with self.conn:
             self.conn.execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value))
             )
 
+    @guarded
     def get_meta(self, key: str) -> Any:
         row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else json.loads(row[0])
 
     # ---- units ----------------------------------------------------------------------------
+    @guarded
     def finished_units(self) -> set[tuple[int, int]]:
         return {(s, t) for s, t in self.conn.execute("SELECT seed, t FROM units")}
 
+    @guarded
     def commit_unit(
         self,
         seed: int,
@@ -112,6 +153,7 @@ class Store:
             [tuple(r.get(c) for c in cols) for r in records],
         )
 
+    @guarded
     def record_failure(self, seed: int, t: int | None, error: str, when: float) -> None:
         with self.conn:
             self.conn.execute(
@@ -119,6 +161,7 @@ class Store:
                 (seed, t, error, when),
             )
 
+    @guarded
     def failures(self) -> pd.DataFrame:
         """Failures of units that have not finished since (a later success clears them)."""
         return pd.read_sql_query(
@@ -128,21 +171,25 @@ class Store:
         )
 
     # ---- reading --------------------------------------------------------------------------
+    @guarded
     def results(self) -> pd.DataFrame:
         return pd.read_sql_query(
             "SELECT * FROM results ORDER BY seed, t, kind, sigma, member", self.conn
         )
 
+    @guarded
     def trajectories(self) -> pd.DataFrame:
         return pd.read_sql_query(
             "SELECT * FROM trajectories ORDER BY seed, t, member, step", self.conn
         )
 
+    @guarded
     def permutation_proxy(self) -> pd.DataFrame:
         return pd.read_sql_query(
             "SELECT * FROM permutation_proxy ORDER BY seed, fixed_fraction", self.conn
         )
 
+    @guarded
     def units(self) -> pd.DataFrame:
         return pd.read_sql_query("SELECT * FROM units ORDER BY seed, t", self.conn)
 

@@ -9,12 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from butterfly.checkpoint import load_checkpoint, save_checkpoint
+from butterfly.checkpoint import damaged, load_checkpoint, save_checkpoint, set_aside
 from butterfly.config import RunConfig
 from butterfly.experiment import make_setup, run_population, train_parent
 from butterfly.experiment.measure import measure_children, permutation_proxy_rows
+from butterfly.experiment.setup import resolve_device
 from butterfly.sweep.plan import Unit
 from butterfly.sweep.rundir import member_path, parent_path
+from butterfly.sweep.worker import may_write, progress_queue
 
 
 def run_parent(
@@ -27,6 +29,10 @@ def run_parent(
     """
     start = time.perf_counter()
     ts = sorted(steps) if steps is not None else cfg.perturbation_steps()
+    for t in ts:  # a damaged saved state is set aside and made again, bit for bit
+        path = parent_path(run_dir, seed, t)
+        if path.is_file() and damaged(path) is not None:
+            set_aside(path)
     missing = [t for t in ts if not parent_path(run_dir, seed, t).is_file()]
     if not missing:
         return {"seed": seed, "steps": 0, "wall_s": time.perf_counter() - start}
@@ -39,12 +45,23 @@ def run_parent(
 
     def save(step: int, params: Any, state: Any) -> None:
         path = parent_path(run_dir, seed, step)
+        guard_write(run_dir)
         if not path.is_file():
             meta = {"seed": seed, "step": step, "model_spec": setup.model_spec, "role": "parent"}
             save_checkpoint(path, params, state, meta)
 
     trained = train_parent(setup, missing, resume, save)
     return {"seed": seed, "steps": trained, "wall_s": time.perf_counter() - start}
+
+
+class DriverGone(RuntimeError):
+    """The driver of this worker died: nothing more is written into its run folder."""
+
+
+def guard_write(run_dir: Path) -> None:
+    """Refuse to write into ``run_dir`` from a worker whose driver (the lock holder) is gone."""
+    if not may_write():
+        raise DriverGone(f"the driver of {run_dir} is gone; not writing into it")
 
 
 @dataclass
@@ -64,10 +81,11 @@ def run_unit(cfg: RunConfig, unit: Unit, run_dir: Path, reporter: Any = None) ->
     start = time.perf_counter()
     setup = make_setup(cfg, unit.seed, run_dir)
     params_t, state_t, _ = load_checkpoint(parent_path(run_dir, unit.seed, unit.t))
-    device = cfg.runtime.device
+    device = resolve_device(cfg.runtime.device)
     params_t = {k: v.to(device) for k, v in params_t.items()}
     state_t = {s: {k: v.to(device) for k, v in d.items()} for s, d in state_t.items()}
 
+    reporter = reporter if reporter is not None else progress_queue()
     on_step = None
     if reporter is not None:
         every = max(1, (max(cfg.child_end(unit.t), cfg.recipe.steps) - unit.t) // 50)
@@ -77,8 +95,11 @@ def run_unit(cfg: RunConfig, unit: Unit, run_dir: Path, reporter: Any = None) ->
                 reporter.put((unit.seed, unit.t, step))
 
     run = run_population(setup, unit.members, unit.t, params_t, state_t, on_step)
+    guard_write(run_dir)
     if cfg.runtime.checkpoints:
         for i, m in enumerate(unit.members):
+            if run.finals[i] is None:  # not trained: its perturbation was undefined
+                continue
             meta = {
                 "model_spec": setup.model_spec, "seed": unit.seed, "t": unit.t,
                 "step": run.end_steps[i], "member": m.name, "kind": m.kind, "sigma": m.sigma,
@@ -89,12 +110,14 @@ def run_unit(cfg: RunConfig, unit: Unit, run_dir: Path, reporter: Any = None) ->
                             meta)  # fmt: skip
     rows = measure_children(
         setup.comparer, setup.init, unit.seed, cfg.recipe.steps, unit.members, unit.t,
-        run.finals, run.diverged, run.noise,
+        run.finals, run.diverged, run.noise, run.undefined,
     )  # fmt: skip
     proxy: list[dict[str, Any]] = []
     first_t = unit.t == cfg.perturbation_steps()[0]
+    original = run.finals[0]
     if cfg.eval.proxy_fractions and first_t and not run.diverged[0] and setup.comparer.aligns:
-        proxy = permutation_proxy_rows(setup.comparer, unit.seed, run.finals[0])
+        assert original is not None
+        proxy = permutation_proxy_rows(setup.comparer, unit.seed, original)
     wall = time.perf_counter() - start
     for r in rows:
         r["unit_wall_s"] = wall
