@@ -10,15 +10,17 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 
+@pytest.mark.timeout(2400)  # a hang guard: the run takes 1-3 minutes on an idle 2-core machine
 def test_default_sweep_reproduces_the_butterfly_effect(tmp_path: Path) -> None:
     out = tmp_path / "default"
     proc = subprocess.run(
         [sys.executable, "-m", "butterfly.cli", "run", "--out", str(out), "--quiet"],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=1800,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "determinism check: all 18 sigma = 0 controls" in proc.stdout

@@ -14,6 +14,7 @@ from the checkpoints.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import time
@@ -125,7 +126,10 @@ def repair(run_dir: Path) -> tuple[str, bool]:
         units_kept: set[tuple[int, int]] = set()
         with Store(db) as store:
             for key, value in ((r["key"], r["value"]) for r in got.get("meta", [])):
-                store.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+                try:
+                    store.set_meta(str(key), json.loads(value))
+                except (TypeError, ValueError):
+                    lines.append(f"dropped the unreadable meta entry {key!r}")
             store.set_meta("config", cfg.to_dict())
             first_t = min(cfg.perturbation_steps())
             for u in got.get("units", []):

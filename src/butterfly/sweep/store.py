@@ -45,8 +45,13 @@ def guarded(method: Callable[..., T]) -> Callable[..., T]:
             return method(self, *args, **kwargs)
         except sqlite3.OperationalError:
             raise
-        except sqlite3.DatabaseError as err:
-            raise _damaged(self.path, err) from None
+        except (sqlite3.DatabaseError, pd.errors.DatabaseError) as err:
+            cause = err.__cause__ or err.__context__ if isinstance(err, pd.errors.DatabaseError) else err
+            if isinstance(cause, sqlite3.DatabaseError) and not isinstance(
+                cause, sqlite3.OperationalError
+            ):
+                raise _damaged(self.path, cause) from None
+            raise
 
     return wrapper
 
