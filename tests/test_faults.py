@@ -246,6 +246,25 @@ def test_a_full_disk_is_one_sentence_and_leaves_no_temporary_files(
         subprocess.run(["umount", str(disk)], capture_output=True)
 
 
+def test_a_read_only_file_system_is_one_sentence(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    disk = tmp_path / "ro"
+    disk.mkdir()
+    if os.geteuid() != 0 or subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(disk)], capture_output=True
+    ).returncode:
+        pytest.skip("a read-only tmpfs needs root and mount")
+    try:
+        cfg_file = tmp_path / "c.yaml"
+        cfg_file.write_text(yaml.safe_dump(tiny_config().to_dict()))
+        code = main(["run", str(cfg_file), "--out", str(disk / "run"), "--quiet"])
+        err = capsys.readouterr().err.strip()
+        assert code == 1 and "file system is read-only" in err and len(err.splitlines()) == 1
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
+
+
 def test_a_malicious_cifar_pickle_runs_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = tmp_path / "cifar"
     root.mkdir()
@@ -406,7 +425,7 @@ def test_more_bad_inputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     folder.mkdir()
     assert "is a folder" in _run_bad(["run", str(folder)], tmp_path, capsys)
     assert "does not exist" in _run_bad(["run", str(tmp_path / "missing.yaml")], tmp_path, capsys)
-    assert "--set expects key=value" in _run_bad(["run", "--set", "recipe.lr"], tmp_path, capsys)
+    assert "--set expects KEY=VALUE" in _run_bad(["run", "--set", "recipe.lr"], tmp_path, capsys)
     assert "--workers must be >= 0" in _run_bad(["run", "--workers", "-1"], tmp_path, capsys)
     not_st = tmp_path / "not.safetensors"
     not_st.write_bytes(b"\x00" * 64)
@@ -420,6 +439,8 @@ def test_more_bad_inputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     err = _run_bad(["run", "--set", "data.name=cifar10", "--set", f"data.path={lst}"], tmp_path,
                    capsys)  # fmt: skip
     assert "test_batch holds a list, not the dict of a CIFAR batch" in err
+    err = _run_bad(["run", "--executor", "ray", "--address", "127.0.0.1:1"], tmp_path, capsys)
+    assert "cannot reach the Ray cluster at 127.0.0.1:1" in err or "needs Ray" in err
     mnist = tmp_path / "mnist"
     mnist.mkdir()
     err = _run_bad(["run", "--set", "data.name=mnist", "--set", f"data.path={mnist}"], tmp_path,

@@ -139,7 +139,7 @@ def supported_figures(df: pd.DataFrame, traj: pd.DataFrame) -> list[str]:
     """The figures the data supports, in the page's order (the report's rule, restated)."""
     kids = children(df)
     full = kids[kids["fraction"] == kids["fraction"].max()]
-    names = []
+    names = ["training"]  # every run records the original's training curve
     if full["barrier_train_loss"].notna().any():
         names += ["barrier_vs_sigma", "barrier_vs_sigma_log"]
     if full["barrier_train_loss_wm"].notna().any():
@@ -212,10 +212,10 @@ def test_report_command_writes_figures_and_page(
     check_figures_and_numbers(page, run, run / "figures")
     text = page.read_text()
     assert re.findall(r'<figure data-figure="(\w+)">', text) == [
-        "barrier_vs_sigma", "barrier_vs_sigma_log", "barrier_wm_vs_sigma", "barrier_vs_t", "cka",
+        "training", "barrier_vs_sigma", "barrier_vs_sigma_log", "barrier_wm_vs_sigma", "barrier_vs_t", "cka",
         "trajectories", "l2_from_init", "barrier_vs_l2", "fixed_points", "barrier_vs_fraction",
     ]  # fmt: skip
-    assert text.count("<img") == 10
+    assert text.count("<img") == 11
     assert not re.search(r"(src|href)=[\"']https?:", text), "the page must load nothing remotely"
     assert "Determinism check passed" in text and "torch" in text and "recipe:" in text
     assert "Perturbing at t = 0 by σ = " in text
@@ -232,7 +232,7 @@ def test_a_run_without_optional_measures_shows_only_what_it_has(tmp_path: Path) 
     check_figures_and_numbers(page, out, out / "figures")
     text = page.read_text()
     assert re.findall(r'<figure data-figure="(\w+)">', text) == [
-        "barrier_vs_sigma",
+        "training", "barrier_vs_sigma",
         "barrier_vs_sigma_log",
         "barrier_vs_l2",
     ]
@@ -299,7 +299,7 @@ def test_report_renders_in_headless_chromium_without_network(run: Path, tmp_path
         proxy.close()
     from_page = [r for r in proxy.requests if not BROWSER_HOSTS.match(r)]
     assert not from_page, f"the report made network requests: {from_page}"
-    assert dom.count("<img") == 10 and "data:image/png;base64" in dom
+    assert dom.count("<img") == 11 and "data:image/png;base64" in dom
     assert "sortable" in dom
     img = mpimg.imread(shot)[..., :3]
     assert img.shape[0] >= 2000 and img.shape[1] >= 1200

@@ -102,7 +102,7 @@ def _finish(cfg: RunConfig, out: str | Path | None, workers: int | None, quiet: 
 
     quiet = not interactive() if quiet is None else quiet
     outcome = run_pipeline(cfg, Path(out) if out else Path("runs") / cfg.name, workers=workers,
-                           quiet=quiet, **kwargs)  # fmt: skip
+                           quiet=quiet, progress=not quiet and interactive(), **kwargs)  # fmt: skip
     page = build_report([outcome.run_dir]) if report else None
     if check and not outcome.control_ok:
         raise DeterminismError(f"the sigma = 0 control is not exactly zero in {outcome.run_dir}")

@@ -2,11 +2,13 @@
 
     butterfly run [CONFIG.yaml] [--set key=value ...] [--out DIR] [--workers N] [--quiet]
                   [--executor local|ray] [--address ADDR] [--force-new] [--scale cpu|full]
-    butterfly presets
+    butterfly config [CONFIG.yaml] [--set key=value ...] [--scale cpu|full]
+    butterfly presets [NAME [--show]]
     butterfly report RUN_DIR [RUN_DIR ...] [--out PAGE.html]
     butterfly status RUN_DIR
     butterfly repair RUN_DIR
     butterfly compare A.safetensors B.safetensors [--json] [--data NAME] [--no-align]
+    butterfly --version
 
 Exit codes: 0 success, 1 a failed run (including a determinism failure), 2 a bad config or
 command line, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM); finished work is kept in
@@ -28,29 +30,66 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 
+EXAMPLES = {
+    "run": """examples:
+  butterfly run                                    the default sweep (MNIST-1D), into runs/default
+  butterfly run table1-warmup10x                   a preset at cpu scale (butterfly presets)
+  butterfly run table1-standard --scale full       the paper's setting (CIFAR-10 on a GPU)
+  butterfly run my.yaml --set recipe.lr=0.05 --set 'seeds=[0,1]' --out runs/lr005
+  butterfly run my.yaml --executor ray --address 10.0.0.5:6379""",
+    "config": """examples:
+  butterfly config                                 every key of the default sweep, as YAML
+  butterfly config table1-adamw --scale full       a preset's resolved config
+  butterfly config --set recipe.lr=0.05 > my.yaml  then edit my.yaml and: butterfly run my.yaml""",
+    "presets": """examples:
+  butterfly presets                                the list, with runtimes and data
+  butterfly presets table1-standard --show > my.yaml   a preset as an editable file""",
+    "report": """examples:
+  butterfly report runs/default                    runs/default/report.html and figures/
+  butterfly report runs/table1-* --out table1.html the runs side by side, with their differences""",
+    "status": """examples:
+  butterfly status runs/default""",
+    "repair": """examples:
+  butterfly repair runs/default                    after an error naming a damaged results.db""",
+    "compare": """examples:
+  butterfly compare runs/default/checkpoints/seed0/t0000000/original.safetensors \\
+                    runs/default/checkpoints/seed0/t0000000/batch-s0.01-f1-d0.safetensors""",
+}
+
+
 def _parser() -> argparse.ArgumentParser:
+    from butterfly import __version__
+
     p = argparse.ArgumentParser(
         prog="butterfly",
         description="Spawn-and-perturb experiments: how far do identically trained networks "
         "diverge after a tiny perturbation at step t?",
+        epilog="commands: run, config, presets, report, status, repair, compare; "
+        "`butterfly COMMAND --help` shows each one's options and examples",
     )
+    p.add_argument("--version", action="version", version=f"butterfly {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    sub = p.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run", help="run (or resume) a sweep; no CONFIG = the default sweep")
-    r.add_argument("config", nargs="?", help="YAML config file (default: the built-in sweep)")
-    r.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set recipe.lr=0.05 --set 'seeds=[0,1]'",
-    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help, description=help, epilog=EXAMPLES.get(name),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+        c.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+        return c
+
+    def config_args(c: argparse.ArgumentParser, default_scale: str = "cpu") -> None:
+        c.add_argument("config", nargs="?", help="YAML file or preset name (default: the "
+                       "default sweep)")  # fmt: skip
+        c.add_argument(
+            "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+            help="override a config value, e.g. --set recipe.lr=0.05 --set 'seeds=[0,1]'",
+        )  # fmt: skip
+        c.add_argument("--scale", default=default_scale, choices=["cpu", "full"],
+                       help="for a preset: cpu (minutes here) or full (the paper's setting)")
+
+    r = command("run", "run (or resume) a sweep; no CONFIG = the default sweep")
+    config_args(r)
     r.add_argument("--out", default=None, help="run folder (default: runs/<name>)")
-    r.add_argument(
-        "--scale", default="cpu", choices=["cpu", "full"],
-        help="for a preset: cpu (minutes here) or full (the paper's setting)",
-    )  # fmt: skip
     r.add_argument("--workers", type=int, default=None, help="worker processes (default: cores)")
     r.add_argument("--quiet", action="store_true", help="print only the final table")
     r.add_argument(
@@ -62,29 +101,34 @@ def _parser() -> argparse.ArgumentParser:
         "--force-new", action="store_true",
         help="if --out holds a run with another config, start a fresh folder OUT-N instead",
     )  # fmt: skip
-    r.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
-    pr = sub.add_parser("presets", help="list the ready-to-run presets of the paper's experiments")
-    pr.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
-    rp = sub.add_parser("report", help="figures and report.html for one or more run folders")
+    cf = command("config", "print the resolved config (every default included) as YAML")
+    config_args(cf)
+    pr = command("presets", "list the ready-to-run presets of the paper's experiments")
+    pr.add_argument("name", nargs="?", help="one preset (with --show: print it as YAML)")
+    pr.add_argument("--show", action="store_true", help="print the preset as an editable file")
+    rp = command("report", "figures and report.html for one or more run folders")
     rp.add_argument("run_dirs", nargs="+", help="run folders (several: compared side by side)")
     rp.add_argument("--out", default=None, help="page to write (default RUN_DIR/report.html)")
-    rp.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
-    rr = sub.add_parser(
-        "repair", help="rebuild a damaged results.db from what can be read and the checkpoints"
-    )
-    rr.add_argument("run_dir", help="a run folder")
-    rr.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
-    st = sub.add_parser("status", help="summarise a run folder: units done, running, failed")
+    st = command("status", "summarise a run folder: units done, running, failed")
     st.add_argument("run_dir", help="a run folder")
-    st.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
-    c = sub.add_parser("compare", help="every divergence measure between two checkpoints")
+    rr = command("repair", "rebuild a damaged results.db from what can be read and the "
+                 "checkpoints")  # fmt: skip
+    rr.add_argument("run_dir", help="a run folder")
+    c = command("compare", "every divergence measure between two checkpoints")
     c.add_argument("a", help="checkpoint of the first network (.safetensors)")
     c.add_argument("b", help="checkpoint of the second network")
     c.add_argument("--json", action="store_true", help="print one JSON object")
     c.add_argument("--data", default=None, help="data set to evaluate on (default: A's own)")
     c.add_argument("--no-align", action="store_true", help="skip weight and activation matching")
-    c.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     return p
+
+
+def check_overrides(overrides: list[str], config: str | None) -> None:
+    """``--set recipe.steps 300`` (a space for the ``=``) reads 300 as the config file: say so."""
+    for item in overrides:
+        if "=" not in item:
+            hint = f" (did you mean --set {item}={config}?)" if config is not None else ""
+            raise ConfigError(f"--set expects KEY=VALUE, got '{item}'{hint}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -94,6 +138,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from butterfly.report.summary import finetune_table
     from butterfly.sweep.pipelines import run_pipeline
 
+    check_overrides(args.overrides, args.config)
     cfg = load_config(args.config, args.overrides, args.scale)
     if args.workers is not None and args.workers < 0:
         raise ConfigError("--workers must be >= 0 (0 = one per core)")
@@ -165,10 +210,45 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_presets(args: argparse.Namespace) -> int:
-    from butterfly.config import list_presets
+def cmd_config(args: argparse.Namespace) -> int:
+    import yaml
 
-    for name, doc in list_presets():
+    from butterfly.config import load_config
+
+    check_overrides(args.overrides, args.config)
+    cfg = load_config(args.config, args.overrides, args.scale)
+    print(f"# resolved config; run it with: butterfly run FILE (butterfly {version()})")
+    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+    return 0
+
+
+def version() -> str:
+    from butterfly import __version__
+
+    return __version__
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    import yaml
+
+    from butterfly.config import list_presets, read_document, resolve_path, unknown_preset
+
+    if args.name:
+        path = resolve_path(args.name)
+        if not path.is_file():
+            raise unknown_preset(args.name)
+        doc = read_document(path)
+        if args.show:
+            print(f"# preset {path.stem} (extends resolved); edit and run: butterfly run FILE "
+                  "[--scale cpu|full]")  # fmt: skip
+            print(yaml.safe_dump(doc, sort_keys=False, width=100), end="")
+            return 0
+        presets = [(path.stem, doc)]
+    else:
+        if args.show:
+            raise ConfigError("--show needs a preset name: butterfly presets NAME --show")
+        presets = list_presets()
+    for name, doc in presets:
         print(f"{name}")
         print(f"    {doc.get('description', '')}")
         for scale in ("cpu", "full"):
@@ -177,7 +257,8 @@ def cmd_presets(args: argparse.Namespace) -> int:
                 print(
                     f"    {scale:4s}: {d.get('expected_runtime', '?')}; data: {d.get('data', '?')}"
                 )
-    print("\nrun one with: butterfly run presets/NAME.yaml [--scale cpu|full]")
+    print("\nrun one with: butterfly run NAME [--scale cpu|full]; copy one out with: "
+          "butterfly presets NAME --show > my.yaml")
     return 0
 
 
@@ -255,6 +336,8 @@ def _dispatch(args: argparse.Namespace, debug: bool) -> int:
             return cmd_run(args)
         if args.command == "compare":
             return cmd_compare(args)
+        if args.command == "config":
+            return cmd_config(args)
         if args.command == "presets":
             return cmd_presets(args)
         if args.command == "report":

@@ -8,8 +8,11 @@ sentence that names the field and the allowed values.
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
+import types
+import typing
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
@@ -52,6 +55,24 @@ class _Strict(BaseModel):
     def _fits(cls, v: Any, info: Any) -> Any:
         return _bounded(v, info.field_name)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _one_is_a_list_of_one(cls, data: Any) -> Any:
+        """``seeds: 0`` means ``seeds: [0]``: a scalar where a list is expected is a list of one."""
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for name, f in cls.model_fields.items():
+            v = out.get(name)
+            if v is None or isinstance(v, (list, tuple, dict)):
+                continue
+            if typing.get_origin(f.annotation) is list or (
+                typing.get_origin(f.annotation) in (typing.Union, types.UnionType)
+                and any(typing.get_origin(a) is list for a in typing.get_args(f.annotation))
+            ):
+                out[name] = [v]
+        return out
+
 
 class AugmentConfig(_Strict):
     """Step-indexed augmentations of image batches (appendix A.2); all off by default."""
@@ -76,12 +97,18 @@ BUILTIN_MODELS = ("mlp", "cnn", "resnet", "resnet50", "vit", "hf")
 STORED = "stored"  # in-memory data given through Python, written once into the run folder
 
 
+def did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
+    """`` (did you mean X?)`` for the closest of ``choices`` to a misspelt ``word``, or ``""``."""
+    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
 def _named(kind: str, v: str, builtin: tuple[str, ...]) -> str:
     if v in builtin or is_import_path(v) or v.startswith(LOCAL):
         return v
     raise ValueError(
         f"{kind}.name must be one of {', '.join(builtin)} or an import path "
-        f"package.module:name; got {v!r}"
+        f"package.module:name; got {v!r}{did_you_mean(v, builtin)}"
     )
 
 
@@ -527,6 +554,22 @@ def parse_yaml(text: str) -> Any:
     return yaml.load(text, Loader=ConfigLoader)
 
 
+def _section(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The config class at ``loc`` (a path of field names from RunConfig)."""
+    model: Any = RunConfig
+    for part in loc:
+        f = model.model_fields.get(part) if isinstance(part, str) else None
+        if f is None:
+            return None
+        ann = f.annotation
+        candidates = [ann, *typing.get_args(ann)]
+        model = next((a for a in candidates if isinstance(a, type) and issubclass(a, BaseModel)),
+                     None)  # fmt: skip
+        if model is None:
+            return None
+    return model
+
+
 def _format_error(err: ValidationError) -> str:
     e = err.errors()[0]
     field = ".".join(str(p) for p in e["loc"]) or "config"
@@ -534,9 +577,17 @@ def _format_error(err: ValidationError) -> str:
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
     if e["type"] == "extra_forbidden":
-        return f"unknown config key '{field}': check its spelling (see README, 'Configuration')"
+        section = _section(tuple(e["loc"][:-1]))
+        hint = ""
+        if section is not None:
+            prefix = ".".join(str(p) for p in e["loc"][:-1])
+            names = [f"{prefix}.{n}" if prefix else n for n in section.model_fields]
+            hint = did_you_mean(field, names)
+        return f"unknown config key '{field}'{hint}: check its spelling (README, 'Configuration')"
     if e["type"] == "literal_error":
-        return f"config field '{field}': {msg}, got {e.get('input')!r}"
+        expected = re.findall(r"'([^']*)'", msg)
+        return (f"config field '{field}': {msg}, got {e.get('input')!r}"
+                f"{did_you_mean(str(e.get('input')), expected)}")  # fmt: skip
     if msg.startswith(
         ("seeds", "perturb.", "model.", "recipe.", "runtime.", "data.", "pretrain.", "name ")
     ):
@@ -620,11 +671,22 @@ def resolve_path(path: str | Path, relative_to: Path | None = None) -> Path:
     return p
 
 
+def unknown_preset(name: str | Path) -> ConfigError:
+    """The error for a config path that is neither a file nor a packaged preset."""
+    stem = Path(name).stem
+    presets = [q.stem for q in sorted(PRESET_DIR.glob("*.yaml"))]
+    hint = did_you_mean(stem, presets)
+    return ConfigError(
+        f"config file '{name}' does not exist and is not a preset{hint}; "
+        "`butterfly presets` lists the presets"
+    )
+
+
 def _read_yaml(p: Path) -> dict[str, Any]:
     if p.is_dir():
         raise ConfigError(f"config file '{p}' is a folder; give a YAML file or a preset name")
     if not p.is_file():
-        raise ConfigError(f"config file '{p}' does not exist")
+        raise unknown_preset(p)
     try:
         loaded = parse_yaml(p.read_text())
     except yaml.YAMLError as err:

@@ -66,7 +66,13 @@ def load_mnist1d(seed: int = 0) -> Dataset:
 
 def load_digits(seed: int = 0) -> Dataset:
     """scikit-learn digits, 80/20 split fixed by ``seed``, standardised with train statistics."""
-    from sklearn.datasets import load_digits as sk_digits
+    try:
+        from sklearn.datasets import load_digits as sk_digits
+    except ImportError:
+        raise DataError(
+            "data.name = digits needs scikit-learn, which ships the data set: "
+            "pip install 'butterfly[digits]'"
+        ) from None
 
     d = sk_digits()
     x = torch.from_numpy(d.images.astype(np.float32)).unsqueeze(1)  # (N, 1, 8, 8)

@@ -360,6 +360,25 @@ def same_bits(a: Tensors, b: Tensors) -> bool:
     )  # fmt: skip
 
 
+def training_row(
+    cmp: Comparer,
+    seed: int,
+    t: int,
+    step: int,
+    original: Tensors,
+    diverged: bool,
+    batch_loss: float | None,
+) -> dict[str, Any]:
+    """The original's training curve at ``step``: its mean minibatch loss since the previous
+    record, and its loss on the full training set and accuracy on the test set."""
+    values: dict[str, Any] = {"seed": seed, "t": t, "step": step, "batch_loss": batch_loss}
+    if not diverged and is_finite(original):
+        tr_loss, _, te_loss, te_err = cmp.endpoint(original)
+        values.update(train_loss=tr_loss, test_loss=te_loss,
+                      test_acc=None if te_err is None else 1.0 - te_err)  # fmt: skip
+    return rows.make_row("training", **values)
+
+
 def measure_children(
     cmp: Comparer,
     init: Tensors,

@@ -122,10 +122,24 @@ PERMUTATION_PROXY: tuple[Column, ...] = (
 )  # fmt: skip
 PERMUTATION_PROXY_UNIQUE = ("seed", "fixed_fraction")
 
+# ---- training: the original's curve in each population (is the recipe training well?) -------
+TRAINING: tuple[Column, ...] = (
+    _c("seed", "INTEGER", "seed", "key"),
+    _c("t", "INTEGER", "perturbation step of the population", "key"),
+    _c("step", "INTEGER", "training step", "key"),
+    _c("batch_loss", "REAL", "the original's mean minibatch loss since the previous row (none "
+       "at t)", "optional"),
+    _c("train_loss", "REAL", "the original's loss on the training set"),
+    _c("test_loss", "REAL", "the original's loss on the test set"),
+    _c("test_acc", "REAL", "the original's test accuracy (classifiers)", "optional"),
+)  # fmt: skip
+TRAINING_UNIQUE = ("seed", "t", "step")
+
 TABLES: dict[str, tuple[tuple[Column, ...], tuple[str, ...]]] = {
     "results": (RESULTS, RESULTS_UNIQUE),
     "trajectories": (TRAJECTORIES, TRAJECTORIES_UNIQUE),
     "permutation_proxy": (PERMUTATION_PROXY, PERMUTATION_PROXY_UNIQUE),
+    "training": (TRAINING, TRAINING_UNIQUE),
 }
 
 

@@ -25,7 +25,7 @@ import torch
 
 from butterfly.config import RunConfig
 from butterfly.data import BatchStream
-from butterfly.experiment.measure import trajectory_rows
+from butterfly.experiment.measure import training_row, trajectory_rows
 from butterfly.experiment.members import Member
 from butterfly.experiment.perturb import Perturber, apply_perturbation
 from butterfly.experiment.setup import Setup
@@ -36,6 +36,7 @@ from butterfly.train.population import Lane, clone, member, member_state
 from butterfly.train.recipe import OptState, lr_at
 
 Tensors = dict[str, torch.Tensor]
+CURVE_POINTS = 10  # the original's training curve without trajectories: log-spaced records
 
 
 # ---- the parent ----------------------------------------------------------------------------
@@ -151,8 +152,8 @@ def gather(lanes: list[Lane], inverse: list[int]) -> tuple[Tensors, list[bool]]:
         k: torch.cat([lane.pop.params[k] for lane in lanes])[index.to(v.device)]
         for k, v in lanes[0].pop.params.items()
     }
-    diverged = torch.cat([lane.pop.diverged for lane in lanes])[index].tolist()
-    return params, diverged
+    flags = torch.cat([lane.pop.diverged.cpu() for lane in lanes])
+    return params, flags[index].tolist()
 
 
 def log_spaced_steps(t: int, T: int, n: int) -> list[int]:
@@ -182,6 +183,7 @@ class PopulationRun:
     trajectory: list[dict[str, Any]]
     member_steps: int
     undefined: dict[str, str]
+    training: list[dict[str, Any]]
 
 
 def run_population(
@@ -217,16 +219,29 @@ def run_population(
     # with no defined perturbation changes nothing for the others
     members = tuple(m for m in all_members if m.name not in undefined)
     lanes, inverse = make_lanes(setup, members, t, member_params, state_t)
+    lanes[0].losses = []  # the original's minibatch losses (lane 0, member 0): its training curve
     trajectory: list[dict[str, Any]] = []
+    training: list[dict[str, Any]] = []
+    seen = [0]
+
+    end = max(lane.until for lane in lanes)
+    marks = log_spaced_steps(t, end, setup.cfg.eval.trajectory_points)
+    curve_marks = marks or log_spaced_steps(t, end, CURVE_POINTS)  # the curve is always kept
 
     def record(step: int, lanes: list[Lane]) -> None:
         params, diverged = gather(lanes, inverse)
         cmp, init = setup.comparer, setup.init
-        trajectory.extend(trajectory_rows(cmp, init, setup.seed, members, t, step, params, diverged))
+        if step in marks:
+            trajectory.extend(
+                trajectory_rows(cmp, init, setup.seed, members, t, step, params, diverged)
+            )
+        recent = lanes[0].losses[seen[0] :] if lanes[0].losses is not None else []
+        seen[0] += len(recent)
+        batch_loss = float(torch.stack([x[0] for x in recent]).double().mean()) if recent else None
+        original = {k: v[0] for k, v in params.items()}
+        training.append(training_row(cmp, setup.seed, t, step, original, diverged[0], batch_loss))
 
-    end = max(lane.until for lane in lanes)
-    marks = log_spaced_steps(t, end, setup.cfg.eval.trajectory_points)
-    setup.trainer.train_lanes(lanes, record=marks, on_record=record, on_step=on_step)
+    setup.trainer.train_lanes(lanes, record=curve_marks, on_record=record, on_step=on_step)
     params, diverged = gather(lanes, inverse)
     until = {name: lane.until for lane in lanes for name in lane.pop.names}
     index = {m.name: i for i, m in enumerate(members)}
@@ -238,4 +253,5 @@ def run_population(
         trajectory=trajectory,
         member_steps=sum((lane.until - t) * lane.pop.size for lane in lanes),
         undefined=undefined,
+        training=training,
     )

@@ -446,6 +446,42 @@ def l2_from_init_figure(
     return fig
 
 
+def training_figure(train: pd.DataFrame) -> Figure:
+    """The original's training curve in the population perturbed earliest (so from its t to
+    T): train loss (full training set, and the mean minibatch loss between records) and test
+    accuracy, mean over seeds. It shows whether the recipe trained well before any barrier is
+    read."""
+    t0 = train["t"].min() if len(train) else 0
+    d = train[train["t"] == t0]
+    has_acc = d["test_acc"].notna().any()
+    fig, axes = _figure(1, 2 if has_acc else 1, sharex=True)
+    ax = axes[0, 0]
+    for col, style, label in (("train_loss", "-", "training set"),
+                              ("batch_loss", "--", "minibatches (mean since the last point)"),
+                              ("test_loss", ":", "test set")):  # fmt: skip
+        st = seed_stats(d.dropna(subset=[col]), ["step"], col)
+        if len(st):
+            ax.plot(st.index.to_numpy(dtype=float), st["mean"].to_numpy(), ls=style, lw=1.5,
+                    marker="o", ms=3, color="k", label=label)  # fmt: skip
+    ax.set_ylabel("cross-entropy (or your loss)")
+    ax.set_title("loss of the original")
+    _scale(ax, "y", "log")
+    if has_acc:
+        ax2 = axes[0, 1]
+        st = seed_stats(d.dropna(subset=["test_acc"]), ["step"], "test_acc")
+        ax2.plot(st.index.to_numpy(dtype=float), st["mean"].to_numpy(), color="k", lw=1.5,
+                 marker="s", ms=3, label="test accuracy")  # fmt: skip
+        ax2.set_ylabel("test accuracy")
+        ax2.set_title("accuracy of the original")
+        _scale(ax2, "y", "linear0")
+    for a in axes[0]:
+        a.set_xlabel("training step")
+        _scale(a, "x", "log")
+    _finish(axes.flat)
+    _legend(fig)
+    return fig
+
+
 def barrier_vs_l2(df: pd.DataFrame, palette: Palette | None = None) -> Figure:
     """Paper Figure 7 / workshop Figures 3, 7 (left): train-loss barrier against L2 after
     training, a panel per kind, a point per child coloured by t."""
@@ -696,6 +732,13 @@ FIGURES = [
                f"perturbed kind; t/T on a {LOGX}. {MEAN}; {FULL}."),
 ]  # fmt: skip
 
+TRAINING = FigureSpec(
+    "training.png", "How the recipe trained",
+    "The original network of the population perturbed earliest, from its t to T: train loss on "
+    "the whole training set (solid), the mean minibatch loss between points (dashed) and test "
+    f"loss (dotted), {LOGY}; right, test accuracy (linear from 0). Training steps on a {LOGX}. "
+    "Means over seeds.",
+)  # fmt: skip
 FINETUNE = FigureSpec(
     "finetune.png", "Fine-tuning stability (Figure 5)",
     "Train-loss barrier against σ (log x axis; " + SYMLOG0 + "), a column per perturbation time "

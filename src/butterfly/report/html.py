@@ -22,12 +22,14 @@ from butterfly.experiment.rows import PRETRAIN_STEPS, children
 from butterfly.report.figures import (
     FINETUNE,
     RUNS_COMPARED,
+    TRAINING,
     FigureSpec,
     Palette,
     all_figures,
     finetune_figure,
     runs_side_by_side,
     save_figure,
+    training_figure,
 )
 from butterfly.report.summary import (
     config_diff,
@@ -178,6 +180,7 @@ def read_run(run_dir: Path) -> dict:
             "results": s.results(),
             "trajectories": s.trajectories(),
             "proxy": s.permutation_proxy(),
+            "training": s.training(),
             "units": s.units(),
             "config": s.get_meta("config") or {},
             "environment": s.get_meta("environment") or {},
@@ -185,7 +188,11 @@ def read_run(run_dir: Path) -> dict:
 
 
 def _run_section(
-    name: str, run: dict, figures: list[tuple[FigureSpec, Path]], heading: bool
+    name: str,
+    run: dict,
+    figures: list[tuple[FigureSpec, Path]],
+    heading: bool,
+    training: Path | None = None,
 ) -> str:
     df, units, env = run["results"], run["units"], run["environment"]
     parts = [f"<h2>Run {html.escape(name)}</h2>"] if heading else []
@@ -196,6 +203,8 @@ def _run_section(
         f"{int(df['diverged'].sum())} diverged), {len(units)} population units.</p>"
     )
     parts.append(_summary(df))
+    if training is not None:  # first: did the recipe train well?
+        parts.append(_figure_html(TRAINING, training))
     parts.extend(_figure_html(spec, path) for spec, path in figures)
     cols = [c for c in TABLE_COLUMNS if c in df.columns]
     parts.append("<h2>Results (click a column to sort)</h2>")
@@ -300,7 +309,10 @@ def build_report(run_dirs: list[Path], out: Path | None = None) -> Path:
     for i, (name, run) in enumerate(runs.items()):
         sub = fig_dir if len(runs) == 1 else fig_dir / f"run{i}-{name}"
         figs = all_figures(run["results"], run["trajectories"], run["proxy"], sub, palette)
-        sections.append(_run_section(name, run, figs, heading=len(runs) > 1))
+        curve = run["training"]
+        trained = (save_figure(training_figure(curve), sub / TRAINING.file)
+                   if curve["train_loss"].notna().any() else None)  # fmt: skip
+        sections.append(_run_section(name, run, figs, heading=len(runs) > 1, training=trained))
     title = "butterfly report: " + ", ".join(html.escape(r.name) for r in run_dirs)
     stamp = time.strftime("%Y-%m-%d %H:%M")
     meta = json.dumps({"runs": [str(r) for r in run_dirs]})

@@ -10,6 +10,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import queue
+import socket
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any, Protocol
@@ -173,6 +174,36 @@ class RayExecutor:
     def shutdown(self, abort: bool = False) -> None:
         if self._started:
             self._ray.shutdown()
+
+
+def check_executor(kind: str, address: str | None, timeout: float = 5.0) -> None:
+    """Refuse, before anything is written, an executor that cannot start: an unknown kind, Ray
+    not installed, or a Ray address nothing answers at (Ray itself would wait for minutes)."""
+    if kind == "local":
+        return
+    if kind != "ray":
+        raise ConfigError(f"unknown executor '{kind}'; choose local or ray")
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            "--executor ray needs Ray: pip install 'butterfly[ray]' (in a checkout: "
+            ".venv/bin/pip install -e '.[ray]')"
+        ) from None
+    if not address or address == "auto":
+        return
+    target = address.split("://", 1)[-1]
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--address {address!r} is not HOST:PORT (e.g. 10.0.0.5:6379)")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as err:
+        raise ConfigError(
+            f"cannot reach the Ray cluster at {address} ({err.strerror or err}); check --address "
+            "(`ray status` on the head node prints it)"
+        ) from None
 
 
 def make_executor(

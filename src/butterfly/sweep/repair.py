@@ -7,7 +7,8 @@ from the checkpoints.
    the rows of units whose ``units`` row and results survived are kept as they were.
 3. A finished unit whose rows were lost is measured again from its members' final checkpoints
    (``checkpoints/seedS/tT/*.safetensors``), the same code on the same weights, so its result
-   rows equal the lost ones; its trajectories (recorded during training) cannot be recovered
+   rows equal the lost ones; its trajectories and training curve (recorded during training)
+   cannot be recovered
    and its unit time is unknown (NULL). A unit without complete checkpoints is left for the
    next ``butterfly run``, which trains its population again from the saved parent state.
 """
@@ -33,7 +34,9 @@ from butterfly.sweep.lock import RunLock
 from butterfly.sweep.plan import Unit, plan
 from butterfly.sweep.store import Store, StoreDamaged
 
-TABLES = ("results", "trajectories", "permutation_proxy", "units", "meta", "failures")
+TABLES = (
+    "results", "trajectories", "permutation_proxy", "training", "units", "meta", "failures",
+)  # fmt: skip
 
 
 def _salvage(db: Path) -> tuple[dict[str, list[dict[str, Any]]], list[str]]:
@@ -139,8 +142,10 @@ def repair(run_dir: Path) -> tuple[str, bool]:
                     continue
                 traj = [r for r in got.get("trajectories", []) if (r["seed"], r["t"]) == key]
                 proxy = [r for r in got.get("permutation_proxy", []) if r["seed"] == u["seed"]]
+                curve = [r for r in got.get("training", []) if (r["seed"], r["t"]) == key]
                 store.commit_unit(u["seed"], u["t"], res, traj, proxy if u["t"] == first_t else [],
-                                  u["population"], u["steps"], u["wall_s"], u["finished"])  # fmt: skip
+                                  u["population"], u["steps"], u["wall_s"], u["finished"],
+                                  curve)  # fmt: skip
                 units_kept.add(key)
             for f in got.get("failures", []):
                 store.record_failure(f["seed"], f["t"], f["error"], f["time"])

@@ -33,7 +33,7 @@ from butterfly.imports import ImportPathError, is_local
 from butterfly.metrics.evaluate import Bound, LossFn
 from butterfly.models import build_model
 from butterfly.sweep import rundir
-from butterfly.sweep.executors import Executor, make_executor
+from butterfly.sweep.executors import Executor, check_executor, make_executor
 from butterfly.sweep.lock import RunLock
 from butterfly.sweep.plan import Unit, minimum_steps, plan
 from butterfly.sweep.progress import Progress
@@ -230,6 +230,7 @@ def run_sweep(
     start = time.perf_counter()
     for w in preflight(cfg, run_dir):
         log(f"note: {w}", quiet)
+    check_executor(executor, address)
     local = must_run_here(cfg)
     if local and executor == "ray":
         raise ConfigError(
@@ -263,17 +264,18 @@ def run_sweep(
                 log(f"resuming: {skipped} of {len(units)} units already finished", quiet)
             T = cfg.recipe.steps
             live = progress if progress is not None else (not quiet and sys.stderr.isatty())
-            bar = Progress(len(units), skipped, sum(T - u.t for u in todo), T, enabled=live)
+            work = sum(max(T, cfg.child_end(u.t)) - u.t for u in todo)
+            bar = Progress(len(units), skipped, work, T, enabled=live, erase=sys.stderr.isatty())
             steps = 0
 
             def commit(res: UnitResult) -> None:
                 nonlocal steps
                 store.commit_unit(
                     res.seed, res.t, res.rows, res.trajectory, res.proxy, res.population,
-                    res.steps, res.wall_s, time.time(),
+                    res.steps, res.wall_s, time.time(), res.training,
                 )  # fmt: skip
                 steps += res.steps
-                bar.unit_done(res.seed, res.t, T - res.t)
+                bar.unit_done(res.seed, res.t, max(T, cfg.child_end(res.t)) - res.t)
                 if not bar.enabled:
                     log(
                         f"[{bar.done}/{len(units)}] seed {res.seed} t={res.t}: "

@@ -136,14 +136,16 @@ class Store:
         proxy: Iterable[dict[str, Any]],
         population: int,
         steps: int,
-        wall_s: float,
+        wall_s: float | None,
         finished: float,
+        training: Iterable[dict[str, Any]] = (),
     ) -> None:
         """Write a unit's rows and mark it finished, in one transaction."""
         with self.conn:
             self._insert("results", results)
             self._insert("trajectories", trajectory)
             self._insert("permutation_proxy", proxy)
+            self._insert("training", training)
             self.conn.execute(
                 "INSERT OR REPLACE INTO units (seed, t, population, steps, wall_s, finished) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
@@ -193,6 +195,10 @@ class Store:
         return pd.read_sql_query(
             "SELECT * FROM permutation_proxy ORDER BY seed, fixed_fraction", self.conn
         )
+
+    @guarded
+    def training(self) -> pd.DataFrame:
+        return pd.read_sql_query("SELECT * FROM training ORDER BY seed, t, step", self.conn)
 
     @guarded
     def units(self) -> pd.DataFrame:

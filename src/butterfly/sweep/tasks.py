@@ -74,6 +74,7 @@ class UnitResult:
     steps: int
     wall_s: float
     population: int
+    training: list[dict[str, Any]]
 
 
 def run_unit(cfg: RunConfig, unit: Unit, run_dir: Path, reporter: Any = None) -> UnitResult:
@@ -121,6 +122,5 @@ def run_unit(cfg: RunConfig, unit: Unit, run_dir: Path, reporter: Any = None) ->
     wall = time.perf_counter() - start
     for r in rows:
         r["unit_wall_s"] = wall
-    return UnitResult(
-        unit.seed, unit.t, rows, run.trajectory, proxy, run.member_steps, wall, len(unit.members)
-    )
+    return UnitResult(unit.seed, unit.t, rows, run.trajectory, proxy, run.member_steps, wall,
+                      len(unit.members), run.training)  # fmt: skip

@@ -112,6 +112,7 @@ class Lane:
     until: int
     lr: Callable[[int], float] | None = None  # None: the recipe's schedule
     stream: BatchStream | None = None  # None: the trainer's (the parent's) stream
+    losses: list[torch.Tensor] | None = None  # a list: every step's minibatch losses, kept
 
 
 def has_dropout(model: nn.Module) -> bool:
@@ -302,7 +303,11 @@ class PopulationTrainer:
                 x, y = batches[id(stream)]
                 pop = lane.pop
                 grads, losses = self.gradients(pop.params, x, y, (stream.seed, stream.name, step))
-                pop.diverged |= ~torch.isfinite(losses.detach()).cpu()
+                losses = losses.detach()
+                # stays on the device: no host round trip per step
+                pop.diverged = pop.diverged.to(losses.device) | ~torch.isfinite(losses)
+                if lane.losses is not None:
+                    lane.losses.append(losses)
                 if self.recipe.grad_clip is not None:
                     clip_per_member(grads, self.recipe.grad_clip)
                 lr = lane.lr(step) if lane.lr is not None else lr_at(self.recipe, step)
