@@ -163,9 +163,11 @@ def test_sigkill_of_one_worker_restarts_the_pool_and_loses_nothing(
     os.kill(workers[0], signal.SIGKILL)
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-2000:]
-    pd.testing.assert_frame_equal(_frame(run), _frame(clean), check_exact=True)
     with Store(run / "results.db") as s:
-        assert len(s.failures()) == 0 and len(s.finished_units()) == 8
+        failures = s.failures()
+        assert len(failures) == 0, failures.to_string()
+        assert len(s.finished_units()) == 8
+    pd.testing.assert_frame_equal(_frame(run), _frame(clean), check_exact=True)
 
 
 def test_sigterm_is_handled_like_ctrl_c(tmp_path: Path, clean: Path) -> None:
