@@ -20,6 +20,7 @@ def test_presets_are_listed_and_valid_at_both_scales(capsys: pytest.CaptureFixtu
         "table1-perturb-norm", "table1-resnet8", "table1-resnet8-warmup10x", "fig11-fraction",
         "fig9-biases-norm", "fig10-spawning", "workshop-longer", "workshop-lr-rewind",
         "finetune-cifar100-to-cifar10", "finetune-cifar10-to-cifar100", "finetune-minilm",
+        "threshold-standard", "threshold-finetune", "lyapunov-standard",
     }  # fmt: skip
     assert expected <= set(NAMES)
     for name, doc in list_presets():
@@ -117,6 +118,28 @@ def test_every_cpu_preset_runs_end_to_end(name: str, tmp_path: Path) -> None:
     if name == "finetune-minilm":  # the real pre-trained weights, offline, bit-exact control
         assert kids.barrier_train_loss.notna().all() and (kids.l2 > 0).all()
         print("\n" + summary_table(df).to_string(float_format=lambda v: f"{v:.3g}"))
+    if name == "threshold-standard":
+        _threshold_bar(tmp_path / name)
+    if name == "lyapunov-standard":
+        assert kids.lyapunov_exponent.notna().all() and kids.growth_rate.notna().all()
+
+
+def _threshold_bar(run: Path) -> None:
+    """Issue 'edge of stability': on the default MNIST-1D recipe the search resolves σ*(t) at
+    the paper's perturbation times, and σ*(t) rises with t (stability increases throughout
+    training)."""
+    from scipy.stats import spearmanr
+
+    from butterfly.sweep import Store
+
+    with Store(run / "results.db") as st:
+        th = st.thresholds()
+    batch = th[th.kind == "batch"].set_index("at").sort_index()
+    print("\n" + th.to_string())
+    assert (batch.status == "resolved").sum() >= 5
+    got = batch.estimate.dropna()
+    assert got.iloc[-1] > 10 * got.iloc[0]
+    assert spearmanr(got.index, got.to_numpy()).statistic > 0.8
 
 
 def _finetune_bar(df: object) -> None:

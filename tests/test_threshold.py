@@ -206,7 +206,8 @@ def test_duplicate_points_are_merged_whatever_their_order() -> None:
 
 def test_criterion_absolute_relative_and_diverged() -> None:
     c = Criterion()
-    assert (c.metric, c.eps, c.relative) == ("barrier_train_loss", 0.01, False)
+    assert (c.metric, c.eps, c.relative) == ("barrier_train_loss", 0.05, False)
+    c = Criterion(eps=0.01)
     row = {"sigma": 1e-3, "barrier_train_loss": 0.02, "train_loss_a": 0.5, "diverged": 0}
     assert c.unstable(row) and c.point(row) == Point(1e-3, 0.02, 0.01)
     rel = Criterion(eps=0.05, relative=True)

@@ -2,6 +2,7 @@
 
     butterfly run [CONFIG.yaml] [--set key=value ...] [--out DIR] [--workers N] [--quiet]
                   [--executor local|ray] [--address ADDR] [--force-new] [--scale cpu|full]
+    butterfly threshold [CONFIG.yaml] [--over sigma|t] [--eps E] [--metric M] [--sigma S]
     butterfly config [CONFIG.yaml] [--set key=value ...] [--scale cpu|full]
     butterfly presets [NAME [--show]]
     butterfly report RUN_DIR [RUN_DIR ...] [--out PAGE.html]
@@ -37,6 +38,10 @@ EXAMPLES = {
   butterfly run table1-standard --scale full       the paper's setting (CIFAR-10 on a GPU)
   butterfly run my.yaml --set recipe.lr=0.05 --set 'seeds=[0,1]' --out runs/lr005
   butterfly run my.yaml --executor ray --address 10.0.0.5:6379""",
+    "threshold": """examples:
+  butterfly threshold                              σ*(t) of the default recipe, for every t
+  butterfly threshold table1-warmup10x --eps 0.02  another recipe, another ε
+  butterfly threshold --over t --sigma 1e-3        t*(σ): from when on is σ = 1e-3 harmless?""",
     "config": """examples:
   butterfly config                                 every key of the default sweep, as YAML
   butterfly config table1-adamw --scale full       a preset's resolved config
@@ -64,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="butterfly",
         description="Spawn-and-perturb experiments: how far do identically trained networks "
         "diverge after a tiny perturbation at step t?",
-        epilog="commands: run, config, presets, report, status, repair, compare; "
+        epilog="commands: run, threshold, config, presets, report, status, repair, compare; "
         "`butterfly COMMAND --help` shows each one's options and examples",
     )
     p.add_argument("--version", action="version", version=f"butterfly {__version__}")
@@ -101,6 +106,24 @@ def _parser() -> argparse.ArgumentParser:
         "--force-new", action="store_true",
         help="if --out holds a run with another config, start a fresh folder OUT-N instead",
     )  # fmt: skip
+    th = command("threshold", "find the edge of stability: σ*(t), the smallest σ whose barrier "
+                 "reaches ε (or, --over t, t*(σ)), by adaptive rounds of populations")  # fmt: skip
+    config_args(th)
+    th.add_argument("--over", choices=["sigma", "t"], default=None,
+                    help="search σ*(t) for every t (default) or t*(σ) for one σ")
+    th.add_argument("--metric", default=None, help="the result column (default "
+                    "barrier_train_loss)")  # fmt: skip
+    th.add_argument("--eps", type=float, default=None, help="ε (default 0.01)")
+    th.add_argument("--relative", action="store_true",
+                    help="ε relative to the original's final train loss")
+    th.add_argument("--sigma", type=float, default=None, help="--over t: the size σ")
+    th.add_argument("--resolution", type=float, default=None,
+                    help="stop when the bracket is this narrow (default 1.25)")
+    th.add_argument("--out", default=None, help="run folder (default: runs/<name>-threshold)")
+    th.add_argument("--workers", type=int, default=None, help="worker processes (default: cores)")
+    th.add_argument("--quiet", action="store_true", help="print only the results")
+    th.add_argument("--executor", choices=["local", "ray"], default="local")
+    th.add_argument("--address", default=None, help="Ray cluster address")
     cf = command("config", "print the resolved config (every default included) as YAML")
     config_args(cf)
     pr = command("presets", "list the ready-to-run presets of the paper's experiments")
@@ -150,7 +173,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = outcome.run_dir
     df = outcome.results
     page = build_report([out])
-    if "pretrain_steps" in df.columns:
+    if cfg.threshold is not None:
+        print_thresholds(out)
+    elif "pretrain_steps" in df.columns:
         print("mean train-loss barrier by pre-training steps (0 = random init), kind, t/T:")
         print(finetune_table(df).to_string(float_format=lambda v: f"{v:.4g}"))
     else:
@@ -207,6 +232,66 @@ def cmd_compare(args: argparse.Namespace) -> int:
             continue
         text = f"{v:.6g}" if isinstance(v, float) else str(v)
         print(f"{k:<{width}s}  {text}")
+    return 0
+
+
+def print_thresholds(run_dir: Path) -> None:
+    """The threshold table of a search's folder (of each sweep, for a fine-tuning folder)."""
+    from butterfly.sweep.pipelines.threshold import threshold_table
+    from butterfly.sweep.store import Store, pipeline_runs
+
+    subs = pipeline_runs(run_dir)
+    for label, folder in ([("", run_dir)] if subs is None else
+                          [(f"pre-trained {s} steps: " if s else "random init: ", d)
+                           for s, d in subs]):  # fmt: skip
+        with Store(folder / "results.db") as st:
+            table = st.thresholds()
+        print(label + threshold_table(table))
+
+
+def cmd_threshold(args: argparse.Namespace) -> int:
+    from butterfly.config import build_config, deep_merge, load_raw
+    from butterfly.report import build_report
+    from butterfly.sweep.pipelines import run_pipeline
+    from butterfly.sweep.pipelines.threshold import LEAN_EVAL
+
+    check_overrides(args.overrides, args.config)
+    raw = load_raw(args.config, args.scale)
+    named = "name" in raw
+    raw = deep_merge({"eval": LEAN_EVAL, "threshold": {}}, raw)
+    options = {"over": args.over, "metric": args.metric, "eps": args.eps, "sigma": args.sigma,
+               "resolution": args.resolution, "relative": True if args.relative else None}  # fmt: skip
+    raw["threshold"] = {**raw["threshold"], **{k: v for k, v in options.items() if v is not None}}
+    if not named:
+        raw["name"] = "threshold"
+    cfg = build_config(raw, args.overrides)
+    if args.workers is not None and args.workers < 0:
+        raise ConfigError("--workers must be >= 0 (0 = one per core)")
+    out = Path(args.out) if args.out else Path("runs") / (cfg.name if not named else
+                                                          f"{cfg.name}-threshold")  # fmt: skip
+    outcome = run_pipeline(cfg, out, workers=args.workers, quiet=args.quiet,
+                           executor=args.executor, address=args.address)  # fmt: skip
+    page = build_report([outcome.run_dir])
+    print_thresholds(outcome.run_dir)
+    print(f"\n{len(outcome.results)} rows, {outcome.units_run} populations run "
+          f"({outcome.units_skipped} resumed), {outcome.steps} member-steps, wall "
+          f"{outcome.wall_s:.1f} s -> {outcome.run_dir}; report {page}")  # fmt: skip
+    return _control_verdict(outcome.results)
+
+
+def _control_verdict(df: object) -> int:
+    from butterfly.experiment import check_control
+
+    problems = check_control(df)  # type: ignore[arg-type]
+    n_ctrl = int((df["control"] == 1).sum())  # type: ignore[index]
+    if problems:
+        print(f"DETERMINISM FAILURE: the sigma = 0 control differs from the original in "
+              f"{len(problems)} of {n_ctrl} populations:", file=sys.stderr)  # fmt: skip
+        for p in problems:
+            print(f"  {p}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"determinism check: all {n_ctrl} sigma = 0 controls have l2 = 0.0 and barrier = 0.0 "
+          "exactly")  # fmt: skip
     return 0
 
 
@@ -338,6 +423,8 @@ def _dispatch(args: argparse.Namespace, debug: bool) -> int:
             return cmd_compare(args)
         if args.command == "config":
             return cmd_config(args)
+        if args.command == "threshold":
+            return cmd_threshold(args)
         if args.command == "presets":
             return cmd_presets(args)
         if args.command == "report":

@@ -379,6 +379,12 @@ class EvalConfig(_Strict):
     trajectory_points: int = Field(
         20, ge=0, description="log-spaced steps at which L2 is recorded during training (0: off)"
     )
+    lyapunov: bool = Field(
+        False,
+        description="estimate the top Lyapunov exponent of the training map from each t to T "
+        "and the linearised L2 prediction (Appendix B.4; SGD recipes)",
+    )
+    lyapunov_every: int = Field(10, ge=1, description="lyapunov: renormalise every k steps")
 
 
 class RuntimeConfig(_Strict):
@@ -428,6 +434,37 @@ class PretrainConfig(_Strict):
         return self
 
 
+class ThresholdConfig(_Strict):
+    """The edge of stability (``butterfly threshold``): for each perturbation time t (seed,
+    kind), the smallest σ whose ``metric`` reaches ε, by an adaptive search in log σ; or, with
+    ``over: t``, for the size ``sigma``, the earliest t after which it stays below ε."""
+
+    over: Literal["sigma", "t"] = Field("sigma", description="search σ*(t), or t*(σ)")
+    metric: str = Field("barrier_train_loss", description="the result column compared with ε")
+    eps: float = Field(
+        0.05, gt=0, description="ε: absolute, in the metric's units (0.05 nats: above the "
+        "barriers the smallest perturbations already give early in training)"
+    )
+    relative: bool = Field(False, description="ε relative to the original's final train loss")
+    sigma_min: float = Field(1e-6, gt=0, description="the bracket's smallest σ")
+    sigma_max: float = Field(1.0, gt=0, description="the bracket's largest σ")
+    per_round: int = Field(6, ge=2, le=64, description="values measured per round")
+    resolution: float = Field(1.25, gt=1, description="stop when the bracket is this narrow")
+    max_rounds: int = Field(8, ge=1, le=100)
+    sigma: float | None = Field(
+        None, gt=0, description="over t: the size whose t* is searched (default perturb.sigmas[0])"
+    )
+
+    @model_validator(mode="after")
+    def _bracket(self) -> ThresholdConfig:
+        if self.sigma_min >= self.sigma_max:
+            raise ValueError(
+                f"threshold.sigma_min = {self.sigma_min} must be below threshold.sigma_max = "
+                f"{self.sigma_max}"
+            )
+        return self
+
+
 class RunConfig(_Strict):
     """A whole sweep. ``seeds`` repeat the experiment: each seed fixes init, batches and noise."""
 
@@ -443,6 +480,9 @@ class RunConfig(_Strict):
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     pretrain: PretrainConfig | None = Field(
         None, description="pre-train first and fine-tune from several checkpoints (section 4.4)"
+    )
+    threshold: ThresholdConfig | None = Field(
+        None, description="search the edge of stability instead of a grid (butterfly threshold)"
     )
 
     @field_validator("name")
@@ -481,6 +521,8 @@ class RunConfig(_Strict):
                 f"runtime.mode = batched is for MLPs; model.name = {self.model.name} trains with "
                 "auto, vmap or loop"
             )
+        if self.threshold is not None and "spawn" in p.kinds:
+            raise ValueError("threshold searches perturbation sizes: perturb.kinds cannot hold spawn")
         for s in p.steps:
             if s >= self.recipe.steps:
                 raise ValueError(
@@ -589,7 +631,8 @@ def _format_error(err: ValidationError) -> str:
         return (f"config field '{field}': {msg}, got {e.get('input')!r}"
                 f"{did_you_mean(str(e.get('input')), expected)}")  # fmt: skip
     if msg.startswith(
-        ("seeds", "perturb.", "model.", "recipe.", "runtime.", "data.", "pretrain.", "name ")
+        ("seeds", "perturb.", "model.", "recipe.", "runtime.", "data.", "pretrain.", "name ",
+         "threshold")
     ):
         return msg
     return f"config field '{field}': {msg} (got {e.get('input')!r})"

@@ -40,7 +40,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -466,3 +466,26 @@ def fit_growth_rate(steps: Iterable[float], l2: Iterable[float]) -> GrowthFit:
         return GrowthFit(math.nan, math.nan, int(s.size))
     slope, intercept = np.polyfit(s, d, 1)
     return GrowthFit(float(slope), float(intercept), int(s.size))
+
+
+def linearised(
+    rows_: list[dict[str, Any]], trajectory: list[dict[str, Any]], result: LyapunovResult
+) -> None:
+    """Put the linearised prediction next to what was measured, in place: every result row
+    gets the unit's exponent and its child's fitted finite-time growth rate, and every
+    trajectory point of a perturbed child its predicted ``l2_predicted`` = ‖σε‖ e^{λ(s − t)}
+    (Eq. 7), so the report can draw predicted against measured L2 (Figure 6's claim)."""
+    noise = {r["member"]: r["noise_l2"] for r in rows_}
+    by_member: dict[str, list[dict[str, Any]]] = {}
+    for p in trajectory:
+        by_member.setdefault(p["member"], []).append(p)
+        eps = noise.get(p["member"])
+        if eps and p["kind"] in ("batch", "gaussian"):
+            p["l2_predicted"] = float(predicted_l2(eps, result, [p["step"]])[0])
+    for r in rows_:
+        r["lyapunov_exponent"] = result.exponent
+        pts = sorted(by_member.get(r["member"], []), key=lambda p: p["step"])
+        after = [p for p in pts if p["step"] > p["t"]]
+        if len(after) >= 2 and r["kind"] in ("batch", "gaussian"):
+            fit = fit_growth_rate([p["step"] for p in after], [p["l2_to_original"] for p in after])
+            r["growth_rate"] = None if math.isnan(fit.rate) else fit.rate

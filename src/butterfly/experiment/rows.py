@@ -88,6 +88,12 @@ RESULTS: tuple[Column, ...] = (
     _c("status", "TEXT", "ok; diverged; original diverged; or why the perturbation was "
        "undefined", "always"),
     _c("unit_wall_s", "REAL", "wall time of the population unit", "always"),
+    _c("lyapunov_exponent", "REAL", "eval.lyapunov: top Lyapunov exponent (per step) of the "
+       "training map from t to T, along the original (Appendix B.4)", "optional"),
+    _c("growth_rate", "REAL", "eval.lyapunov: finite-time growth rate of the child's L2 to the "
+       "original, fitted to its trajectory (per step)", "optional"),
+    _c("round", "INTEGER", "butterfly threshold: the search round that measured this child",
+       "optional"),
 )  # fmt: skip
 # Added by the fine-tuning pipeline when it joins the results of its sweeps (not stored in a
 # sweep's own table).
@@ -108,6 +114,7 @@ TRAJECTORIES: tuple[Column, ...] = (
     _c("l2_to_original", "REAL", "L2 distance to the original at this step"),
     _c("l2_from_init", "REAL", "L2 distance from theta_0 at this step"),
     _c("barrier_train_loss", "REAL", "train-loss barrier to the original at this step (not for the original itself; eval.trajectory_barriers)", "optional"),
+    _c("l2_predicted", "REAL", "eval.lyapunov: the linearised prediction ||σε|| exp(λ (step − t)) of l2_to_original", "optional"),
 )  # fmt: skip
 TRAJECTORIES_UNIQUE = ("seed", "t", "member", "step")
 
@@ -135,11 +142,34 @@ TRAINING: tuple[Column, ...] = (
 )  # fmt: skip
 TRAINING_UNIQUE = ("seed", "t", "step")
 
+# ---- thresholds: the edge of stability found by butterfly threshold --------------------------
+THRESHOLDS: tuple[Column, ...] = (
+    _c("seed", "INTEGER", "seed", "key"),
+    _c("kind", "TEXT", "perturbation kind", "key"),
+    _c("over", "TEXT", "sigma: σ*(t) at the perturbation time `at`; t: t*(σ) at the size `at`",
+       "key"),
+    _c("at", "REAL", "the fixed coordinate: the step t (over sigma) or the size σ (over t)", "key"),
+    _c("status", "TEXT", "resolved, max_rounds, above / below (σ* outside the bracket), "
+       "never_stable / always_stable (t* outside it)", "always"),
+    _c("estimate", "REAL", "σ* (geometric mean of the bracket) or t* (its upper end)", "optional"),
+    _c("lo", "REAL", "the bracket's stable end (σ) or last unstable step (t)", "optional"),
+    _c("hi", "REAL", "the bracket's unstable end (σ) or first stable step (t)", "optional"),
+    _c("rounds", "INTEGER", "rounds measured", "always"),
+    _c("points", "INTEGER", "values measured", "always"),
+    _c("crossings", "INTEGER", "stable/unstable changes along the measured values (1: monotone)",
+       "always"),
+    _c("metric", "TEXT", "the result column compared with ε", "always"),
+    _c("eps", "REAL", "ε", "always"),
+    _c("relative", "INTEGER", "1: ε relative to the original's final train loss", "always"),
+)  # fmt: skip
+THRESHOLDS_UNIQUE = ("seed", "kind", "over", "at")
+
 TABLES: dict[str, tuple[tuple[Column, ...], tuple[str, ...]]] = {
     "results": (RESULTS, RESULTS_UNIQUE),
     "trajectories": (TRAJECTORIES, TRAJECTORIES_UNIQUE),
     "permutation_proxy": (PERMUTATION_PROXY, PERMUTATION_PROXY_UNIQUE),
     "training": (TRAINING, TRAINING_UNIQUE),
+    "thresholds": (THRESHOLDS, THRESHOLDS_UNIQUE),
 }
 
 

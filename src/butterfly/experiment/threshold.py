@@ -62,7 +62,7 @@ NEVER_STABLE = "never_stable"  # t: B ≥ ε at the latest t allowed
 ALWAYS_STABLE = "always_stable"  # t: B < ε at every measured t, t = t_min included
 
 DEFAULT_METRIC = "barrier_train_loss"
-DEFAULT_EPS = 0.01
+DEFAULT_EPS = 0.05
 
 
 def key(x: float) -> float:
@@ -92,12 +92,13 @@ class Criterion:
     metric's units) or, when ``relative``, ε = ``eps`` × the original's train loss at the end
     (``train_loss_a``).
 
-    The default, an absolute train-loss barrier (Eq. 4) of 0.01 nats, is far above the noise
-    floor (the σ = 0 control's barrier is exactly 0.0 and barriers of the smallest
-    perturbations late in training are orders of magnitude smaller), and it does not collapse
-    when the train loss goes to zero the way a relative ε does (for a network that fits its
-    training set, 1% of its train loss lies within rounding noise). It plays the role of
-    Frankle et al.'s (2020) "barrier ≈ 0" for linear mode connectivity on the loss.
+    The default, an absolute train-loss barrier (Eq. 4) of 0.05 nats, sits above the *chaotic
+    floor*: early in training, the smallest perturbations that survive float32 rounding
+    (σ ≈ 1e-6) already give barriers of 0.01-0.04 on the default MNIST-1D recipe, whatever σ,
+    so a smaller ε finds no σ dependence there (σ* below any resolvable σ); 0.05 resolves
+    σ*(t) at all six of the paper's perturbation times. It does not collapse when the train
+    loss goes to zero the way a relative ε does (for a network that fits its training set, 1%
+    of its train loss lies within rounding noise).
     """
 
     metric: str = DEFAULT_METRIC

@@ -446,6 +446,157 @@ def l2_from_init_figure(
     return fig
 
 
+# ---- the edge of stability -------------------------------------------------------------------
+STABILITY_EPS = 0.05  # ε of a grid sweep's σ*(t) estimate (the threshold search's default)
+
+
+def sigma_star(df: pd.DataFrame, thresholds: pd.DataFrame | None, eps: float = STABILITY_EPS
+               ) -> pd.DataFrame:  # fmt: skip
+    """σ*(t) per (seed, kind, t_frac): from a threshold search's table when there is one,
+    else from the grid (the geometric mean of the first measured σ whose seed-mean barrier
+    reaches ε and the σ below it). Columns seed, kind, t_frac, sigma_star (NaN: open)."""
+    kids = _kids(df)
+    T = None
+    if len(kids):
+        T = float((kids["t"] / kids["t_frac"]).replace([np.inf], np.nan).dropna().median()) \
+            if (kids["t_frac"] > 0).any() else None  # fmt: skip
+    if thresholds is not None and len(thresholds) and (thresholds["over"] == "sigma").all():
+        th = thresholds.copy()
+        steps = th["at"].astype(float)
+        th["t_frac"] = steps / T if T else 0.0
+        th.loc[steps == 0, "t_frac"] = 0.0
+        known = {_key(v): v for v in kids["t_frac"].unique()}
+        th["t_frac"] = [known.get(_key(v), v) for v in th["t_frac"]]
+        return th.rename(columns={"estimate": "sigma_star"})[
+            ["seed", "kind", "t_frac", "sigma_star"]
+        ]
+    out = []
+    for (seed, kind, tf), g in kids.groupby(["seed", "kind", "t_frac"]):
+        b = g.groupby("sigma")["barrier_train_loss"].mean().sort_index()
+        over = [s for s, v in b.items() if v >= eps]
+        star = np.nan
+        if over and over[0] != b.index[0]:
+            below = b.index[list(b.index).index(over[0]) - 1]
+            star = float(np.sqrt(below * over[0]))
+        out.append({"seed": seed, "kind": kind, "t_frac": tf, "sigma_star": star})
+    return pd.DataFrame(out, columns=["seed", "kind", "t_frac", "sigma_star"])
+
+
+def has_stability_map(df: pd.DataFrame, thresholds: pd.DataFrame | None = None) -> bool:
+    """A threshold search, or a grid with at least 3 times and 3 sizes."""
+    if thresholds is not None and len(thresholds) and (thresholds["over"] == "sigma").all():
+        return True
+    kids = _kids(df)
+    return kids["t_frac"].nunique() >= 3 and kids["sigma"].nunique() >= 3
+
+
+def stability_map(
+    df: pd.DataFrame, thresholds: pd.DataFrame | None = None, palette: Palette | None = None
+) -> Figure:
+    """The (t, σ) plane, a panel per kind: every measured (t, σ) a square coloured by its mean
+    train-loss barrier over seeds (log colour scale), σ*(t) drawn over it (each seed's as a
+    small mark, their mean as a line)."""
+    from matplotlib.colors import LogNorm
+
+    kids = _kids(df).dropna(subset=["barrier_train_loss"])
+    kinds = perturbed_kinds(kids) or ["batch"]
+    fig, axes = _figure(1, len(kinds), sharey=True)
+    cells = kids.groupby(["kind", "t_frac", "sigma"])["barrier_train_loss"].mean()
+    positive = cells[cells > 0]
+    lo = max(float(positive.min()) if len(positive) else 1e-8, 1e-9)
+    hi = max(float(cells.max()) if len(cells) else 1.0, lo * 10)
+    norm = LogNorm(vmin=lo, vmax=hi)
+    star = sigma_star(df, thresholds)
+    mesh = None
+    for ax, kind in zip(axes[0], kinds, strict=True):
+        c = cells.xs(kind, level="kind") if kind in cells.index.get_level_values(0) else None
+        if c is not None and len(c):
+            tf = c.index.get_level_values("t_frac").to_numpy(dtype=float)
+            sg = c.index.get_level_values("sigma").to_numpy(dtype=float)
+            mesh = ax.scatter(tf, sg, c=np.clip(c.to_numpy(), lo, None), norm=norm,
+                              cmap="magma_r", marker="s", s=140, linewidths=0,
+                              clip_on=False)  # fmt: skip
+        st = star[(star["kind"] == kind)]
+        if len(st):
+            ax.scatter(st["t_frac"], st["sigma_star"], marker="_", s=90, color="0.25",
+                       linewidths=1.2, label="σ*(t), one seed", clip_on=False)  # fmt: skip
+            mean = st.groupby("t_frac")["sigma_star"].apply(
+                lambda v: float(np.exp(np.log(v.dropna()).mean())) if v.notna().any() else np.nan
+            )
+            ax.plot(mean.index.to_numpy(dtype=float), mean.to_numpy(), color="tab:cyan", lw=2,
+                    marker="o", ms=4, label="σ*(t), geometric mean over seeds")  # fmt: skip
+        ax.set_title(f"{KIND_TITLES.get(kind, kind)}", fontsize=10)
+        ax.set_xlabel("perturbation time t / T")
+        ax.set_yscale("log")
+        _scale(ax, "x", "log")
+    axes[0, 0].set_ylabel("perturbation size σ")
+    if mesh is not None:
+        fig.colorbar(mesh, ax=list(axes[0]), label="mean train-loss barrier (log)", shrink=0.9)
+    _finish(axes.flat)
+    _legend(fig)
+    return fig
+
+
+def sigma_star_compared(
+    runs: dict[str, tuple[pd.DataFrame, pd.DataFrame | None]]
+) -> Figure:
+    """σ*(t) of several runs on one axis per kind (the paper's Figure 4 question: which
+    recipe is more stable, and from when on)."""
+    kinds = sorted({k for df, _ in runs.values() for k in perturbed_kinds(_kids(df))}) or ["batch"]
+    fig, axes = _figure(1, len(kinds), sharey=True)
+    names = list(runs)
+    for ax, kind in zip(axes[0], kinds, strict=True):
+        for i, name in enumerate(names):
+            df, th = runs[name]
+            st = sigma_star(df, th)
+            st = st[st["kind"] == kind].dropna(subset=["sigma_star"])
+            if st.empty:
+                continue
+            mean = st.groupby("t_frac")["sigma_star"].apply(lambda v: float(np.exp(np.log(v).mean())))
+            ax.plot(mean.index.to_numpy(dtype=float), mean.to_numpy(), lw=1.8,
+                    marker=MARKERS[i % len(MARKERS)], ms=5, label=name,
+                    color=_ramp("tab10", 0.0, 0.9, i, max(len(names), 2)))  # fmt: skip
+        ax.set_title(f"{KIND_TITLES.get(kind, kind)}", fontsize=10)
+        ax.set_xlabel("perturbation time t / T")
+        ax.set_yscale("log")
+        _scale(ax, "x", "log")
+    axes[0, 0].set_ylabel(f"σ*(t): barrier reaches {STABILITY_EPS}")
+    _finish(axes.flat)
+    _legend(fig)
+    return fig
+
+
+def linearised_figure(traj: pd.DataFrame, df: pd.DataFrame, palette: Palette | None = None
+                      ) -> Figure:  # fmt: skip
+    """Measured L2 to the original (solid) against the linearised prediction ‖σε‖e^{λ(s−t)}
+    (dashed, Appendix B.4) over training, for the children perturbed earliest, a panel per
+    kind, a line per σ (mean over seeds)."""
+    palette = _palette(palette, df)
+    t0 = traj["t"].min() if len(traj) else 0
+    d = _traj_children(traj[(traj["t"] == t0)], df)
+    d = d[d["l2_predicted"].notna()] if "l2_predicted" in d else d.iloc[0:0]
+    kinds = perturbed_kinds(d) or ["batch"]
+    fig, axes = _figure(1, len(kinds), sharey=True)
+    for ax, kind in zip(axes[0], kinds, strict=True):
+        dk = d[d["kind"] == kind]
+        for sigma in sorted(dk["sigma"].unique()):
+            ds = dk[dk["sigma"] == sigma]
+            for col, style, what in (("l2_to_original", "-", "measured"),
+                                     ("l2_predicted", "--", "linearised")):  # fmt: skip
+                st = seed_stats(ds, ["step"], col)
+                ax.plot(st.index.to_numpy(dtype=float), st["mean"].to_numpy(), ls=style, lw=1.5,
+                        color=palette.sigma(sigma), marker=palette.sigma_marker(sigma), ms=3,
+                        label=f"{label_sigma(sigma)}, {what}")  # fmt: skip
+        ax.set_title(f"{KIND_TITLES.get(kind, kind)} at step {t0}", fontsize=10)
+        ax.set_xlabel("training step")
+        _scale(ax, "x", "log")
+        _scale(ax, "y", "log")
+    axes[0, 0].set_ylabel("L2 distance to the original")
+    _finish(axes.flat)
+    _legend(fig)
+    return fig
+
+
 def training_figure(train: pd.DataFrame) -> Figure:
     """The original's training curve in the population perturbed earliest (so from its t to
     T): train loss (full training set, and the mean minibatch loss between records) and test
@@ -732,6 +883,27 @@ FIGURES = [
                f"perturbed kind; t/T on a {LOGX}. {MEAN}; {FULL}."),
 ]  # fmt: skip
 
+STABILITY = FigureSpec(
+    "stability_map.png", "The stability map",
+    "The (t, σ) plane, a panel per kind: each measured (t, σ) is a square coloured by its mean "
+    "train-loss barrier over seeds (log colour scale); σ*(t), the smallest σ whose barrier "
+    f"reaches ε ({STABILITY_EPS} for a grid, between its grid points; the search's ε and bracket "
+    "for butterfly threshold), for each seed (dashes) and their geometric mean (line). Log σ "
+    f"axis, t/T on a {LOGX}. {FULL}.",
+)  # fmt: skip
+SIGMA_STAR_COMPARED = FigureSpec(
+    "sigma_star_compared.png", "The edge of stability of each run (Figure 4's question)",
+    "σ*(t) of every run on one axis per kind (geometric mean over seeds; log σ axis, t/T on a "
+    f"{LOGX}): a higher curve is a more stable recipe. Runs without a crossing at some t leave "
+    "that t out.",
+)  # fmt: skip
+LINEARISED = FigureSpec(
+    "linearised.png", "The linearised prediction against training (Figure 6, Appendix B.4)",
+    "L2 distance to the original over training for the children perturbed at the earliest t "
+    "(solid, mean over seeds), and the linearised dynamical system's prediction "
+    "‖σε‖·exp(λ(s − t)) with λ the top Lyapunov exponent of the training map from t to T "
+    f"(dashed), a line per σ, a panel per kind. {LOGY}; training steps on a {LOGX}.",
+)  # fmt: skip
 TRAINING = FigureSpec(
     "training.png", "How the recipe trained",
     "The original network of the population perturbed earliest, from its t to T: train loss on "
@@ -754,17 +926,23 @@ RUNS_COMPARED = FigureSpec(
 
 
 def run_figures(
-    df: pd.DataFrame, traj: pd.DataFrame, proxy: pd.DataFrame, palette: Palette | None = None
+    df: pd.DataFrame,
+    traj: pd.DataFrame,
+    proxy: pd.DataFrame,
+    palette: Palette | None = None,
+    thresholds: pd.DataFrame | None = None,
 ) -> list[tuple[FigureSpec, Figure]]:
     """Every figure the data supports, in the report's order, as open figures."""
     palette = _palette(palette, df)
-    spec = {f.file: f for f in FIGURES}
+    spec = {f.file: f for f in [*FIGURES, STABILITY, LINEARISED]}
     kids = _kids(df)
     made: list[tuple[FigureSpec, Figure]] = []
 
     def add(name: str, build: Callable[[], Figure]) -> None:
         made.append((spec[name], build()))
 
+    if kids["barrier_train_loss"].notna().any() and has_stability_map(df, thresholds):
+        add("stability_map.png", lambda: stability_map(df, thresholds, palette))
     if kids["barrier_train_loss"].notna().any():
         add("barrier_vs_sigma.png", lambda: barrier_vs_sigma(df, palette))
         add("barrier_vs_sigma_log.png", lambda: barrier_vs_sigma(df, palette, logy=True))
@@ -779,6 +957,8 @@ def run_figures(
         add("cka.png", lambda: cka_figure(df, palette))
     if len(traj) and len(_traj_children(traj, df)):
         add("trajectories.png", lambda: trajectory_figure(traj, df, palette))
+    if len(traj) and "l2_predicted" in traj and traj["l2_predicted"].notna().any():
+        add("linearised.png", lambda: linearised_figure(traj, df, palette))
     if len(traj):
         add("l2_from_init.png", lambda: l2_from_init_figure(traj, df, palette))
     if kids["l2"].notna().any():
@@ -798,9 +978,10 @@ def all_figures(
     proxy: pd.DataFrame,
     out: Path,
     palette: Palette | None = None,
+    thresholds: pd.DataFrame | None = None,
 ) -> list[tuple[FigureSpec, Path]]:
     """Every figure the data supports, saved under ``out`` (PNG and PDF), in the report's order."""
     return [
         (spec, save_figure(fig, Path(out) / spec.file))
-        for spec, fig in run_figures(df, traj, proxy, palette)
+        for spec, fig in run_figures(df, traj, proxy, palette, thresholds)
     ]

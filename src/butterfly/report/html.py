@@ -22,13 +22,16 @@ from butterfly.experiment.rows import PRETRAIN_STEPS, children
 from butterfly.report.figures import (
     FINETUNE,
     RUNS_COMPARED,
+    SIGMA_STAR_COMPARED,
     TRAINING,
     FigureSpec,
     Palette,
     all_figures,
     finetune_figure,
+    has_stability_map,
     runs_side_by_side,
     save_figure,
+    sigma_star_compared,
     training_figure,
 )
 from butterfly.report.summary import (
@@ -181,6 +184,7 @@ def read_run(run_dir: Path) -> dict:
             "trajectories": s.trajectories(),
             "proxy": s.permutation_proxy(),
             "training": s.training(),
+            "thresholds": s.thresholds(),
             "units": s.units(),
             "config": s.get_meta("config") or {},
             "environment": s.get_meta("environment") or {},
@@ -306,9 +310,15 @@ def build_report(run_dirs: list[Path], out: Path | None = None) -> Path:
         sections.append(
             _figure_html(RUNS_COMPARED, save_figure(side, fig_dir / RUNS_COMPARED.file))
         )
+        if any(has_stability_map(r["results"], r["thresholds"]) for r in runs.values()):
+            edge = sigma_star_compared({n: (r["results"], r["thresholds"]) for n, r in runs.items()})
+            sections.append(_figure_html(
+                SIGMA_STAR_COMPARED, save_figure(edge, fig_dir / SIGMA_STAR_COMPARED.file)
+            ))  # fmt: skip
     for i, (name, run) in enumerate(runs.items()):
         sub = fig_dir if len(runs) == 1 else fig_dir / f"run{i}-{name}"
-        figs = all_figures(run["results"], run["trajectories"], run["proxy"], sub, palette)
+        figs = all_figures(run["results"], run["trajectories"], run["proxy"], sub, palette,
+                           run["thresholds"])  # fmt: skip
         curve = run["training"]
         trained = (save_figure(training_figure(curve), sub / TRAINING.file)
                    if curve["train_loss"].notna().any() else None)  # fmt: skip

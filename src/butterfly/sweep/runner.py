@@ -114,6 +114,11 @@ def preflight(cfg: RunConfig, run_dir: Path | None = None) -> list[str]:
             f"recipe.batch_size = {cfg.recipe.batch_size} exceeds the {n} training examples of "
             f"'{cfg.data.name}'"
         )
+    if cfg.eval.lyapunov and cfg.recipe.optimizer != "sgd":
+        raise ConfigError(
+            f"eval.lyapunov follows the SGD training map; recipe.optimizer = "
+            f"{cfg.recipe.optimizer} is not supported (set eval.lyapunov: false)"
+        )
     pb = cfg.perturb.batch_size
     if pb is not None and pb > n and "batch" in cfg.perturb.kinds:
         raise ConfigError(
@@ -219,9 +224,9 @@ def run_sweep(
     ``progress``: draw live progress on stderr (default: only when stderr is a terminal).
     """
     run_dir = Path(run_dir)
-    if cfg.pretrain is not None:
+    if cfg.pretrain is not None or cfg.threshold is not None:
         raise ConfigError(
-            "a config with a pretrain section is a fine-tuning pipeline: run it with "
+            "a config with a pretrain or threshold section is a pipeline: run it with "
             "butterfly.sweep.pipelines.run_pipeline (what `butterfly run` does)"
         )
     if force_new and rundir.config_differs(cfg, run_dir):

@@ -37,6 +37,8 @@ def run_status(run_dir: Path) -> tuple[str, bool]:
     if not cfg_path.is_file() or not db.is_file():
         raise ConfigError(f"{run_dir} is not a butterfly run folder (no config.yaml/results.db)")
     cfg = build_config(parse_yaml(cfg_path.read_text()))
+    if cfg.threshold is not None:
+        return threshold_status(run_dir, cfg)
     units = plan(cfg)
     with Store(db) as store:
         done = store.finished_units()
@@ -73,3 +75,31 @@ def run_status(run_dir: Path) -> tuple[str, bool]:
         lines.append(f"determinism check: all {n_ctrl} sigma = 0 controls exactly zero")
     healthy = not problems and not (failed_keys and not running)
     return "\n".join(lines), healthy
+
+
+def threshold_status(run_dir: Path, cfg: object) -> tuple[str, bool]:
+    """A threshold search's folder: populations measured per round, the answers so far."""
+    from butterfly.sweep.pipelines.threshold import threshold_table
+
+    with Store(run_dir / rundir.STORE) as store:
+        rounds = pd.read_sql_query("SELECT round, COUNT(*) AS n FROM rounds GROUP BY round",
+                                   store.conn)  # fmt: skip
+        df = store.results()
+        table = store.thresholds()
+        failures = store.failures()
+    running = is_locked(run_dir)
+    per = ", ".join(f"round {int(r.round)}: {int(r.n)}" for r in rounds.itertuples())
+    lines = [f"threshold search {run_dir}: {int(rounds.n.sum()) if len(rounds) else 0} "
+             f"populations measured ({per or 'none yet'})"
+             + (" — a process is running it now" if running else "")]  # fmt: skip
+    lines.append(threshold_table(table) if len(table) else "no answers yet (still searching)")
+    for r in failures.itertuples():
+        where = f"seed {int(r.seed)}" + (" (parent)" if pd.isna(r.t) else f" t={int(r.t)}")
+        lines.append(f"  failed: {where}: {r.error}")
+    problems = check_control(df) if len(df) else []
+    if problems:
+        lines.append(f"DETERMINISM FAILURE in {len(problems)} controls")
+    elif len(df):
+        lines.append(f"determinism check: all {int((df.control == 1).sum())} sigma = 0 controls "
+                     "exactly zero")  # fmt: skip
+    return "\n".join(lines), not problems and not (len(failures) and not running)

@@ -77,6 +77,11 @@ class Store:
                 "population INTEGER, steps INTEGER, wall_s REAL, finished REAL, "
                 "PRIMARY KEY (seed, t))"
             )
+            self.conn.execute(
+                "CREATE TABLE IF NOT EXISTS rounds (seed INTEGER NOT NULL, t INTEGER NOT NULL, "
+                "round INTEGER NOT NULL, population INTEGER, steps INTEGER, wall_s REAL, "
+                "finished REAL, PRIMARY KEY (seed, t, round))"
+            )
             self.conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
             self.conn.execute(
                 "CREATE TABLE IF NOT EXISTS failures (seed INTEGER NOT NULL, t INTEGER, "
@@ -161,6 +166,43 @@ class Store:
         )
 
     @guarded
+    def commit_round(
+        self,
+        seed: int,
+        t: int,
+        round_: int,
+        results: Iterable[dict[str, Any]],
+        population: int,
+        steps: int,
+        wall_s: float,
+        finished: float,
+    ) -> None:
+        """A threshold search's unit: its rows (tagged with the round) and its bookkeeping in
+        the ``rounds`` table, in one transaction."""
+        with self.conn:
+            self._insert("results", ({**r, "round": round_} for r in results))
+            self.conn.execute(
+                "INSERT OR REPLACE INTO rounds (seed, t, round, population, steps, wall_s, "
+                "finished) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (seed, t, round_, population, steps, wall_s, finished),
+            )
+
+    @guarded
+    def finished_rounds(self) -> set[tuple[int, int, int]]:
+        return {(s, t, r) for s, t, r in self.conn.execute("SELECT seed, t, round FROM rounds")}
+
+    @guarded
+    def set_thresholds(self, records: Iterable[dict[str, Any]]) -> None:
+        with self.conn:
+            self._insert("thresholds", records)
+
+    @guarded
+    def thresholds(self) -> pd.DataFrame:
+        return pd.read_sql_query(
+            "SELECT * FROM thresholds ORDER BY seed, kind, over, at", self.conn
+        )
+
+    @guarded
     def record_failure(self, seed: int, t: int | None, error: str, when: float) -> None:
         with self.conn:
             self.conn.execute(
@@ -232,6 +274,6 @@ def pipeline_runs(run_dir: Path) -> list[tuple[int, Path]] | None:
     if not db.is_file():
         return None
     with Store(db) as s:
-        if s.get_meta("pipeline") is None:
+        if s.get_meta("pipeline") != "finetune":
             return None
         return [(int(steps), run_dir / name) for steps, name in s.get_meta("runs") or []]

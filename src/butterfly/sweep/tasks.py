@@ -12,6 +12,7 @@ from typing import Any
 from butterfly.checkpoint import damaged, load_checkpoint, save_checkpoint, set_aside
 from butterfly.config import RunConfig
 from butterfly.experiment import make_setup, run_population, train_parent
+from butterfly.experiment.lyapunov import linearised, lyapunov_exponent
 from butterfly.experiment.measure import measure_children, permutation_proxy_rows
 from butterfly.experiment.setup import resolve_device
 from butterfly.sweep.plan import Unit
@@ -113,6 +114,10 @@ def run_unit(cfg: RunConfig, unit: Unit, run_dir: Path, reporter: Any = None) ->
         setup.comparer, setup.init, unit.seed, cfg.recipe.steps, unit.members, unit.t,
         run.finals, run.diverged, run.noise, run.undefined,
     )  # fmt: skip
+    if cfg.eval.lyapunov and not run.diverged[0]:
+        result = lyapunov_exponent(setup, params_t, state_t, unit.t, until=cfg.recipe.steps,
+                                   every=cfg.eval.lyapunov_every, seed=unit.seed)  # fmt: skip
+        linearised(rows, run.trajectory, result)
     proxy: list[dict[str, Any]] = []
     first_t = unit.t == cfg.perturbation_steps()[0]
     original = run.finals[0]

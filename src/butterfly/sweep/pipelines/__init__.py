@@ -3,7 +3,10 @@
 * a plain config is one sweep (:func:`butterfly.sweep.runner.run_sweep`);
 * a config with a ``pretrain`` section is the fine-tuning pipeline
   (:func:`butterfly.sweep.pipelines.finetune.run_finetune`): pre-training, then one sweep per
-  pre-training checkpoint, in one run folder.
+  pre-training checkpoint, in one run folder;
+* a config with a ``threshold`` section searches the edge of stability
+  (:func:`butterfly.sweep.pipelines.threshold.run_threshold`): σ*(t) or t*(σ) by rounds of
+  populations.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any
 from butterfly.config import RunConfig
 from butterfly.sweep import rundir
 from butterfly.sweep.pipelines.finetune import run_finetune
+from butterfly.sweep.pipelines.threshold import run_threshold
 from butterfly.sweep.runner import SweepOutcome, log, run_sweep
 
 
@@ -38,8 +42,10 @@ def run_pipeline(
         log(f"config differs from the existing run: starting a fresh run in {run_dir}", quiet)
     if cfg.pretrain is not None:
         return run_finetune(cfg, run_dir, workers, quiet, executor, address, progress)
+    if cfg.threshold is not None:
+        return run_threshold(cfg, run_dir, workers, quiet, executor, address, progress)
     return run_sweep(cfg, run_dir, workers=workers, quiet=quiet, executor=executor,
                      address=address, progress=progress, **kwargs)  # fmt: skip
 
 
-__all__ = ["run_finetune", "run_pipeline"]
+__all__ = ["run_finetune", "run_pipeline", "run_threshold"]

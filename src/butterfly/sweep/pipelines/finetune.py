@@ -28,6 +28,7 @@ from butterfly.experiment.rows import PRETRAIN_STEPS
 from butterfly.experiment.setup import environment
 from butterfly.sweep import rundir
 from butterfly.sweep.lock import RunLock
+from butterfly.sweep.pipelines.threshold import run_threshold
 from butterfly.sweep.runner import SweepOutcome, log, preflight, run_sweep
 from butterfly.sweep.store import Store
 from butterfly.sweep.tasks import run_parent
@@ -42,6 +43,7 @@ def pretrain_config(cfg: RunConfig) -> RunConfig:
     raw["data"] = cfg.pretrain.data.model_dump()
     raw["recipe"] = cfg.pretrain.recipe.model_dump()
     raw["pretrain"] = None
+    raw["threshold"] = None  # pre-training is one parent per seed; only fine-tuning searches
     raw["model"]["init_from"] = None
     raw["perturb"] = {"times": [0.0], "steps": []}
     raw["name"] = f"{cfg.name}-pretrain"
@@ -110,10 +112,13 @@ def run_finetune(
         for s in steps:
             log(f"fine-tuning from pre-training step {s}" + (" (random init)" if s == 0 else ""),
                 quiet)  # fmt: skip
-            out = run_sweep(
-                finetune_config(cfg, run_dir, s), sub_dir(run_dir, s), workers=workers,
-                quiet=quiet, executor=executor, address=address, progress=progress,
-            )  # fmt: skip
+            sub_cfg = finetune_config(cfg, run_dir, s)
+            if sub_cfg.threshold is not None:  # the edge of stability from each checkpoint
+                out = run_threshold(sub_cfg, sub_dir(run_dir, s), workers, quiet, executor,
+                                    address, progress)  # fmt: skip
+            else:
+                out = run_sweep(sub_cfg, sub_dir(run_dir, s), workers=workers, quiet=quiet,
+                                executor=executor, address=address, progress=progress)  # fmt: skip
             outcomes.append(out)
             frames.append(out.results.assign(**{PRETRAIN_STEPS.name: s}))
         df = pd.concat(frames, ignore_index=True)
