@@ -49,3 +49,45 @@ def test_lost_workers_are_retried(cluster, tmp_path: Path) -> None:
     fut = pool.submit(_crash_once, str(tmp_path / "marker"))
     assert fut.result(timeout=120) == "done"
     pool.shutdown()
+
+
+def _assigned() -> dict:
+    return dict(ray.get_runtime_context().get_assigned_resources())
+
+
+def test_units_ask_ray_for_the_runtime_resources(cluster) -> None:
+    from butterfly.sweep.executors import ray_resources
+
+    cpu = tiny_config()
+    assert ray_resources(cpu) == {"num_cpus": 1.0, "num_gpus": 0.0}  # no GPU asked on CPU
+    gpu = tiny_config(runtime={"device": "cuda", "workers": 1})
+    assert ray_resources(gpu) == {"num_cpus": 1.0, "num_gpus": 1.0}  # one unit per GPU
+    two = tiny_config(runtime={"ray_cpus": 2, "ray_gpus": 0.5, "workers": 1})
+    assert ray_resources(two) == {"num_cpus": 2.0, "num_gpus": 0.5}
+    pool = RayExecutor(cpu, 2, None)
+    got = pool.submit(_assigned).result(timeout=120)
+    assert got.get("CPU") == 1.0 and not got.get("GPU")  # what the task was given
+    assert pool.slots == 2  # 2 CPUs in the cluster, 1 per unit
+    pool.shutdown()
+    wide = RayExecutor(tiny_config(runtime={"ray_cpus": 2, "workers": 1}), 2, None)
+    assert wide.submit(_assigned).result(timeout=120).get("CPU") == 2.0 and wide.slots == 1
+    wide.shutdown()
+
+
+def test_a_threshold_search_runs_on_ray_as_locally(cluster, tmp_path: Path) -> None:
+    from butterfly.config import build_config
+    from butterfly.sweep import Store
+    from butterfly.sweep.pipelines import run_pipeline
+    from butterfly.sweep.pipelines.threshold import LEAN_EVAL
+
+    raw = {**tiny_config().to_dict(), "eval": LEAN_EVAL,
+           "threshold": {"eps": 0.001, "per_round": 3, "resolution": 2.0}}  # fmt: skip
+    cfg = build_config(raw)
+    run_pipeline(cfg, tmp_path / "ray", workers=2, executor="ray", quiet=True)
+    run_pipeline(cfg, tmp_path / "local", workers=2, quiet=True)
+    frames = []
+    for d in ("ray", "local"):
+        with Store(tmp_path / d / "results.db") as s:
+            frames.append(s.thresholds())
+    cols = ["seed", "kind", "at", "status", "estimate", "lo", "hi", "rounds"]
+    assert frames[0][cols].equals(frames[1][cols])

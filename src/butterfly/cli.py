@@ -106,6 +106,9 @@ def _parser() -> argparse.ArgumentParser:
         "--force-new", action="store_true",
         help="if --out holds a run with another config, start a fresh folder OUT-N instead",
     )  # fmt: skip
+    r.add_argument("--dry-run", action="store_true",
+                   help="print the plan and a projected wall time from a few timed steps; "
+                   "write and train nothing")  # fmt: skip
     th = command("threshold", "find the edge of stability: σ*(t), the smallest σ whose barrier "
                  "reaches ε (or, --over t, t*(σ)), by adaptive rounds of populations")  # fmt: skip
     config_args(th)
@@ -165,6 +168,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides, args.scale)
     if args.workers is not None and args.workers < 0:
         raise ConfigError("--workers must be >= 0 (0 = one per core)")
+    if args.dry_run:
+        return dry_run(cfg, args.workers)
     out = Path(args.out) if args.out else Path("runs") / cfg.name
     outcome = run_pipeline(
         cfg, out, workers=args.workers, quiet=args.quiet, executor=args.executor,
@@ -232,6 +237,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
             continue
         text = f"{v:.6g}" if isinstance(v, float) else str(v)
         print(f"{k:<{width}s}  {text}")
+    return 0
+
+
+def dry_run(cfg: object, workers: int | None) -> int:
+    from butterfly.sweep.estimate import project
+    from butterfly.sweep.runner import preflight, resolve_workers
+
+    if cfg.pretrain is not None or cfg.threshold is not None:  # type: ignore[attr-defined]
+        raise ConfigError("--dry-run projects plain sweeps; this config is a pipeline "
+                          "(pretrain or threshold): project its sweeps one by one")  # fmt: skip
+    for w in preflight(cfg):  # type: ignore[arg-type]
+        print(f"note: {w}")
+    projection = project(cfg, resolve_workers(cfg, workers))  # type: ignore[arg-type]
+    print("\n".join(projection.lines()))
     return 0
 
 

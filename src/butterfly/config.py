@@ -399,6 +399,28 @@ class RuntimeConfig(_Strict):
         "auto", description="population training mode"
     )
     checkpoints: bool = Field(True, description="save final weights of every member")
+    tf32: bool = Field(
+        False, description="allow TF32 matrix products on CUDA (faster, not float32-exact)"
+    )
+    gpus: int | Literal["all"] | None = Field(
+        None, description="local executor on CUDA: one worker per GPU, each pinned to its own "
+        "(N or all; default: one process on the one device)"
+    )
+    max_population: int | None = Field(
+        None, ge=1, description="train at most this many children per chunk of a population "
+        "(each chunk with its own original and control); CUDA: chosen from free memory"
+    )
+    ray_cpus: float = Field(1.0, gt=0, description="ray: CPUs each unit asks for")
+    ray_gpus: float | None = Field(
+        None, ge=0, description="ray: GPUs each unit asks for (default 1 on CUDA, 0 on CPU)"
+    )
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpus(cls, v: int | str | None) -> int | str | None:
+        if isinstance(v, int) and v < 1:
+            raise ValueError(f"runtime.gpus must be at least 1 or all; got {v}")
+        return v
 
     @field_validator("device")
     @classmethod

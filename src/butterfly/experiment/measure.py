@@ -390,23 +390,38 @@ def measure_children(
     diverged: list[bool],
     noise: list[tuple[float, int]],
     undefined: dict[str, str] | None = None,
+    originals: list[Tensors] | None = None,
+    anchors: list[int] | None = None,
 ) -> list[dict[str, Any]]:
     """One result row per member but the original (members[0]) of a population perturbed at
     ``t`` (of ``T``): every divergence measure against the original at the end of training.
 
     A diverged child, or one whose perturbation was ``undefined``, keeps its identity with
     ``diverged = 1`` and its ``status``; if the original itself diverged, every row says so,
-    and the control counts as exact when its weights are bit-identical to the original's."""
+    and the control counts as exact when its weights are bit-identical to the original's.
+    With member chunks (``originals``, ``anchors``), each child is measured against the original
+    of its own chunk."""
     undefined = undefined or {}
-    a = finals[0]
-    assert a is not None
-    a_ok = not diverged[0] and is_finite(a)
-    ea = cmp.endpoint(a) if a_ok else None
-    feats_a = cmp.features(a) if a_ok and cmp.cfg.cka else None
+    first = finals[0]
+    assert first is not None
+    originals = originals or [first]
+    anchors = anchors or [0] * len(members)
+    cache: dict[int, tuple[bool, Any, Any]] = {}
+
+    def reference(j: int) -> tuple[bool, Any, Any]:
+        if j not in cache:
+            a = originals[j]
+            ok = not diverged[0] and is_finite(a)
+            cache[j] = (ok, cmp.endpoint(a) if ok else None,
+                        cmp.features(a) if ok and cmp.cfg.cka else None)  # fmt: skip
+        return cache[j]
+
     out: list[dict[str, Any]] = []
     for i, m in enumerate(members):
         if i == 0:
             continue
+        a = originals[anchors[i]]
+        a_ok, ea, feats_a = reference(anchors[i])
         b = finals[i]
         ok = a_ok and b is not None and not diverged[i] and is_finite(b)
         if ok:

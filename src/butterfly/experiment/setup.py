@@ -28,9 +28,12 @@ from butterfly.train import PopulationTrainer
 Tensors = dict[str, torch.Tensor]
 
 
-def configure_torch(threads: int) -> None:
-    """Deterministic algorithms and a fixed intra-op thread count (recorded with each run)."""
+def configure_torch(threads: int, tf32: bool = False) -> None:
+    """Deterministic algorithms, a fixed intra-op thread count and float32 matrix products on
+    CUDA unless ``tf32`` (all recorded with each run)."""
     torch.set_num_threads(threads)
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
     # torch.use_deterministic_algorithms(True) also sets an inductor flag, and importing
     # inductor costs ~2.5 s per process; nothing here compiles, so set the switch directly.
     setter = getattr(torch._C, "_set_deterministic_algorithms", None)
@@ -54,13 +57,21 @@ def resolve_device(name: str) -> str:
 
 def environment(cfg: RunConfig) -> dict[str, Any]:
     """What a run's numbers depend on besides its config."""
-    return {
+    device = resolve_device(cfg.runtime.device)
+    env: dict[str, Any] = {
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "device": resolve_device(cfg.runtime.device),
+        "device": device,
         "threads": torch.get_num_threads(),
         "platform": platform.platform(),
+        "precision": "float32" + (", TF32 matmul allowed" if cfg.runtime.tf32 else ""),
+        "deterministic": torch.are_deterministic_algorithms_enabled(),
     }
+    if device.startswith("cuda") and torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name(torch.device(device))
+        env["cuda"] = torch.version.cuda
+        env["cudnn"] = torch.backends.cudnn.version()
+    return env
 
 
 @dataclass

@@ -25,7 +25,7 @@ import torch
 
 from butterfly.config import RunConfig
 from butterfly.data import BatchStream
-from butterfly.experiment.measure import training_row, trajectory_rows
+from butterfly.experiment.measure import same_bits, training_row, trajectory_rows
 from butterfly.experiment.members import Member
 from butterfly.experiment.perturb import Perturber, apply_perturbation
 from butterfly.experiment.setup import Setup
@@ -184,6 +184,11 @@ class PopulationRun:
     member_steps: int
     undefined: dict[str, str]
     training: list[dict[str, Any]]
+    originals: list[Tensors]  # the original of each member chunk (one without chunking)
+    anchors: list[int]  # each member's chunk: it is measured against originals[anchor]
+
+
+OOM = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
 
 def run_population(
@@ -193,10 +198,113 @@ def run_population(
     params_t: Tensors,
     state_t: OptState,
     on_step: Callable[[int], None] | None = None,
+    chunk: int | None = None,
 ) -> PopulationRun:
     """Perturb the children of ``members`` at the parent's state (``params_t``, ``state_t``) at
-    step ``t``, train the whole population, and record its trajectories."""
+    step ``t``, train the whole population, and record its trajectories.
+
+    ``chunk``: train at most this many children at once (memory). Every chunk is a population
+    of its own [original, control, children...] on the same batches; each child is measured
+    against the original of its own chunk, and each chunk's control must end bit-identical to
+    that original (DESIGN contract 4: kernels may depend on the population's size on a GPU,
+    so only a chunk's own members are compared). On CPU the result equals one population's,
+    bit for bit. A CUDA out-of-memory error halves the chunk and starts the unit again.
+    """
     perturber = Perturber(setup, params_t, state_t, t)
+    children = list(members[2:])
+    if chunk is None:
+        chunk = auto_chunk(setup, len(children))
+    while True:
+        try:
+            return _chunked(setup, members, children, t, params_t, state_t, perturber, on_step,
+                            max(1, chunk))  # fmt: skip
+        except OOM:
+            if chunk <= 1:
+                raise
+            chunk = max(1, chunk // 2)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+
+def auto_chunk(setup: Setup, n_children: int) -> int:
+    """``runtime.max_population``, else (on CUDA) as many children as 70% of the free memory
+    holds, from a per-member estimate (weights, gradient, optimizer state, and activations of a
+    batch measured on one member); on CPU every child at once."""
+    cap = setup.cfg.runtime.max_population
+    if cap is not None:
+        return cap
+    x = setup.data.x_train
+    if not x.is_cuda:
+        return max(n_children, 1)
+    free, _ = torch.cuda.mem_get_info(x.device)
+    params = sum(v.numel() * v.element_size() for v in setup.init.values())
+    slots = 2 if setup.cfg.recipe.optimizer == "adamw" else 1
+    torch.cuda.reset_peak_memory_stats(x.device)
+    before = torch.cuda.memory_allocated(x.device)
+    xb, yb = setup.trainer.batch(0)
+    one = {k: v.unsqueeze(0) for k, v in setup.init.items()}
+    setup.trainer.gradients(one, xb, yb, ("probe", 0))
+    activations = max(torch.cuda.max_memory_allocated(x.device) - before, 0)
+    per_member = params * (2 + slots) + activations
+    return max(1, int(0.7 * free / max(per_member, 1)) - 2)
+
+
+def _chunked(
+    setup: Setup,
+    members: tuple[Member, ...],
+    children: list[Member],
+    t: int,
+    params_t: Tensors,
+    state_t: OptState,
+    perturber: Perturber,
+    on_step: Callable[[int], None] | None,
+    chunk: int,
+) -> PopulationRun:
+    if len(children) <= chunk:
+        return _train(setup, members, t, params_t, state_t, perturber, on_step)
+    original, control = members[0], members[1]
+    runs = []
+    for i in range(0, len(children), chunk):
+        part = (original, control, *children[i : i + chunk])
+        run = _train(setup, part, t, params_t, state_t, perturber, on_step if i == 0 else None)
+        if i and not (run.finals[1] is not None and run.finals[0] is not None
+                      and same_bits(run.finals[0], run.finals[1])):  # fmt: skip
+            raise RuntimeError(
+                f"the σ = 0 control of member chunk {i // chunk} did not end bit-identical to "
+                "its original: training is not deterministic"
+            )
+        runs.append(run)
+    first = runs[0]
+    originals = [r.finals[0] for r in runs]
+    finals, diverged, noise, ends, anchors = [], [], [], [], []
+    for j, r in enumerate(runs):
+        span = range(len(r.finals)) if j == 0 else range(2, len(r.finals))
+        finals += [r.finals[i] for i in span]
+        diverged += [r.diverged[i] for i in span]
+        noise += [r.noise[i] for i in span]
+        ends += [r.end_steps[i] for i in span]
+        anchors += [j] * len(span)
+    trajectory = list(first.trajectory)
+    for r in runs[1:]:  # the chunk's own original and control are the first chunk's, again
+        trajectory += [p for p in r.trajectory if p["kind"] not in ("original", "control")]
+    return PopulationRun(
+        finals=finals, diverged=diverged, noise=noise, end_steps=ends, trajectory=trajectory,
+        member_steps=sum(r.member_steps for r in runs),
+        undefined={k: v for r in runs for k, v in r.undefined.items()},
+        training=first.training, originals=originals, anchors=anchors,
+    )  # fmt: skip
+
+
+def _train(
+    setup: Setup,
+    members: tuple[Member, ...],
+    t: int,
+    params_t: Tensors,
+    state_t: OptState,
+    perturber: Perturber,
+    on_step: Callable[[int], None] | None = None,
+) -> PopulationRun:
+    """One population, trained as one: [original, control, children...]."""
     all_members = members
     member_params: list[Tensors] = []
     noise_of: dict[str, tuple[float, int]] = {}
@@ -245,8 +353,10 @@ def run_population(
     params, diverged = gather(lanes, inverse)
     until = {name: lane.until for lane in lanes for name in lane.pop.names}
     index = {m.name: i for i, m in enumerate(members)}
+    finals = [member(params, index[m.name]) if m.name in index else None for m in all_members]
+    assert finals[0] is not None
     return PopulationRun(
-        finals=[member(params, index[m.name]) if m.name in index else None for m in all_members],
+        finals=finals,
         diverged=[diverged[index[m.name]] if m.name in index else True for m in all_members],
         noise=[noise_of[m.name] for m in all_members],
         end_steps=[until.get(m.name, t) for m in all_members],
@@ -254,4 +364,6 @@ def run_population(
         member_steps=sum((lane.until - t) * lane.pop.size for lane in lanes),
         undefined=undefined,
         training=training,
+        originals=[finals[0]],
+        anchors=[0] * len(all_members),
     )

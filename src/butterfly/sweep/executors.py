@@ -86,13 +86,17 @@ class PoolExecutor:
         self._ctx = mp.get_context("spawn")
         self.slots = n
         self._threads = cfg.runtime.threads
+        self._tf32 = cfg.runtime.tf32
+        self._gpus = gpu_count(cfg)
+        self._counter = self._ctx.Value("i", 0) if self._gpus else None
         self._queue = self._ctx.Queue() if report else None
         self._pool = self._start()
 
     def _start(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
             max_workers=self.slots, mp_context=self._ctx, initializer=init_worker,
-            initargs=(self._threads, os.getpid(), self._queue),
+            initargs=(self._threads, os.getpid(), self._queue, self._tf32, self._gpus,
+                      self._counter),
         )  # fmt: skip
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
@@ -139,6 +143,7 @@ class RayExecutor:
             raise ConfigError("the ray executor needs Ray: pip install 'butterfly[ray]'") from None
         self._ray = ray
         self._started = False
+        self.options = ray_resources(cfg)
         if not ray.is_initialized():
             try:
                 ray.init(
@@ -152,15 +157,19 @@ class RayExecutor:
                     f"({first}); check --address (run `ray status` on the head node)"
                 ) from None
             self._started = True
-        self.slots = max(1, int(ray.cluster_resources().get("CPU", n)))
+        total = ray.cluster_resources()
+        by = [total.get("CPU", n) / self.options["num_cpus"]]
+        if self.options["num_gpus"]:
+            by.append(total.get("GPU", 0) / self.options["num_gpus"])
+        self.slots = max(1, int(min(by)))
         self.reporter = None
-        threads = cfg.runtime.threads
+        threads, tf32 = cfg.runtime.threads, cfg.runtime.tf32
 
         def call(fn: Callable[..., Any], *args: Any) -> Any:
-            configure_torch(threads)
+            configure_torch(threads, tf32)
             return fn(*args)
 
-        self._remote = ray.remote(num_cpus=1, max_retries=3, retry_exceptions=False)(call)
+        self._remote = ray.remote(**self.options, max_retries=3, retry_exceptions=False)(call)
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
         return self._remote.remote(fn, *args).future()
@@ -174,6 +183,28 @@ class RayExecutor:
     def shutdown(self, abort: bool = False) -> None:
         if self._started:
             self._ray.shutdown()
+
+
+def gpu_count(cfg: RunConfig) -> int:
+    """How many GPUs ``runtime.gpus`` asks for (0: none; ``all``: every visible one)."""
+    g = cfg.runtime.gpus
+    if g is None:
+        return 0
+    if g == "all":
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return int(g)
+
+
+def ray_resources(cfg: RunConfig) -> dict[str, float]:
+    """What each unit asks Ray for: ``runtime.ray_cpus`` CPUs and ``runtime.ray_gpus`` GPUs
+    (default: one GPU when the run is on CUDA, none on CPU), so a GPU cluster places one unit
+    per GPU."""
+    gpus = cfg.runtime.ray_gpus
+    if gpus is None:
+        gpus = 1.0 if cfg.runtime.device.startswith("cuda") else 0.0
+    return {"num_cpus": float(cfg.runtime.ray_cpus), "num_gpus": float(gpus)}
 
 
 def check_executor(kind: str, address: str | None, timeout: float = 5.0) -> None:

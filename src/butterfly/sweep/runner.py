@@ -33,7 +33,7 @@ from butterfly.imports import ImportPathError, is_local
 from butterfly.metrics.evaluate import Bound, LossFn
 from butterfly.models import build_model
 from butterfly.sweep import rundir
-from butterfly.sweep.executors import Executor, check_executor, make_executor
+from butterfly.sweep.executors import Executor, check_executor, gpu_count, make_executor
 from butterfly.sweep.lock import RunLock
 from butterfly.sweep.plan import Unit, minimum_steps, plan
 from butterfly.sweep.progress import Progress
@@ -58,8 +58,17 @@ class SweepOutcome:
 
 
 def resolve_workers(cfg: RunConfig, workers: int | None) -> int:
+    """Worker processes: ``workers``, else ``runtime.workers``, else one per GPU with
+    ``runtime.gpus``, else one per CPU core (on CUDA without ``gpus``: one process)."""
     n = cfg.runtime.workers if workers is None else workers
-    return n if n > 0 else (os.cpu_count() or 1)
+    if n > 0:
+        return n
+    gpus = gpu_count(cfg)
+    if gpus:
+        return gpus
+    if resolve_device(cfg.runtime.device).startswith("cuda"):
+        return 1  # one process drives the one GPU; several would only share it
+    return os.cpu_count() or 1
 
 
 def store_data(cfg: RunConfig, run_dir: Path) -> None:
@@ -125,12 +134,21 @@ def preflight(cfg: RunConfig, run_dir: Path | None = None) -> list[str]:
             f"perturb.batch_size = {pb} exceeds the {n} training examples of '{cfg.data.name}'"
         )
     dev = resolve_device(cfg.runtime.device)
+    if cfg.runtime.gpus is not None and not dev.startswith("cuda"):
+        raise ConfigError(
+            f"runtime.gpus = {cfg.runtime.gpus} needs CUDA, but runtime.device = "
+            f"{cfg.runtime.device} runs on {dev}"
+        )
+    if isinstance(cfg.runtime.gpus, int) and ":" in cfg.runtime.device:
+        raise ConfigError("runtime.gpus picks each worker's GPU: use runtime.device = cuda")
     if dev.startswith("cuda"):
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         index = int(dev.split(":")[1]) if ":" in dev else 0
-        if index >= count:
+        wanted = max(index + 1, gpu_count(cfg))
+        if wanted > count or count == 0:
             raise ConfigError(
-                f"runtime.device = {dev}, but this machine has {count} CUDA device"
+                f"runtime.device = {dev} (runtime.gpus = {cfg.runtime.gpus}), but this machine "
+                f"has {count} CUDA device"
                 f"{'' if count == 1 else 's'} (torch {torch.__version__}); use cpu or auto"
             )
     try:
@@ -246,7 +264,7 @@ def run_sweep(
         rundir.prepare_run_dir(cfg, run_dir)
         if cfg.data.name == STORED:
             store_data(cfg, run_dir)
-        configure_torch(cfg.runtime.threads)
+        configure_torch(cfg.runtime.threads, cfg.runtime.tf32)
         units = plan(cfg)
         n_workers = resolve_workers(cfg, workers)
         if n_workers > 1 and executor == "local" and (local or unguarded_main()):

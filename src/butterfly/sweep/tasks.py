@@ -112,7 +112,7 @@ def run_unit(cfg: RunConfig, unit: Unit, run_dir: Path, reporter: Any = None) ->
                             meta)  # fmt: skip
     rows = measure_children(
         setup.comparer, setup.init, unit.seed, cfg.recipe.steps, unit.members, unit.t,
-        run.finals, run.diverged, run.noise, run.undefined,
+        run.finals, run.diverged, run.noise, run.undefined, run.originals, run.anchors,
     )  # fmt: skip
     if cfg.eval.lyapunov and not run.diverged[0]:
         result = lyapunov_exponent(setup, params_t, state_t, unit.t, until=cfg.recipe.steps,

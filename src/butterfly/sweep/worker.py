@@ -32,11 +32,29 @@ def _watch(driver: int) -> None:
         time.sleep(0.25)
 
 
-def init_worker(threads: int, driver: int, progress: Any = None) -> None:
-    """The pool's initializer: runs once in every worker process."""
+def gpu_of(worker: int, gpus: int) -> int:
+    """The GPU a pool's ``worker``-th process is pinned to (round robin over ``gpus``)."""
+    return worker % gpus
+
+
+def init_worker(
+    threads: int,
+    driver: int,
+    progress: Any = None,
+    tf32: bool = False,
+    gpus: int = 0,
+    counter: Any = None,
+) -> None:
+    """The pool's initializer: runs once in every worker process. With ``gpus``, the worker
+    takes the next GPU (a shared counter) and sees only it: ``cuda`` is that GPU."""
     global _driver, _progress
     _driver, _progress = driver, progress
-    configure_torch(threads)
+    if gpus and counter is not None:
+        with counter.get_lock():
+            index = counter.value
+            counter.value += 1
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu_of(index, gpus))  # before CUDA starts
+    configure_torch(threads, tf32)
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG

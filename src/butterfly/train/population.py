@@ -253,7 +253,7 @@ class PopulationTrainer:
         idx = stream.indices(step).to(self.data.x_train.device)
         x = self.data.x_train[idx]
         if self.augment is not None and self.augment.active:
-            x = augment(x.cpu(), self.augment, stream.seed, step).to(x.device)
+            x = augment(x, self.augment, stream.seed, step)  # on the data's device
         return x, self.data.y_train[idx]
 
     def train(

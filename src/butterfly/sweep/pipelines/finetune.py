@@ -97,7 +97,7 @@ def run_finetune(
         if wanted:
             with RunLock(pre_dir):
                 rundir.prepare_run_dir(pre, pre_dir, "a pre-training run")
-                configure_torch(cfg.runtime.threads)
+                configure_torch(cfg.runtime.threads, cfg.runtime.tf32)
                 for seed in cfg.seeds:
                     t0 = time.perf_counter()
                     res = run_parent(pre, seed, pre_dir, steps=wanted)

@@ -193,7 +193,7 @@ def run_threshold(
     failures: list[str] = []
     with RunLock(run_dir):
         rundir.prepare_run_dir(cfg, run_dir, "a threshold search")
-        configure_torch(cfg.runtime.threads)
+        configure_torch(cfg.runtime.threads, cfg.runtime.tf32)
         n_workers = resolve_workers(cfg, workers)
         store = Store(run_dir / rundir.STORE)
         try:

@@ -1,0 +1,137 @@
+"""``butterfly run CONFIG --dry-run``: what a sweep will do and how long it will take, before
+anything is written or trained for real.
+
+The plan gives the work: parent steps, population units, member-steps, measurements. A few
+real steps on the chosen device time it: a population of each size the plan trains, the parent
+alone, one child's full measurement (barriers, alignment, CKA, ensemble) and one trajectory
+point. The projection adds them up per unit and spreads them over the workers the run would
+use (parents first, one per seed; then the units), as the scheduler does.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from butterfly.config import RunConfig
+from butterfly.experiment import make_setup
+from butterfly.experiment.setup import configure_torch, resolve_device
+from butterfly.experiment.spawn import log_spaced_steps
+from butterfly.sweep.plan import minimum_steps, plan
+from butterfly.train import Population
+from butterfly.train.population import Lane, clone
+from butterfly.train.recipe import init_state
+
+PROCESS_START_S = 3.0  # importing torch and building the data set, per worker process
+
+
+@dataclass
+class Projection:
+    units: int
+    seeds: int
+    population: int
+    parent_steps: int
+    member_steps: int
+    measurements: int
+    trajectory_points: int
+    workers: int
+    device: str
+    step_s: dict[int, float] = field(default_factory=dict)  # population size -> s per step
+    measure_s: float = 0.0
+    trajectory_s: float = 0.0
+    parents_s: float = 0.0
+    units_s: float = 0.0
+    wall_s: float = 0.0
+    timed_steps: int = 0
+
+    def lines(self) -> list[str]:
+        per = ", ".join(f"P = {p}: {s * 1e3:.2f} ms/step ({p / s:,.0f} member-steps/s)"
+                        for p, s in sorted(self.step_s.items()))  # fmt: skip
+        return [
+            f"plan: {self.seeds} parents ({self.parent_steps:,} steps), {self.units} population "
+            f"units of {self.population} members, {self.member_steps:,} member-steps, "
+            f"{self.measurements} children measured, {self.trajectory_points} trajectory points",
+            f"timed on {self.device} ({self.timed_steps} real steps each): {per}; one child's "
+            f"measurement {self.measure_s:.2f} s; one trajectory point {self.trajectory_s:.3f} s",
+            f"projected wall time with {self.workers} worker{'s' if self.workers > 1 else ''}: "
+            f"{fmt_duration(self.wall_s)} (parents {fmt_duration(self.parents_s)}, units "
+            f"{fmt_duration(self.units_s)} of work)",
+        ]
+
+
+def fmt_duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _time_steps(setup, P: int, steps: int) -> float:  # type: ignore[no-untyped-def]
+    """Seconds per training step of a population of ``P`` members (after 2 warm-up steps)."""
+    recipe = setup.cfg.recipe
+    params = [clone(setup.init) for _ in range(P)]
+    pop = Population.from_members([f"m{i}" for i in range(P)], params,
+                                  [init_state(recipe, p) for p in params], 0)  # fmt: skip
+    trainer = setup.trainer
+    trainer.train_lanes([Lane(pop, 2)])
+    sync = torch.cuda.synchronize if setup.data.x_train.is_cuda else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    trainer.train_lanes([Lane(pop, 2 + steps)])
+    sync()
+    return (time.perf_counter() - start) / steps
+
+
+def project(cfg: RunConfig, workers: int, timed_steps: int = 10) -> Projection:
+    """Time a few real steps of ``cfg`` and project the whole sweep on ``workers`` workers."""
+    configure_torch(cfg.runtime.threads, cfg.runtime.tf32)
+    units = plan(cfg)
+    T = cfg.recipe.steps
+    ts = cfg.perturbation_steps()
+    parent_steps = len(cfg.seeds) * max(ts, default=0)
+    P = len(units[0].members) if units else 2
+    setup = make_setup(cfg, cfg.seeds[0])
+    step_s = {P: _time_steps(setup, P, timed_steps)}
+    parent_s = _time_steps(setup, 1, timed_steps)
+    step_s.setdefault(1, parent_s)
+    # one child's measurement: every measure the config asks for, on two networks
+    a = clone(setup.init)
+    b = {k: v + 1e-3 * torch.randn_like(v) for k, v in a.items()}
+    start = time.perf_counter()
+    setup.comparer.compare(a, b)
+    measure_s = time.perf_counter() - start
+    marks = {t: log_spaced_steps(t, cfg.child_end(t), cfg.eval.trajectory_points) for t in ts}
+    start = time.perf_counter()
+    if cfg.eval.trajectory_barriers and cfg.eval.trajectory_points:
+        setup.comparer.train_loss_barrier(a, b)
+    traj_s = time.perf_counter() - start
+    n_children = P - 1
+    unit_work = 0.0
+    points = 0
+    for u in units:
+        steps = max(T, cfg.child_end(u.t)) - u.t
+        n_marks = len(marks[u.t])
+        points += n_marks
+        unit_work += steps * step_s[P] + n_children * measure_s + n_marks * n_children * traj_s
+    parents = parent_steps / max(len(cfg.seeds), 1) * parent_s
+    lanes = max(1, min(workers, len(units)))
+    startup = PROCESS_START_S if workers > 1 else 0.0
+    # parents run side by side (one per seed), then the units fill the workers
+    wall = startup + parents * math.ceil(len(cfg.seeds) / max(workers, 1)) + unit_work / lanes
+    return Projection(
+        units=len(units), seeds=len(cfg.seeds), population=P, parent_steps=parent_steps,
+        member_steps=minimum_steps(cfg), measurements=len(units) * n_children,
+        trajectory_points=points, workers=workers, device=resolve_device(cfg.runtime.device),
+        step_s=step_s, measure_s=measure_s, trajectory_s=traj_s, parents_s=parents * len(cfg.seeds),
+        units_s=unit_work, wall_s=wall, timed_steps=timed_steps,
+    )  # fmt: skip
+
+
+def cores() -> int:
+    return os.cpu_count() or 1
