@@ -207,14 +207,15 @@ def test_workshop_figure1_puts_loss_and_error_barriers_on_separate_axes(
     df = runs["A"]["df"]
     axes = grid(F.barrier_vs_t(df, palette))
     assert set(axes) == {(i, j) for i in range(2) for j in range(2)}
-    assert "nats" in axes[(0, 0)].get_ylabel() and "fraction" in axes[(1, 0)].get_ylabel()
+    assert "nats" in axes[(0, 0)].get_ylabel() and "%" in axes[(1, 0)].get_ylabel()
     for j, kind in enumerate(["batch", "gaussian"]):
         assert axes[(0, j)].get_title() == TITLES[kind]
-        for i, metric in enumerate(["barrier_train_loss", "barrier_test_error"]):
+        for i, (metric, scale) in enumerate([("barrier_train_loss", 1.0),
+                                             ("barrier_test_error", 100.0)]):  # fmt: skip
             d = full(df)
             for s in SIGMAS:
                 g = d[(d["kind"] == kind) & (d["sigma"] == s)].groupby("t_frac")[metric]
-                check_series(axes[(i, j)], F.label_sigma(s), g.mean(), g.sem())
+                check_series(axes[(i, j)], F.label_sigma(s), scale * g.mean(), scale * g.sem())
 
 
 def test_figure3_cka_separates_kinds_and_has_a_legend(runs: dict, palette: F.Palette) -> None:
@@ -371,6 +372,7 @@ def every_figure(runs: dict, palette: F.Palette) -> list[tuple[str, Figure]]:
     a = runs["A"]["df"]
     with_pretrain = F.Palette(palette.t_fracs, palette.sigmas, (0,))
     out.append(("finetune", F.finetune_figure(a.assign(pretrain_steps=0), with_pretrain)))
+    out.append(("settings", F.settings_figure({"A": a, "B": runs["B"]["df"]})))
     return out
 
 
@@ -567,3 +569,89 @@ def test_config_diff_lists_dotted_keys_with_each_runs_value() -> None:
     assert d.set_index("key").loc["perturb.times", "B"] == "[0.0]"
     assert d.set_index("key").loc["seeds", "A"] is None
     assert config_diff({"A": a, "B": dict(a)}).empty
+
+
+# ---- Figure 8, the cross-setting panels and the paper's tables -------------------------------
+def test_figure8_performance_plots_each_childs_accuracy_and_loss(
+    runs: dict, palette: F.Palette
+) -> None:
+    df = runs["A"]["df"]
+    axes = grid(F.performance_figure(df, palette))
+    assert set(axes) == {(i, j) for i in range(2) for j in range(2)}
+    for i, kind in enumerate(["batch", "gaussian"]):
+        assert axes[(i, 0)].get_yscale() == "symlog" and axes[(i, 0)].get_ylim()[0] == 0
+        assert axes[(i, 1)].get_xscale() == "log"
+        for tf in TIMES_A:
+            d = full(df)
+            want = d[(d["kind"] == kind) & (d["t_frac"] == tf)]
+            for j, col in enumerate(["test_acc_b", "train_loss_b"]):
+                pts = scatters(axes[(i, j)])[F.label_t(tf)]
+                np.testing.assert_allclose(np.sort(pts[:, 0]), np.sort(want[col]))
+                np.testing.assert_allclose(
+                    np.sort(pts[:, 1]), np.sort(want["barrier_train_loss"])
+                )
+
+
+def test_settings_figure_colours_each_run_and_plots_its_main_kind(runs: dict) -> None:
+    frames = {"A": runs["A"]["df"], "B": runs["B"]["df"]}
+    fig = F.settings_figure(frames)
+    axes = grid(fig)
+    pts = scatters(axes[(0, 0)])
+    assert set(pts) == {"A (batch)", "B (batch)"}
+    for name, df in frames.items():
+        d = full(df)
+        d = d[d["kind"] == "batch"]
+        got = pts[f"{name} (batch)"]
+        np.testing.assert_allclose(np.sort(got[:, 0]), np.sort(d["l2"]))
+        np.testing.assert_allclose(np.sort(got[:, 1]), np.sort(d["barrier_train_loss"]))
+    colours = {label: c for label, c in labelled_colours(fig)}
+    assert colours["A (batch)"] != colours["B (batch)"]
+
+
+def test_tables_4_5_are_mean_and_std_over_seeds_of_each_seeds_mean(runs: dict) -> None:
+    from butterfly.report.summary import pm_table
+
+    df = runs["A"]["df"]
+    tab = pm_table(df, "barrier_train_loss", ["kind", "t_frac"])
+    assert list(tab.columns) == SIGMAS
+    d = full(df)
+    for kind in ("batch", "gaussian"):
+        for tf in TIMES_A:
+            for s in SIGMAS:
+                cell = d[(d["kind"] == kind) & (d["t_frac"] == tf) & (d["sigma"] == s)]
+                per_seed = cell.groupby("seed")["barrier_train_loss"].mean()
+                assert len(per_seed) == 2
+                want = f"{fmt_number(per_seed.mean())} ± {fmt_number(per_seed.std(ddof=0))}"
+                assert tab.loc[(kind, tf), s] == want
+
+
+def test_table1_is_one_row_per_run_of_final_accuracy_and_cross_entropy(runs: dict) -> None:
+    from butterfly.report.summary import table1
+
+    frames = {"A": runs["A"]["df"], "B": runs["B"]["df"]}
+    tab = table1(frames).set_index("run")
+    assert list(tab.index) == ["A", "B"]
+    for name, df in frames.items():
+        kids = children(df)
+        for col, head in (("test_acc_b", "test accuracy"), ("train_loss_b", "train CE")):
+            per_seed = kids.groupby("seed")[col].mean()
+            want = f"{fmt_number(per_seed.mean())} ± {fmt_number(per_seed.std(ddof=0))}"
+            assert tab.loc[name, head] == want
+        assert tab.loc[name, "children"] == str(len(kids))
+    assert tab.loc["B", "test accuracy"].endswith("± 0")  # one seed: no spread
+
+
+def test_f1_and_matthews_correlation_match_scikit_learn() -> None:
+    import torch
+
+    from butterfly.metrics.ensemble import f1_and_mcc
+
+    sk = pytest.importorskip("sklearn.metrics")
+    g = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        y = torch.randint(0, 2, (200,), generator=g)
+        pred = torch.where(torch.rand(200, generator=g) < 0.7, y, 1 - y)
+        f1, mcc = f1_and_mcc(pred, y)
+        assert f1 == pytest.approx(sk.f1_score(y, pred), abs=1e-12)
+        assert mcc == pytest.approx(sk.matthews_corrcoef(y, pred), abs=1e-12)
+    assert f1_and_mcc(torch.zeros(10), torch.zeros(10)) == (0.0, 0.0)

@@ -140,6 +140,9 @@ def supported_figures(df: pd.DataFrame, traj: pd.DataFrame) -> list[str]:
     kids = children(df)
     full = kids[kids["fraction"] == kids["fraction"].max()]
     names = ["training"]  # every run records the original's training curve
+    grid = full["t_frac"].nunique() >= 3 and full["sigma"].nunique() >= 3
+    if full["barrier_train_loss"].notna().any() and grid:
+        names.append("stability_map")
     if full["barrier_train_loss"].notna().any():
         names += ["barrier_vs_sigma", "barrier_vs_sigma_log"]
     if full["barrier_train_loss_wm"].notna().any():
@@ -149,9 +152,14 @@ def supported_figures(df: pd.DataFrame, traj: pd.DataFrame) -> list[str]:
     if full["cka"].notna().any():
         names.append("cka")
     if len(traj):
-        names += ["trajectories", "l2_from_init"]
+        names.append("trajectories")
+        if traj["l2_predicted"].notna().any():
+            names.append("linearised")
+        names.append("l2_from_init")
     if full["l2"].notna().any():
         names.append("barrier_vs_l2")
+    if full["test_acc_b"].notna().any() and full["barrier_train_loss"].notna().any():
+        names.append("performance")
     if full["fixed_point_fraction_wm"].notna().any():
         names.append("fixed_points")
     if kids["fraction"].nunique() > 1:
@@ -213,9 +221,10 @@ def test_report_command_writes_figures_and_page(
     text = page.read_text()
     assert re.findall(r'<figure data-figure="(\w+)">', text) == [
         "training", "barrier_vs_sigma", "barrier_vs_sigma_log", "barrier_wm_vs_sigma", "barrier_vs_t", "cka",
-        "trajectories", "l2_from_init", "barrier_vs_l2", "fixed_points", "barrier_vs_fraction",
+        "trajectories", "l2_from_init", "barrier_vs_l2", "performance", "fixed_points",
+        "barrier_vs_fraction",
     ]  # fmt: skip
-    assert text.count("<img") == 11
+    assert text.count("<img") == 12
     assert not re.search(r"(src|href)=[\"']https?:", text), "the page must load nothing remotely"
     assert "Determinism check passed" in text and "torch" in text and "recipe:" in text
     assert "Perturbing at t = 0 by σ = " in text
@@ -235,6 +244,7 @@ def test_a_run_without_optional_measures_shows_only_what_it_has(tmp_path: Path) 
         "training", "barrier_vs_sigma",
         "barrier_vs_sigma_log",
         "barrier_vs_l2",
+        "performance",
     ]
     assert "(gaussian perturbation, 1 seed)" in text
 
@@ -268,6 +278,16 @@ def test_several_runs_side_by_side(run: Path, tmp_path: Path) -> None:
     by_key = {r[0][0]: [c for c, _ in r[1:]] for r in rows}
     assert by_key["recipe.warmup"] == [fmt_number(a["recipe.warmup"]), fmt_number(0.2)]
     assert by_key["perturb.times"] == [json.dumps(a["perturb.times"]), json.dumps([0.0, 0.5])]
+    # Table 1: one row per run, its children's final accuracy and cross-entropy over seeds
+    head, *rows = tables.tables["table1"]
+    assert [h for h, _ in head] == ["run", "test accuracy", "train CE", "children"]
+    assert [r[0][0] for r in rows] == ["run", "other"]
+    for r, d in zip(rows, (run, other), strict=True):
+        kids = children(stored(d)[0])
+        for (cell, _), col in zip(r[1:3], ("test_acc_b", "train_loss_b"), strict=True):
+            per_seed = kids.groupby("seed")[col].mean()
+            assert cell == f"{fmt_number(per_seed.mean())} ± {fmt_number(per_seed.std(ddof=0))}"
+    assert '<figure data-figure="settings_compared">' in text
     # one finding per run, from each run's store
     for name, d in (("run", run), ("other", other)):
         sentence = html.escape(finding(stored(d)[0]))
@@ -299,7 +319,7 @@ def test_report_renders_in_headless_chromium_without_network(run: Path, tmp_path
         proxy.close()
     from_page = [r for r in proxy.requests if not BROWSER_HOSTS.match(r)]
     assert not from_page, f"the report made network requests: {from_page}"
-    assert dom.count("<img") == 11 and "data:image/png;base64" in dom
+    assert dom.count("<img") == 12 and "data:image/png;base64" in dom
     assert "sortable" in dom
     img = mpimg.imread(shot)[..., :3]
     assert img.shape[0] >= 2000 and img.shape[1] >= 1200

@@ -4,6 +4,7 @@ task splits and fine-tuning from pre-training checkpoints."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -294,7 +295,17 @@ def test_finetuning_run_pretrains_once_and_sweeps_each_checkpoint(tmp_path: Path
     assert ok and text.startswith(f"fine-tuning run {top}: 3 sweeps")
     assert text.count("all 2 sigma = 0 controls exactly zero") == 3
     assert "[random init]" in text and "[pre-trained 40 steps]" in text
-    assert "pre-trained 40 steps" in page.read_text()
+    text = page.read_text()
+    assert "pre-trained 40 steps" in text
+    # Tables 4-5: mean ± std over seeds per pre-training checkpoint, kind and t (one seed: ± 0)
+    assert "Tables 4-5: train-loss barrier, mean ± std over seeds" in text
+    kid = df[(df.pretrain_steps == 40) & (df.t_frac == 0.0) & (df.sigma == 1e-2)]
+    from butterfly.report.summary import fmt_number
+
+    cell = f"{fmt_number(float(kid.barrier_train_loss.iloc[0]))} ± 0"
+    table = text.split('class="pm-barrier_train_loss"')[1].split("</table>")[0]
+    row = re.search(r"<tr><td[^>]*>pre-trained 40 steps, batch, t = 0</td><td[^>]*>([^<]*)</td>", table)
+    assert row is not None and row.group(1) == cell
     # a changed config is refused, not mixed in
     with pytest.raises(ConfigError, match="different config"):
         run_pipeline(build_config({**raw, "seeds": [1]}), top, quiet=True, workers=1)

@@ -248,6 +248,10 @@ class RecipeConfig(_Strict):
     steps: int = Field(
         3000, ge=1, le=MAX_STEPS, description=f"total training steps T (at most {MAX_STEPS:,})"
     )
+    epochs: float | None = Field(
+        None, gt=0, description="T in epochs instead: steps = ceil(epochs x training examples / "
+        "batch_size), set when the run starts"
+    )
     batch_size: int = Field(128, ge=1)
     grad_clip: float | None = Field(
         None, gt=0, description="clip each member's global gradient norm to this value"

@@ -37,8 +37,8 @@ from butterfly.data import Dataset
 from butterfly.experiment import rows
 from butterfly.metrics import alphas, curve_barrier, evaluate, interpolate, is_finite, l2_distance
 from butterfly.metrics.cka import angular_cka
-from butterfly.metrics.ensemble import ensemble_accuracy
-from butterfly.metrics.evaluate import Evaluation, LossFn, evaluate_stacked
+from butterfly.metrics.ensemble import ensemble_accuracy, f1_and_mcc
+from butterfly.metrics.evaluate import Evaluation, LossFn, evaluate_stacked, logits_of
 from butterfly.rng import generator
 
 if TYPE_CHECKING:
@@ -260,6 +260,10 @@ class Comparer:
             out["ensemble_test_acc"] = ensemble_accuracy(
                 self.model, [a, b], self.x_test, self.y_test, self.cfg.batch_size
             )
+        if self.classifies and self.data.n_classes == 2:  # GLUE's F1 and Matthews correlation
+            for tag, p in (("a", a), ("b", b)):
+                pred = logits_of(self.model, p, self.x_test, self.cfg.batch_size).argmax(-1)
+                out[f"test_f1_{tag}"], out[f"test_mcc_{tag}"] = f1_and_mcc(pred, self.y_test)
         return out
 
     def _aligned(

@@ -82,6 +82,13 @@ RESULTS: tuple[Column, ...] = (
     _c("fixed_points_am", "TEXT", "the same per permutation (JSON)", "activation_matching"),
     _c("l2_am", "REAL", "L2 after activation matching", "activation_matching"),
     _c("cka", "REAL", "angular CKA distance (rad) of the last block's outputs", "cka"),
+    _c("test_f1_a", "REAL", "two-class classifiers: the original's test F1 (class 1 positive)",
+       "optional"),
+    _c("test_f1_b", "REAL", "two-class classifiers: the child's test F1", "optional"),
+    _c("test_mcc_a", "REAL", "two-class classifiers: the original's test Matthews correlation",
+       "optional"),
+    _c("test_mcc_b", "REAL", "two-class classifiers: the child's test Matthews correlation",
+       "optional"),
     _c("ensemble_test_acc", "REAL", "test accuracy of the logit-averaged pair", "ensemble"),
     _c("diverged", "INTEGER", "1 if the child's loss or weights became NaN/Inf (or it had no "
        "defined perturbation)", "key"),

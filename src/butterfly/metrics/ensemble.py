@@ -20,3 +20,17 @@ def ensemble_accuracy(
 ) -> float:
     logits = torch.stack([logits_of(model, p, x, batch_size) for p in members]).mean(0)
     return float((logits.argmax(-1) == y).double().mean())
+
+
+def f1_and_mcc(pred: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """F1 of class 1 and Matthews' correlation of two-class predictions (GLUE's MRPC/QQP and
+    CoLA metrics); 0.0 where a denominator is 0."""
+    p, t = pred.long() == 1, y.long() == 1
+    tp = float((p & t).sum())
+    fp = float((p & ~t).sum())
+    fn = float((~p & t).sum())
+    tn = float((~p & ~t).sum())
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+    den = ((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)) ** 0.5
+    mcc = (tp * tn - fp * fn) / den if den else 0.0
+    return f1, mcc

@@ -38,6 +38,7 @@ from butterfly.report.summary import (
     fmt_number,
     fmt_t,
     full_fraction,
+    main_kind,
     perturbed_kinds,
     seed_stats,
 )
@@ -316,9 +317,10 @@ def barrier_vs_t(df: pd.DataFrame, palette: Palette | None = None) -> Figure:
     """Workshop Figures 1, 5, 9: train-loss (top) and test-error (bottom) barrier against t, a
     column per kind, a line per σ."""
     palette = _palette(palette, df)
-    d = _kids(df)
+    d = _kids(df).copy()
+    d["barrier_test_error_pct"] = 100.0 * d["barrier_test_error"]  # the workshop's percent
     kinds = perturbed_kinds(d) or ["batch"]
-    metrics = ["barrier_train_loss", "barrier_test_error"]
+    metrics = ["barrier_train_loss", "barrier_test_error_pct"]
     fig, axes = _figure(2, len(kinds), sharex=True, sharey="row")
     for j, kind in enumerate(kinds):
         for i, metric in enumerate(metrics):
@@ -326,7 +328,7 @@ def barrier_vs_t(df: pd.DataFrame, palette: Palette | None = None) -> Figure:
         axes[0, j].set_title(KIND_TITLES[kind])
         axes[1, j].set_xlabel("perturbation time t / T")
     axes[0, 0].set_ylabel("train-loss barrier (nats)")
-    axes[1, 0].set_ylabel("test-error barrier (fraction)")
+    axes[1, 0].set_ylabel("test-error barrier (% of test examples)")
     for ax in axes.flat:
         _scale(ax, "x", "log")
         _scale(ax, "y", "symlog0")
@@ -443,6 +445,64 @@ def l2_from_init_figure(
         _scale(ax, "y", "linear0")
     _finish(axes.flat)
     _legend(fig)
+    return fig
+
+
+def performance_figure(df: pd.DataFrame, palette: Palette | None = None) -> Figure:
+    """Paper Figure 8: train-loss barrier against the perturbed network's final test accuracy
+    (left) and train cross-entropy (right), a row per kind, one point per child and seed."""
+    palette = _palette(palette, df)
+    d = _kids(df)
+    kinds = perturbed_kinds(d) or ["batch"]
+    fig, axes = _figure(len(kinds), 2, sharey="row")
+    for i, kind in enumerate(kinds):
+        dk = d[d["kind"] == kind]
+        _t_scatter(axes[i, 0], dk, "test_acc_b", "barrier_train_loss", palette)
+        _t_scatter(axes[i, 1], dk, "train_loss_b", "barrier_train_loss", palette)
+        axes[i, 0].set_ylabel(f"{KIND_TITLES[kind]}:\ntrain-loss barrier")
+        for ax in axes[i]:
+            _scale(ax, "y", "symlog0")
+        _scale(axes[i, 0], "x", "linear")
+        _scale(axes[i, 1], "x", "log")
+    axes[-1, 0].set_xlabel("test accuracy of the perturbed network")
+    axes[-1, 1].set_xlabel("train cross-entropy of the perturbed network")
+    _finish(axes.flat)
+    _legend(fig, "perturbed at")
+    return fig
+
+
+def settings_figure(frames: dict[str, pd.DataFrame]) -> Figure:
+    """Across runs (settings), each a colour: barrier against L2 (Figure 7, 25-26), barrier
+    against angular CKA (Figure 14, right) and ensemble accuracy against CKA (Figure 15, right),
+    for the main perturbation kind, one point per child and seed."""
+    fig, axes = _figure(1, 3)
+    names = list(frames)
+    for i, name in enumerate(names):
+        d = _kids(frames[name])
+        kind = main_kind(d)
+        if kind is None:
+            continue
+        dk = d[d["kind"] == kind]
+        colour = _ramp("tab10", 0.0, 0.9, i, max(len(names), 2))
+        style = {"color": colour, "marker": MARKERS[i % len(MARKERS)], "s": 16, "clip_on": False}
+        axes[0, 0].scatter(dk["l2"], dk["barrier_train_loss"], label=f"{name} ({kind})", **style)
+        if dk["cka"].notna().any():
+            axes[0, 1].scatter(dk["cka"], dk["barrier_train_loss"], **style)
+        if dk["ensemble_test_acc"].notna().any():
+            axes[0, 2].scatter(dk["cka"], dk["ensemble_test_acc"], **style)
+    axes[0, 0].set_xlabel("L2 distance after training")
+    axes[0, 0].set_ylabel("train-loss barrier")
+    axes[0, 1].set_xlabel("angular CKA distance (rad)")
+    axes[0, 1].set_ylabel("train-loss barrier")
+    axes[0, 2].set_xlabel("angular CKA distance (rad)")
+    axes[0, 2].set_ylabel("ensemble test accuracy")
+    _scale(axes[0, 0], "x", "log")
+    for ax in axes[0, :2]:
+        _scale(ax, "y", "symlog0")
+    for ax in axes[0, 1:]:
+        _scale(ax, "x", "linear0")
+    _finish(axes.flat)
+    _legend(fig, "setting")
     return fig
 
 
@@ -843,8 +903,8 @@ FIGURES = [
                "matching, against σ (log x axis), a panel per kind, a line per t; "
                f"{SYMLOG0}. {MEAN}; {FULL}."),
     FigureSpec("barrier_vs_t.png", "Barrier against perturbation time (workshop Figures 1, 5, 9)",
-               "Train-loss barrier (top, nats) and test-error barrier (bottom, fraction of "
-               f"examples) against t/T ({LOGX}), a column per kind, a line per σ; {SYMLOG0}. "
+               "Train-loss barrier (top, nats) and test-error barrier (bottom, in percent of the "
+               f"test examples, as in the workshop paper) against t/T ({LOGX}), a column per kind, a line per σ; {SYMLOG0}. "
                f"{MEAN}; {FULL}."),
     FigureSpec("cka.png", "Representations (Figure 3)",
                "A row per kind. Left: angular CKA distance against σ (log x axis, linear y axis "
@@ -883,6 +943,18 @@ FIGURES = [
                f"perturbed kind; t/T on a {LOGX}. {MEAN}; {FULL}."),
 ]  # fmt: skip
 
+PERFORMANCE = FigureSpec(
+    "performance.png", "Barriers against final performance (Figure 8)",
+    "Train-loss barrier ({}) against the perturbed network's test accuracy at T (left, linear) "
+    "and its train cross-entropy (right, {}), a row per kind; one point per child and seed, "
+    "coloured by t. {}.".format(SYMLOG0, LOGX.replace("x axis", "axis"), FULL),
+)  # fmt: skip
+SETTINGS = FigureSpec(
+    "settings_compared.png", "Settings compared: L2, CKA and ensembles (Figures 7, 14, 15)",
+    "Each run a colour, its main perturbation kind: train-loss barrier against L2 after "
+    f"training (left; L2 on a log axis), against angular CKA (middle), and the ensemble's test "
+    f"accuracy against CKA (right); {SYMLOG0} for barriers; one point per child and seed. {FULL}.",
+)  # fmt: skip
 STABILITY = FigureSpec(
     "stability_map.png", "The stability map",
     "The (t, σ) plane, a panel per kind: each measured (t, σ) is a square coloured by its mean "
@@ -934,7 +1006,7 @@ def run_figures(
 ) -> list[tuple[FigureSpec, Figure]]:
     """Every figure the data supports, in the report's order, as open figures."""
     palette = _palette(palette, df)
-    spec = {f.file: f for f in [*FIGURES, STABILITY, LINEARISED]}
+    spec = {f.file: f for f in [*FIGURES, STABILITY, LINEARISED, PERFORMANCE]}
     kids = _kids(df)
     made: list[tuple[FigureSpec, Figure]] = []
 
@@ -963,6 +1035,8 @@ def run_figures(
         add("l2_from_init.png", lambda: l2_from_init_figure(traj, df, palette))
     if kids["l2"].notna().any():
         add("barrier_vs_l2.png", lambda: barrier_vs_l2(df, palette))
+    if kids["test_acc_b"].notna().any() and kids["barrier_train_loss"].notna().any():
+        add("performance.png", lambda: performance_figure(df, palette))
     if kids["fixed_point_fraction_wm"].notna().any():
         add("fixed_points.png", lambda: fixed_points_figure(df, proxy, palette))
     if children(df)["fraction"].nunique() > 1:

@@ -22,6 +22,7 @@ from butterfly.experiment.rows import PRETRAIN_STEPS, children
 from butterfly.report.figures import (
     FINETUNE,
     RUNS_COMPARED,
+    SETTINGS,
     SIGMA_STAR_COMPARED,
     TRAINING,
     FigureSpec,
@@ -29,8 +30,10 @@ from butterfly.report.figures import (
     all_figures,
     finetune_figure,
     has_stability_map,
+    label_pretrain,
     runs_side_by_side,
     save_figure,
+    settings_figure,
     sigma_star_compared,
     training_figure,
 )
@@ -40,7 +43,9 @@ from butterfly.report.summary import (
     finetune_table,
     fmt_number,
     fmt_t,
+    pm_table,
     summary_table,
+    table1,
 )
 from butterfly.sweep.store import Store, pipeline_runs
 
@@ -269,7 +274,7 @@ def build_report(run_dirs: list[Path], out: Path | None = None) -> Path:
         subs = pipeline_runs(r)
         if subs is not None:
             for steps, d in subs:
-                label = f"pre-trained {steps} steps" if steps else "random init"
+                label = label_pretrain(steps)
                 named[label if len(run_dirs) == 1 else f"{r.name}: {label}"] = d
                 pretrain_steps[label] = steps
         else:
@@ -305,11 +310,26 @@ def build_report(run_dirs: list[Path], out: Path | None = None) -> Path:
                     "finetune",
                 )
             )
+        for metric, what in (("barrier_train_loss", "train-loss barrier"), ("l2", "L2 distance")):
+            pmt = pm_table(finetune, metric, ["pretrain_steps", "kind", "t_frac"])
+            if not pmt.empty:
+                label = lambda i: f"{label_pretrain(i[0])}, {i[1]}, t = {fmt_t(i[2])}"  # noqa: E731
+                body = _pivot_html(pmt, label, "pre-training steps, kind, t", f"pm-{metric}")
+                sections.append(f"<h2>Tables 4-5: {what}, mean ± std over seeds</h2>{body}")
     if len(runs) > 1:
+        t1 = table1({n: r["results"] for n, r in runs.items()})
+        sections.append(
+            "<h2>Final performance of the perturbed networks (Table 1)</h2>"
+            "<p>Test accuracy and train cross-entropy at T of every perturbed child, mean ± std "
+            "over seeds of each seed's mean over its children (all t, σ and kinds).</p>"
+            + _table(t1, cls="table1")
+        )
         side = runs_side_by_side({n: r["results"] for n, r in runs.items()}, palette)
         sections.append(
             _figure_html(RUNS_COMPARED, save_figure(side, fig_dir / RUNS_COMPARED.file))
         )
+        both = settings_figure({n: r["results"] for n, r in runs.items()})
+        sections.append(_figure_html(SETTINGS, save_figure(both, fig_dir / SETTINGS.file)))
         if any(has_stability_map(r["results"], r["thresholds"]) for r in runs.values()):
             edge = sigma_star_compared({n: (r["results"], r["thresholds"]) for n, r in runs.items()})
             sections.append(_figure_html(

@@ -138,6 +138,41 @@ def finetune_table(df: pd.DataFrame, metric: str = "barrier_train_loss") -> pd.D
     return stats["mean"].unstack("sigma")
 
 
+def pm(mean: float, std: float) -> str:
+    """``mean ± std`` in the page's one number format."""
+    return f"{fmt_number(mean)} ± {fmt_number(0.0 if std != std else std)}"
+
+
+def pm_table(df: pd.DataFrame, metric: str, by: list[str]) -> pd.DataFrame:
+    """``mean ± std`` over seeds (of each seed's mean over directions) of ``metric`` by ``by``
+    (rows) and σ (columns): the paper's Tables 4-5 layout."""
+    d = full_fraction(children(df)).dropna(subset=[metric])
+    if d.empty:
+        return pd.DataFrame()
+    per_seed = d.groupby([*by, "sigma", "seed"])[metric].mean()
+    g = per_seed.groupby(level=[*by, "sigma"])
+    cells = pd.Series([pm(m, sd) for m, sd in zip(g.mean(), g.std(ddof=0), strict=True)],
+                      index=g.mean().index)  # fmt: skip
+    return cells.unstack("sigma")
+
+
+def table1(runs: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """The paper's Table 1 across runs: the perturbed networks' final test accuracy and train
+    cross-entropy, ``mean ± std`` over seeds of each seed's mean over its children (every
+    perturbation time, size and kind), with the run's recipe."""
+    rows = []
+    for name, df in runs.items():
+        d = children(df)
+        cells = {"run": name}
+        for col, head in (("test_acc_b", "test accuracy"), ("train_loss_b", "train CE")):
+            per_seed = d.groupby("seed")[col].mean().dropna()
+            cells[head] = pm(float(per_seed.mean()), float(per_seed.std(ddof=0))) if len(
+                per_seed) else "–"  # fmt: skip
+        cells["children"] = str(len(d))
+        rows.append(cells)
+    return pd.DataFrame(rows)
+
+
 # ---- the page's opening sentence -----------------------------------------------------------
 def _barrier_means(d: pd.DataFrame) -> pd.Series:
     """Mean train-loss barrier over seeds by (t_frac, sigma)."""
