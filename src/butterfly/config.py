@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import re
 import types
 import typing
@@ -18,7 +19,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from butterfly.imports import LOCAL, is_import_path
 
@@ -92,8 +101,10 @@ class AugmentConfig(_Strict):
 
 BUILTIN_DATA = (
     "mnist1d", "digits", "synthetic", "cifar10", "cifar100", "mnist", "glue", "sentiment",
+    "gsm8k", "arithmetic",
 )  # fmt: skip
-BUILTIN_MODELS = ("mlp", "cnn", "resnet", "resnet50", "vit", "hf")
+CAUSAL_DATA = ("gsm8k", "arithmetic")  # question/answer text for causal language models
+BUILTIN_MODELS = ("mlp", "cnn", "resnet", "resnet50", "vit", "gpt", "hf")
 STORED = "stored"  # in-memory data given through Python, written once into the run folder
 
 
@@ -122,7 +133,7 @@ class DataConfig(_Strict):
     name: str = Field(
         "mnist1d",
         description="mnist1d | digits | synthetic | cifar10 | cifar100 | mnist | glue | sentiment "
-        "| an import path package.module:load",
+        "| gsm8k | arithmetic | an import path package.module:load",
     )
     kwargs: dict[str, Any] = Field(
         default_factory=dict, description="user loader only: keyword arguments of the loader"
@@ -131,13 +142,14 @@ class DataConfig(_Strict):
         None, description="stored data only: content hash of the tensors (set by butterfly)"
     )
     path: str | None = Field(
-        None, description="folder of a file-based data set (cifar, mnist, glue)"
+        None, description="folder of a file-based data set (cifar, mnist, glue, gsm8k)"
     )
     classes: list[int] | None = Field(
         None, description="keep only these classes, relabelled 0..k-1 in this order (task splits)"
     )
     tokenizer: str | None = Field(
-        None, description="text only: tokenizer folder or alias (default: the hf model's path)"
+        None, description="text only: tokenizer folder or alias (default: the hf model's path; "
+        "'bytes', the built-in byte tokenizer, for gpt)"
     )
     max_length: int = Field(
         64, ge=2, description="text only: tokens per example (padded/truncated)"
@@ -152,7 +164,12 @@ class DataConfig(_Strict):
 
     @property
     def text(self) -> bool:
-        return self.name in ("glue", "sentiment")
+        return self.name in ("glue", "sentiment", *CAUSAL_DATA)
+
+    @property
+    def causal(self) -> bool:
+        """Question/answer text for a causal language model (next-token targets)."""
+        return self.name in CAUSAL_DATA
 
     @property
     def builtin(self) -> bool:
@@ -179,7 +196,7 @@ class ModelConfig(_Strict):
 
     name: str = Field(
         "mlp",
-        description="mlp | cnn | resnet | resnet50 | vit | hf | an import path "
+        description="mlp | cnn | resnet | resnet50 | vit | gpt | hf | an import path "
         "package.module:make",
     )
     kwargs: dict[str, Any] = Field(
@@ -193,13 +210,22 @@ class ModelConfig(_Strict):
     )
     width: int = Field(64, ge=1)
     depth: int = Field(
-        2, ge=1, description="hidden layers (mlp), conv layers (cnn), 6n+2 (resnet), blocks (vit)"
+        2, ge=1, description="hidden layers (mlp), conv layers (cnn), 6n+2 (resnet), blocks (vit, "
+        "gpt)"
     )
     patch: int = Field(4, ge=1, description="vit only: patch size")
-    heads: int = Field(3, ge=1, description="vit only: attention heads")
-    dropout: float = Field(0.0, ge=0, lt=1, description="vit only: dropout rate")
+    heads: int = Field(3, ge=1, description="vit and gpt: attention heads")
+    dropout: float = Field(0.0, ge=0, lt=1, description="vit and gpt: dropout rate")
     path: str | None = Field(
         None, description="hf only: local model folder, cached hub id, or 'minilm' (bundled)"
+    )
+    task: Literal["auto", "classify", "causal_lm"] = Field(
+        "auto", description="hf only: classify (sequence/image classifier) or causal_lm "
+        "(AutoModelForCausalLM, next-token loss); auto: causal_lm for gsm8k/arithmetic data"
+    )
+    resize: list[int] | None = Field(
+        None, description="images only: resize each batch to [height, width] (one number: "
+        "square) before the network, bilinearly, e.g. 224 for a pre-trained ViT"
     )
     init_from: str | None = Field(
         None,
@@ -210,6 +236,23 @@ class ModelConfig(_Strict):
     @property
     def builtin(self) -> bool:
         return self.name in BUILTIN_MODELS
+
+    @field_validator("resize", mode="before")
+    @classmethod
+    def _resize(cls, v: Any) -> Any:
+        if isinstance(v, int) and not isinstance(v, bool):
+            v = [v, v]
+        if isinstance(v, list) and len(v) == 1:  # one size, read as a one-element list
+            v = [v[0], v[0]]
+        if v is not None and (
+            not isinstance(v, list) or len(v) != 2
+            or not all(isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= 4096 for d in v)
+        ):  # fmt: skip
+            raise ValueError(
+                f"model.resize must be one size or [height, width], whole numbers in [1, 4096]; "
+                f"got {v!r}"
+            )
+        return v
 
     @field_validator("name")
     @classmethod
@@ -222,12 +265,7 @@ class ModelConfig(_Strict):
             raise ValueError(
                 f"model.depth must be 6n+2 (8, 14, 20, 32, ...) for a ResNet; got {self.depth}"
             )
-        if self.name == "hf" and not self.path:
-            raise ValueError(
-                "model.path is required for model.name = hf: a saved model folder, a model id "
-                "in the Hugging Face cache, or 'minilm'"
-            )
-        if self.name == "vit" and self.width % self.heads:
+        if self.name in ("vit", "gpt") and self.width % self.heads:
             raise ValueError(
                 f"model.width = {self.width} must be divisible by model.heads = {self.heads}"
             )
@@ -277,6 +315,31 @@ class RecipeConfig(_Strict):
         if not all(0 <= b < 1 for b in v):
             raise ValueError("recipe.betas must both lie in [0, 1)")
         return v
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> dict[str, Any]:
+        out = handler(self)
+        if self.epochs is not None:  # steps are not known yet: only epochs is the recipe's
+            out.pop("steps", None)
+        return out
+
+    @model_validator(mode="after")
+    def _epochs(self) -> RecipeConfig:
+        if self.epochs is not None and "steps" in self.model_fields_set:
+            raise ValueError(
+                f"recipe.steps = {self.steps} and recipe.epochs = {self.epochs} are both set: "
+                "give one (steps are derived from epochs when the run starts)"
+            )
+        return self
+
+    def with_epochs_resolved(self, n_train: int) -> dict[str, Any]:
+        """This recipe as a dict with ``epochs`` turned into ``steps`` for ``n_train`` training
+        examples: ceil(epochs x n_train / batch_size)."""
+        raw = self.model_dump()
+        if self.epochs is not None:
+            raw["steps"] = max(1, math.ceil(self.epochs * n_train / self.batch_size - 1e-9))
+            raw["epochs"] = None
+        return raw
 
 
 Kind = Literal["batch", "gaussian", "spawn"]
@@ -434,6 +497,31 @@ class RuntimeConfig(_Strict):
         return v
 
 
+class FolderCheckpoint(_Strict):
+    """A checkpoint made elsewhere: its path and the pre-training step it was saved at."""
+
+    path: str = Field(description="a Hugging Face model folder, or a safetensors file")
+    step: int = Field(ge=0, le=10**12, description="the pre-training step it was saved at")
+
+
+STEP_IN_NAME = re.compile(r"step[_-]?(\d+(?:\.\d+)?)([kKmMbB]?)(?![0-9A-Za-z])")
+
+
+def step_in_name(path: str) -> int:
+    """The pre-training step in a checkpoint's name: ``multiberts-seed_0-step_20k`` -> 20000,
+    ``OLMo-1B-hf/step20000-tokens84B`` -> 20000, ``step0000040.safetensors`` -> 40 (the last
+    match in the path wins)."""
+    found = STEP_IN_NAME.findall(str(path).replace("\\", "/"))
+    if not found:
+        raise ValueError(
+            f"pretrain.checkpoints: cannot read the pre-training step from {path!r}; name it with "
+            "step_<N>[k|M] or give {path: ..., step: N}"
+        )
+    num, unit = found[-1]
+    scale = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9}[unit.lower()]
+    return round(float(num) * scale)
+
+
 class PretrainConfig(_Strict):
     """Fine-tuning experiments (paper section 4.4): pre-train on ``data`` with ``recipe`` and
     fine-tune the sweep's task from the weights after each of ``checkpoints`` steps (0 = from
@@ -441,16 +529,51 @@ class PretrainConfig(_Strict):
 
     data: DataConfig = Field(default_factory=DataConfig)
     recipe: RecipeConfig = Field(default_factory=RecipeConfig)
-    checkpoints: list[int] = Field(
-        default_factory=lambda: [0], description="pre-training steps to fine-tune from"
+    checkpoints: list[int | str | FolderCheckpoint] = Field(
+        default_factory=lambda: [0],
+        description="pre-training steps to fine-tune from; or, instead of pre-training here, "
+        "local checkpoints made elsewhere (MultiBERT, OLMo): Hugging Face model folders for "
+        "model.name = hf, butterfly/safetensors files otherwise, each a path whose name holds "
+        "its step (step_20k, step2000) or {path, step}",
     )
+
+    @property
+    def folders(self) -> list[tuple[int, str]] | None:
+        """(pre-training step, path) of each given checkpoint, sorted by step; None when the
+        checkpoints are steps of the pre-training done here."""
+        if not self.checkpoints or isinstance(self.checkpoints[0], int):
+            return None
+        out = []
+        for c in self.checkpoints:
+            if isinstance(c, FolderCheckpoint):
+                out.append((c.step, c.path))
+            else:
+                assert isinstance(c, str)
+                out.append((step_in_name(c), c))
+        return sorted(out)
 
     @model_validator(mode="after")
     def _checkpoints(self) -> PretrainConfig:
         if not self.checkpoints:
             raise ValueError("pretrain.checkpoints is empty: give the steps to fine-tune from")
+        ints = [isinstance(c, int) for c in self.checkpoints]
+        if any(ints) and not all(ints):
+            raise ValueError(
+                "pretrain.checkpoints mixes pre-training steps and checkpoint paths: give steps "
+                "(pre-train here) or paths (checkpoints made elsewhere), not both"
+            )
+        if not all(ints):
+            folders = self.folders
+            assert folders is not None
+            steps = [s for s, _ in folders]
+            if len(set(steps)) != len(steps):
+                raise ValueError(
+                    f"pretrain.checkpoints: two checkpoints have the same step {steps}; give each "
+                    "its own with {path: ..., step: N}"
+                )
+            return self
         for c in self.checkpoints:
-            if not 0 <= c <= self.recipe.steps:
+            if self.recipe.epochs is None and not 0 <= c <= self.recipe.steps:
                 raise ValueError(
                     f"pretrain.checkpoints contains {c}; each must lie in [0, pretrain.recipe.steps"
                     f" = {self.recipe.steps}]"
@@ -536,10 +659,23 @@ class RunConfig(_Strict):
             raise ValueError("perturb.kinds is empty: choose from batch, gaussian, spawn")
         if self.data.augment.active and self.data.text:
             raise ValueError(f"data.augment is for images; data.name = {self.data.name} is text")
-        if self.data.text and self.model.name != "hf":
+        if self.data.causal and self.model.name not in ("hf", "gpt"):
+            raise ValueError(
+                f"data.name = {self.data.name} is text for a causal language model: it needs "
+                "model.name = gpt or hf"
+            )
+        if self.data.text and not self.data.causal and self.model.name != "hf":
             raise ValueError(
                 f"data.name = {self.data.name} is text (token ids): it needs model.name = hf"
             )
+        given = self.pretrain.folders if self.pretrain is not None else None
+        if self.model.name == "hf" and not self.model.path and not given:
+            raise ValueError(
+                "model.path is required for model.name = hf: a saved model folder, a model id "
+                "in the Hugging Face cache, or 'minilm'"
+            )
+        if self.model.name == "hf" and self.model.task == "auto":
+            self.model.task = "causal_lm" if self.data.causal else "classify"
         if not p.fractions:
             raise ValueError("perturb.fractions is empty: use [1.0] to perturb every masked weight")
         if self.runtime.mode == "batched" and self.model.name != "mlp":
@@ -550,7 +686,7 @@ class RunConfig(_Strict):
         if self.threshold is not None and "spawn" in p.kinds:
             raise ValueError("threshold searches perturbation sizes: perturb.kinds cannot hold spawn")
         for s in p.steps:
-            if s >= self.recipe.steps:
+            if self.recipe.epochs is None and s >= self.recipe.steps:
                 raise ValueError(
                     f"perturb.steps contains {s}, beyond the last step; it must be < recipe.steps "
                     f"= {self.recipe.steps}"
@@ -562,7 +698,12 @@ class RunConfig(_Strict):
         """The tokenizer of a text data set: data.tokenizer, else the hf model's path."""
         if not self.data.text:
             return None
-        return self.data.tokenizer or self.model.path
+        if self.data.tokenizer:
+            return self.data.tokenizer
+        if self.model.name != "hf":
+            return "bytes"
+        given = self.pretrain.folders if self.pretrain is not None else None
+        return self.model.path or (str(Path(given[0][1]).expanduser()) if given else None)
 
     def child_end(self, t: int) -> int:
         """The step at which perturbed children perturbed at ``t`` stop training."""
@@ -577,6 +718,22 @@ class RunConfig(_Strict):
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(self.model_dump_json())
+
+    @property
+    def needs_epochs(self) -> bool:
+        """Whether ``recipe.epochs`` (or ``pretrain.recipe.epochs``) still has to become steps."""
+        pre = self.pretrain is not None and self.pretrain.recipe.epochs is not None
+        return self.recipe.epochs is not None or pre
+
+    def with_epochs(self, n_train: int, n_pretrain: int | None = None) -> RunConfig:
+        """The config with every ``epochs`` turned into ``steps`` (``n_train``: training
+        examples of ``data``; ``n_pretrain``: of ``pretrain.data``); validated again."""
+        raw = self.to_dict()
+        raw["recipe"] = self.recipe.with_epochs_resolved(n_train)
+        if self.pretrain is not None and self.pretrain.recipe.epochs is not None:
+            assert n_pretrain is not None
+            raw["pretrain"]["recipe"] = self.pretrain.recipe.with_epochs_resolved(n_pretrain)
+        return build_config(raw)
 
 
 # ---- loading, overrides, errors -------------------------------------------------------------

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from butterfly.config import STORED, DataConfig
-from butterfly.data import builtin, files, text, user
+from butterfly.data import builtin, causal, files, text, user
 from butterfly.data.dataset import DataError, Dataset
 from butterfly.imports import ImportPathError, resolve
 
@@ -83,6 +83,8 @@ def _load(cfg: DataConfig, tokenizer: str | None, run_dir: Path | None) -> Datas
         return builtin.load_digits(cfg.seed)
     if cfg.name == "synthetic":
         return builtin.make_synthetic(cfg)
+    if cfg.causal:
+        return causal.load_causal(cfg.name, cfg.path, cfg.seed, tokenizer, cfg.max_length)
     if cfg.name in ("glue", "sentiment"):
         return text.load_text(cfg.name, cfg.path, cfg.seed, tokenizer, cfg.max_length)
     if cfg.name in ("cifar10", "cifar100"):

@@ -39,6 +39,7 @@ from butterfly.metrics import alphas, curve_barrier, evaluate, interpolate, is_f
 from butterfly.metrics.cka import angular_cka
 from butterfly.metrics.ensemble import ensemble_accuracy, f1_and_mcc
 from butterfly.metrics.evaluate import Evaluation, LossFn, evaluate_stacked, logits_of
+from butterfly.models.resize import resize_of, resized
 from butterfly.rng import generator
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ class _Features(nn.Module):
         self.m = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.m.features(x)  # type: ignore[operator]
+        return self.m.features(resized(x, resize_of(self.m)))  # type: ignore[operator]
 
 
 def last_linear(model: nn.Module) -> nn.Linear | None:
@@ -246,7 +247,8 @@ class Comparer:
             out["wm_iterations"] = res.iterations
         if self.cfg.activation_matching and self.aligns and "activation_matching" not in self.skipped:
             try:
-                perms = activation_matching(self.model, self.spec, a, b, self.x_align)
+                perms = activation_matching(self.model, self.spec, a, b,
+                                             resized(self.x_align, resize_of(self.model)))
             except NoActivations as err:
                 self.skipped["activation_matching"] = str(err)
             else:

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from butterfly.config import DataConfig, RunConfig
-from butterfly.data import BatchStream, Dataset, load_dataset
+from butterfly.config import ConfigError, DataConfig, RunConfig
+from butterfly.data import BatchStream, DataError, Dataset, load_dataset
 from butterfly.experiment.measure import Comparer
 from butterfly.imports import ImportPathError, resolve
 from butterfly.metrics.evaluate import LossFn
@@ -97,6 +97,25 @@ def _dataset(
 ) -> Dataset:
     cfg = DataConfig.model_validate_json(data_json)
     return load_dataset(cfg, tokenizer, Path(run_dir) if run_dir else None).to(device)
+
+
+def resolve_epochs(cfg: RunConfig, run_dir: str | Path | None = None) -> RunConfig:
+    """``cfg`` with ``recipe.epochs`` (and ``pretrain.recipe.epochs``) turned into steps:
+    ceil(epochs x training examples / batch_size), counting the training examples of the data
+    set each recipe trains on (after ``classes`` and ``max_train``). Unchanged without epochs."""
+    if not cfg.needs_epochs:
+        return cfg
+    rd = Path(run_dir) if run_dir else None
+    try:
+        n = len(load_dataset(cfg.data, cfg.tokenizer_path(), rd).y_train)
+        n_pre = None
+        if cfg.pretrain is not None and cfg.pretrain.recipe.epochs is not None:
+            pre = cfg.pretrain.data
+            tok = pre.tokenizer or (cfg.model.path if pre.text else None)
+            n_pre = len(load_dataset(pre, tok, rd).y_train)
+    except DataError as err:
+        raise ConfigError(str(err)) from None
+    return cfg.with_epochs(n, n_pre)
 
 
 def loss_function(cfg: RunConfig) -> LossFn | None:

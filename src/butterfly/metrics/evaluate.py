@@ -57,8 +57,46 @@ class Bound:
         return getattr(self.module, name)
 
 
+IGNORE = -100  # a target no loss or accuracy counts: a causal LM's prompt and padding
+
+
+def is_sequence(logits: Any, y: torch.Tensor) -> bool:
+    """Whether ``logits`` are next-token scores ``(N, L, V)`` for token targets ``y`` ``(N, L)``
+    (a causal language model); their loss and error are token-level, shifted by one."""
+    return (
+        isinstance(logits, torch.Tensor) and logits.dim() == 3 and y.dim() == 2
+        and not y.is_floating_point() and tuple(logits.shape[:2]) == tuple(y.shape)
+    )  # fmt: skip
+
+
+def _shifted(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores at positions 0..L-2 and the tokens they predict (1..L-1), flattened."""
+    return logits[..., :-1, :].flatten(-3, -2), y[..., 1:].flatten(-2, -1)
+
+
+def token_loss_sum(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed next-token cross-entropy over the counted targets, and their number."""
+    lg, tg = _shifted(logits, y)
+    return F.cross_entropy(lg, tg, ignore_index=IGNORE, reduction="sum"), (tg != IGNORE).sum()
+
+
+def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The training loss: mean cross-entropy over examples, or, for a causal LM, over the
+    counted answer tokens of the batch (next-token prediction)."""
+    if is_sequence(logits, y):
+        total, n = token_loss_sum(logits, y)
+        return total / n.clamp_min(1)
+    return F.cross_entropy(logits, y)
+
+
 def _wrong(logits: Any, y: torch.Tensor) -> int | None:
-    """Misclassified examples, if ``logits`` are class scores for integer labels ``y``."""
+    """Misclassified examples, if ``logits`` are class scores for integer labels ``y``; for a
+    causal LM, examples whose answer is not reproduced exactly (teacher forced: some counted
+    token is not the arg-max of its prediction)."""
+    if is_sequence(logits, y):
+        pred = logits[:, :-1].argmax(-1)
+        tg = y[:, 1:]
+        return int(((pred != tg) & (tg != IGNORE)).any(1).sum())
     ok = (
         isinstance(logits, torch.Tensor) and logits.dim() == 2 and logits.shape[0] == len(y)
         and logits.shape[1] > 1 and not y.is_floating_point() and y.dim() == 1
@@ -79,20 +117,28 @@ def evaluate(
     the user's ``loss_fn(model, (x, y))`` (a batch mean, weighted by batch size here). The
     error rate is None unless the model's outputs are class scores for the labels."""
     loss_sum = 0.0
+    count = 0  # examples, or a causal LM's counted tokens
     wrong: int | None = 0
     for i in range(0, len(y), batch_size):
         xb, yb = x[i : i + batch_size], y[i : i + batch_size]
         if loss_fn is None:
             logits = functional_call(model, params, (xb,))
-            loss_sum += float(F.cross_entropy(logits, yb, reduction="sum").to(torch.float64))
+            if is_sequence(logits, yb):
+                total, n_tok = token_loss_sum(logits, yb)
+                loss_sum += float(total.to(torch.float64))
+                count += int(n_tok)
+            else:
+                loss_sum += float(F.cross_entropy(logits, yb, reduction="sum").to(torch.float64))
+                count += len(yb)
         else:
             bound = Bound(model, params)
             loss_sum += float(loss_fn(bound, (xb, yb)).to(torch.float64)) * len(yb)
+            count += len(yb)
             logits = bound.last if bound.calls == 1 else None
         w = _wrong(logits, yb)
         wrong = None if (w is None or wrong is None) else wrong + w
     n = len(y)
-    return Evaluation(loss_sum / n, None if wrong is None else wrong / n)
+    return Evaluation(loss_sum / max(count, 1), None if wrong is None else wrong / n)
 
 
 @torch.no_grad()
@@ -118,11 +164,22 @@ def evaluate_stacked(
     forward = vmap(lambda p, xb: functional_call(model, p, (xb,)), in_dims=(0, None))
     loss_sum = torch.zeros(K, dtype=torch.float64)
     wrong = torch.zeros(K, dtype=torch.int64)
+    count = 0
     for i in range(0, len(y), chunk):
         xb, yb = x[i : i + chunk], y[i : i + chunk]
-        logits = forward(params, xb)  # (K, B, C)
+        logits = forward(params, xb)  # (K, B, C), or (K, B, L, V) for a causal LM
+        if is_sequence(logits[0], yb):
+            lg, tg = _shifted(logits, yb)  # (K, B(L-1), V), (B(L-1),)
+            ce = F.cross_entropy(lg.flatten(0, 1), tg.repeat(K), ignore_index=IGNORE,
+                                 reduction="none")  # fmt: skip
+            loss_sum += ce.view(K, -1).to(torch.float64).sum(1).cpu()
+            count += int((tg != IGNORE).sum())
+            pred, t1 = logits[:, :, :-1].argmax(-1), yb[:, 1:]
+            wrong += ((pred != t1) & (t1 != IGNORE)).any(-1).sum(1).cpu()
+            continue
         ce = F.cross_entropy(logits.flatten(0, 1), yb.repeat(K), reduction="none")
         loss_sum += ce.view(K, -1).to(torch.float64).sum(1).cpu()
         wrong += (logits.argmax(-1) != yb).sum(1).cpu()
+        count += len(yb)
     n = len(y)
-    return [Evaluation(float(loss_sum[k]) / n, int(wrong[k]) / n) for k in range(K)]
+    return [Evaluation(float(loss_sum[k]) / max(count, 1), int(wrong[k]) / n) for k in range(K)]

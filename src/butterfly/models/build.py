@@ -12,14 +12,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from butterfly.checkpoint import CheckpointError, load_checkpoint
 from butterfly.config import BUILTIN_MODELS, ModelConfig
 from butterfly.imports import ImportPathError, resolve
 from butterfly.models.cnn import CNN
+from butterfly.models.gpt import GPT
 from butterfly.models.mlp import MLP
 from butterfly.models.params import kaiming_init_
+from butterfly.models.resize import attach_resize
 from butterfly.models.resnet import ResNet, ResNet50
 from butterfly.models.vit import ViT
 from butterfly.rng import derive_seed
@@ -36,12 +39,30 @@ def model_spec(cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int) -
     }
     if cfg.name == "vit":
         spec.update(patch=cfg.patch, heads=cfg.heads, dropout=cfg.dropout)
+    if cfg.name == "gpt":
+        spec.update(heads=cfg.heads, dropout=cfg.dropout)
     if cfg.name == "hf":
         spec["path"] = cfg.path
+        if cfg.task == "causal_lm":
+            spec["task"] = "causal_lm"
     if not cfg.builtin:
         spec = {"name": cfg.name, "kwargs": cfg.kwargs, "input_shape": list(input_shape),
                 "n_classes": n_classes}  # fmt: skip
+    if cfg.resize:
+        spec["resize"] = list(cfg.resize)
     return spec
+
+
+def network_input(input_shape: tuple[int, ...], resize: list[int] | None) -> tuple[int, ...]:
+    """The input shape the network sees: the data's, with the image resized."""
+    if not resize:
+        return tuple(input_shape)
+    if len(input_shape) != 3:
+        raise ValueError(
+            f"model.resize is for images (C, H, W); this data set's examples have shape "
+            f"{tuple(input_shape)}"
+        )
+    return (input_shape[0], *resize)
 
 
 def keeps_own_init(cfg: ModelConfig) -> bool:
@@ -88,7 +109,14 @@ def call_factory(
 
 def build_from_spec(spec: dict[str, Any]) -> nn.Module:
     """The architecture of ``spec`` with default (untrained) torch parameters."""
-    shape = tuple(spec["input_shape"])
+    model = _from_spec(spec)
+    if spec.get("resize"):
+        attach_resize(model, spec["resize"])
+    return model
+
+
+def _from_spec(spec: dict[str, Any]) -> nn.Module:
+    shape = network_input(tuple(spec["input_shape"]), spec.get("resize"))
     n_classes = int(spec["n_classes"])
     name = spec["name"]
     if name not in BUILTIN_MODELS:
@@ -106,11 +134,16 @@ def build_from_spec(spec: dict[str, Any]) -> nn.Module:
             shape, n_classes, spec["width"], spec["depth"], spec.get("patch", 4),
             spec.get("heads", 3), dropout=spec.get("dropout", 0.0),
         )  # fmt: skip
+    if name == "gpt":
+        return GPT(shape, n_classes, spec["width"], spec["depth"], spec.get("heads", 4),
+                   spec.get("dropout", 0.0))  # fmt: skip
     if name == "hf":
-        from butterfly.models.hf import HFClassifier  # imports transformers: only when asked
+        from butterfly.models.hf import HFCausalLM, HFClassifier  # imports transformers
 
+        if spec.get("task") == "causal_lm":
+            return HFCausalLM(spec["path"], shape)
         return HFClassifier(spec["path"], shape, n_classes)
-    raise ValueError(f"unknown model '{name}'; choose from mlp, cnn, resnet, resnet50, vit, hf")
+    raise ValueError(f"unknown model '{name}'; choose from {', '.join(BUILTIN_MODELS)}")
 
 
 def build_model(
@@ -126,7 +159,10 @@ def build_model(
     if cfg.builtin:
         model = build_from_spec(model_spec(cfg, input_shape, n_classes))
     else:
-        model = call_factory(cfg.name, cfg.kwargs, input_shape, n_classes, seed)
+        shape = network_input(input_shape, cfg.resize)
+        model = call_factory(cfg.name, cfg.kwargs, shape, n_classes, seed)
+        if cfg.resize:
+            attach_resize(model, cfg.resize)
     init_fresh = getattr(model, "init_fresh_", None)
     if init_fresh is not None:
         init_fresh(seed)
@@ -149,14 +185,19 @@ def head_names(model: nn.Module) -> list[str]:
 
 
 def load_backbone_(model: nn.Module, path: str) -> list[str]:
-    """Copy every parameter but the head from a butterfly checkpoint into ``model``.
+    """Copy every parameter but the head from a checkpoint into ``model``: a butterfly
+    checkpoint, or any safetensors file of the model's ``state_dict()`` (e.g. a ResNet-50
+    pre-trained elsewhere and saved with ``safetensors.torch.save_file``).
 
     Returns the names loaded. Shapes must match (same architecture, any number of classes).
     """
+    path = str(Path(path).expanduser())
     if not Path(path).is_file():
         raise ValueError(f"model.init_from checkpoint {path} does not exist")
     try:
         saved, _, _ = load_checkpoint(Path(path))
+        if not saved:  # not butterfly's layout: a plain state dict, parameter names as keys
+            saved = load_file(path)
     except CheckpointError as err:
         raise ValueError(f"model.init_from: {err}") from None
     head = set(head_names(model))

@@ -106,3 +106,67 @@ class HFClassifier(nn.Module):
         """The last hidden state of the first token ([CLS]), the representation CKA compares."""
         out = self.net(**self._inputs(x), output_hidden_states=True)
         return out.hidden_states[-1][:, 0]
+
+
+class HFCausalLM(nn.Module):
+    """A ``transformers`` causal language model (``AutoModelForCausalLM``: GPT-2, OLMo, Llama,
+    ...) behind butterfly's ``forward(x)``: ``(N, 2, L)`` token ids and attention masks in,
+    ``(N, L, vocab)`` next-token logits out (the loss shifts them; see
+    :mod:`butterfly.metrics.evaluate`). Every weight comes from the checkpoint; tied input and
+    output embeddings stay one parameter."""
+
+    vmappable = False
+
+    def __init__(self, path: str, input_shape: tuple[int, ...]):
+        super().__init__()
+        if len(input_shape) != 2 or input_shape[0] != 2:
+            raise ValueError(
+                f"a causal language model reads (2, L) token ids and attention masks; the data's "
+                f"examples have shape {tuple(input_shape)} (use data.name = gsm8k or arithmetic)"
+            )
+        tf = transformers_module()
+        local = resolve_path(path)
+        with torch.random.fork_rng(devices=[]):
+            try:
+                net, info = tf.AutoModelForCausalLM.from_pretrained(
+                    local, local_files_only=True, output_loading_info=True,
+                    attn_implementation="eager",
+                )  # fmt: skip
+            except (OSError, ValueError) as err:
+                raise HFUnavailable(
+                    f"cannot load Hugging Face causal LM '{path}' offline: "
+                    f"{str(err).splitlines()[0]}"
+                ) from None
+        self.net = net
+        self.net.eval()
+        std = float(getattr(net.config, "initializer_range", 0.02))
+        self.weight_init_var = std * std
+        self.fresh = sorted(f"net.{k}" for k in info.get("missing_keys", []))
+
+    def init_fresh_(self, seed: int) -> list[str]:
+        """Draw any weight the checkpoint lacked from a generator keyed by ``seed``."""
+        g = generator("hf-head", seed)
+        params = dict(self.named_parameters())
+        std = self.weight_init_var**0.5
+        done = []
+        with torch.no_grad():
+            for name in self.fresh:
+                p = params.get(name)
+                if p is None:
+                    continue
+                if name.endswith("bias"):
+                    p.zero_()
+                else:
+                    p.copy_(torch.randn(p.shape, generator=g) * std)
+                done.append(name)
+        return done
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(input_ids=x[:, 0], attention_mask=x[:, 1]).logits
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last hidden states averaged over each sequence's real tokens."""
+        out = self.net(input_ids=x[:, 0], attention_mask=x[:, 1], output_hidden_states=True)
+        h = out.hidden_states[-1]
+        mask = x[:, 1].unsqueeze(-1).to(h.dtype)
+        return (h * mask).sum(1) / mask.sum(1).clamp_min(1.0)

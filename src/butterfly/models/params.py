@@ -117,7 +117,11 @@ def param_info(
             v = following_var(i, None)
             for pname, _ in m.named_parameters(recurse=False):
                 info[prefix + pname] = ParamInfo("norm", v)
-    missing = [n for n, _ in model.named_parameters() if n not in info]
+    # a tied parameter (a language model's output layer sharing the input embedding) is one
+    # parameter, under the name named_parameters() gives it; its other names are dropped
+    names = [n for n, _ in model.named_parameters()]
+    info = {n: v for n, v in info.items() if n in set(names)}
+    missing = [n for n in names if n not in info]
     if fixed_var is not None:  # e.g. a HF ViT's class token and position embeddings
         info.update({n: ParamInfo("weight", fixed_var) for n in missing})
         missing = []

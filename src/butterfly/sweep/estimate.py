@@ -19,7 +19,7 @@ import torch
 
 from butterfly.config import RunConfig
 from butterfly.experiment import make_setup
-from butterfly.experiment.setup import configure_torch, resolve_device
+from butterfly.experiment.setup import configure_torch, resolve_device, resolve_epochs
 from butterfly.experiment.spawn import log_spaced_steps
 from butterfly.sweep.plan import minimum_steps, plan
 from butterfly.train import Population
@@ -90,6 +90,7 @@ def _time_steps(setup, P: int, steps: int) -> float:  # type: ignore[no-untyped-
 
 def project(cfg: RunConfig, workers: int, timed_steps: int = 10) -> Projection:
     """Time a few real steps of ``cfg`` and project the whole sweep on ``workers`` workers."""
+    cfg = resolve_epochs(cfg)
     configure_torch(cfg.runtime.threads, cfg.runtime.tf32)
     units = plan(cfg)
     T = cfg.recipe.steps

@@ -28,7 +28,7 @@ from butterfly.data import DataError, Dataset, load_dataset
 from butterfly.data.user import STORED_FILE, recall, save_stored
 from butterfly.experiment import check_control, configure_torch
 from butterfly.experiment.measure import Comparer, original_diverged
-from butterfly.experiment.setup import environment, loss_function, resolve_device
+from butterfly.experiment.setup import environment, loss_function, resolve_device, resolve_epochs
 from butterfly.imports import ImportPathError, is_local
 from butterfly.metrics.evaluate import Bound, LossFn
 from butterfly.models import build_model
@@ -211,6 +211,14 @@ def check_model(model: nn.Module, data: Dataset, loss_fn: LossFn | None, name: s
             "give a loss function (recipe.loss, or loss_fn= in Python)"
         )
     shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+    if y.dim() == 2 and not y.is_floating_point():  # token targets: next-token scores
+        if shape != (*y.shape, data.n_classes):
+            raise ConfigError(
+                f"model '{name}' outputs {shape} for 2 examples, but next-token cross-entropy on "
+                f"'{data.name}' needs {(*y.shape, data.n_classes)}: a score per token and "
+                "vocabulary entry"
+            )
+        return
     if shape != (2, data.n_classes):
         raise ConfigError(
             f"model '{name}' outputs {shape} for 2 examples, but cross-entropy on "
@@ -242,6 +250,7 @@ def run_sweep(
     ``progress``: draw live progress on stderr (default: only when stderr is a terminal).
     """
     run_dir = Path(run_dir)
+    cfg = resolve_epochs(cfg, run_dir)
     if cfg.pretrain is not None or cfg.threshold is not None:
         raise ConfigError(
             "a config with a pretrain or threshold section is a pipeline: run it with "

@@ -23,14 +23,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from butterfly.config import AugmentConfig, RecipeConfig
 from butterfly.data import BatchStream, Dataset
 from butterfly.data.augment import augment
-from butterfly.metrics.evaluate import Bound, LossFn
+from butterfly.metrics.evaluate import Bound, LossFn, cross_entropy
 from butterfly.rng import derive_seed
 from butterfly.train.batched_mlp import BatchedMLP
 from butterfly.train.recipe import (
@@ -133,7 +132,7 @@ def cross_entropy_loss(
     model: nn.Module,
 ) -> Callable[[Tensors, torch.Tensor, torch.Tensor], torch.Tensor]:
     def loss(params: Tensors, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(functional_call(model, params, (x,)), y)
+        return cross_entropy(functional_call(model, params, (x,)), y)
 
     return loss
 

@@ -15,10 +15,25 @@ from pathlib import Path
 from typing import Any
 
 from butterfly.config import RunConfig
+from butterfly.experiment.setup import resolve_epochs
 from butterfly.sweep import rundir
 from butterfly.sweep.pipelines.finetune import run_finetune
 from butterfly.sweep.pipelines.threshold import run_threshold
 from butterfly.sweep.runner import SweepOutcome, log, run_sweep
+
+
+def epochs_resolved(cfg: RunConfig, run_dir: Path | None, quiet: bool = True) -> RunConfig:
+    """``cfg`` with epoch-based recipes turned into steps, saying what they became."""
+    if not cfg.needs_epochs:
+        return cfg
+    out = resolve_epochs(cfg, run_dir)
+    for what, before, after in (("recipe", cfg.recipe, out.recipe),
+                                ("pretrain.recipe", cfg.pretrain and cfg.pretrain.recipe,
+                                 out.pretrain and out.pretrain.recipe)):  # fmt: skip
+        if before is not None and after is not None and before.epochs is not None:
+            log(f"{what}.epochs = {before.epochs:g} at batch {after.batch_size}: "
+                f"{after.steps:,} steps", quiet)  # fmt: skip
+    return out
 
 
 def run_pipeline(
@@ -37,6 +52,7 @@ def run_pipeline(
     ``force_new``: if ``run_dir`` holds a run with another config, use a fresh ``run_dir-N``.
     """
     run_dir = Path(run_dir)
+    cfg = epochs_resolved(cfg, run_dir, quiet)
     if force_new and rundir.config_differs(cfg, run_dir):
         run_dir = rundir.fresh_run_dir(run_dir)
         log(f"config differs from the existing run: starting a fresh run in {run_dir}", quiet)
@@ -48,4 +64,4 @@ def run_pipeline(
                      address=address, progress=progress, **kwargs)  # fmt: skip
 
 
-__all__ = ["run_finetune", "run_pipeline", "run_threshold"]
+__all__ = ["epochs_resolved", "run_finetune", "run_pipeline", "run_threshold"]

@@ -9,6 +9,11 @@ A config with a ``pretrain`` section runs in two stages inside one run folder:
    config's own data and recipe, starting from the pre-trained weights with a freshly drawn
    head (``model.init_from``). Checkpoint 0 means random initialisation: the baseline.
 
+Checkpoints made elsewhere (MultiBERT's or OLMo's intermediate checkpoints: Hugging Face
+folders; safetensors files for built-in models) skip stage 1: ``pretrain.checkpoints`` lists
+their paths, each with the pre-training step it was saved at (read from its name, e.g.
+``step_20k``), and stage 2 fine-tunes from each one.
+
 The top folder is prepared and locked like any run folder; its store holds the config and the
 index of the sweeps (meta ``pipeline`` and ``runs``), which is all ``butterfly report`` and
 ``butterfly status`` need. The results of all sweeps are joined with a ``pretrain_steps`` column
@@ -22,7 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from butterfly.config import RunConfig, build_config
+from butterfly.config import ConfigError, RunConfig, build_config
 from butterfly.experiment import check_control, configure_torch
 from butterfly.experiment.rows import PRETRAIN_STEPS
 from butterfly.experiment.setup import environment
@@ -60,12 +65,38 @@ def sub_dir(run_dir: Path, step: int) -> Path:
 
 
 def finetune_config(cfg: RunConfig, run_dir: Path, step: int) -> RunConfig:
-    """The sweep that fine-tunes from pre-training checkpoint ``step`` (0: random init)."""
+    """The sweep that fine-tunes from pre-training checkpoint ``step`` (0: random init), or,
+    for checkpoints made elsewhere, from the one saved at ``step``: a Hugging Face folder
+    becomes ``model.path``, a safetensors file ``model.init_from``."""
+    assert cfg.pretrain is not None
     raw = cfg.to_dict()
     raw["pretrain"] = None
-    raw["model"]["init_from"] = checkpoint_template(run_dir, step) if step > 0 else None
     raw["name"] = f"{cfg.name}-from{step}"
+    given = dict(cfg.pretrain.folders or [])
+    if step in given:
+        path = str(Path(given[step]).expanduser())
+        if cfg.model.name == "hf":
+            raw["model"]["path"] = path
+        else:
+            raw["model"]["init_from"] = path
+    else:
+        raw["model"]["init_from"] = checkpoint_template(run_dir, step) if step > 0 else None
     return build_config(raw)
+
+
+def _check_given(cfg: RunConfig) -> None:
+    """Checkpoints made elsewhere must exist, as folders (hf) or files (built-in models)."""
+    assert cfg.pretrain is not None
+    for step, path in cfg.pretrain.folders or []:
+        p = Path(path).expanduser()
+        hf = cfg.model.name == "hf"
+        if not (p.is_dir() if hf else p.is_file()):
+            raise ConfigError(
+                f"pretrain.checkpoints: {path} (step {step}) is not a "
+                + ("model folder" if hf else "checkpoint file")
+                + (" (model.name = hf loads Hugging Face folders)" if hf else
+                   " (built-in models start from safetensors files; hf models from folders)")
+            )  # fmt: skip
 
 
 def run_finetune(
@@ -80,11 +111,18 @@ def run_finetune(
     """Pre-train, then one sweep per checkpoint; returns a SweepOutcome over all of them."""
     assert cfg.pretrain is not None
     start = time.perf_counter()
-    pre = pretrain_config(cfg)
-    preflight(pre)
-    preflight(finetune_config(cfg, run_dir, 0))  # the fine-tuning task, from random init
-    steps = sorted(cfg.pretrain.checkpoints)
-    wanted = [s for s in steps if s > 0]
+    given = cfg.pretrain.folders
+    if given is None:
+        pre = pretrain_config(cfg)
+        preflight(pre)
+        steps = sorted(int(c) for c in cfg.pretrain.checkpoints)  # type: ignore[arg-type]
+        wanted = [s for s in steps if s > 0]
+        preflight(finetune_config(cfg, run_dir, 0))  # the fine-tuning task, from random init
+    else:  # checkpoints made elsewhere: nothing to pre-train
+        _check_given(cfg)
+        steps = [s for s, _ in given]
+        wanted = []
+        preflight(finetune_config(cfg, run_dir, steps[0]))
     pre_dir = run_dir / "pretrain"
     parent_steps = 0
     with RunLock(run_dir):
@@ -95,6 +133,7 @@ def run_finetune(
             store.set_meta("runs", [[s, sub_dir(run_dir, s).name] for s in steps])
             store.set_meta("environment", environment(cfg))
         if wanted:
+            assert given is None
             with RunLock(pre_dir):
                 rundir.prepare_run_dir(pre, pre_dir, "a pre-training run")
                 configure_torch(cfg.runtime.threads, cfg.runtime.tf32)
@@ -110,8 +149,8 @@ def run_finetune(
         frames = []
         outcomes = []
         for s in steps:
-            log(f"fine-tuning from pre-training step {s}" + (" (random init)" if s == 0 else ""),
-                quiet)  # fmt: skip
+            where = f" ({dict(given)[s]})" if given else " (random init)" if s == 0 else ""
+            log(f"fine-tuning from pre-training step {s}{where}", quiet)
             sub_cfg = finetune_config(cfg, run_dir, s)
             if sub_cfg.threshold is not None:  # the edge of stability from each checkpoint
                 out = run_threshold(sub_cfg, sub_dir(run_dir, s), workers, quiet, executor,
