@@ -61,7 +61,7 @@ def test_epochs_become_steps_from_the_training_set_size(tmp_path: Path) -> None:
     n_ft = len(load_dataset(build_config(pre).data).y_train)
     assert resolved.pretrain.recipe.steps == math.ceil(n_pre / 20)
     assert resolved.recipe.steps == math.ceil(2.5 * n_ft / 64)
-    with pytest.raises(ConfigError, match="recipe.steps = 10 and recipe.epochs = 2.0 are both set"):
+    with pytest.raises(ConfigError, match=r"recipe\.steps = 10 and recipe\.epochs = 2\.0 are both set"):
         build_config({"recipe": {"steps": 10, "epochs": 2}})
     with pytest.raises(ConfigError, match="checkpoints contains 99"):  # checked once resolved
         resolve_epochs(build_config({**pre, "pretrain": {**pre["pretrain"], "checkpoints": [99]}}))
@@ -77,7 +77,7 @@ def test_resize_is_bilinear_interpolation_and_a_no_op_at_the_target_size() -> No
     assert torch.equal(resized(stacked, (16, 16))[1], resized(stacked[1], (16, 16)))
     ids = torch.zeros(3, 2, 8, dtype=torch.int64)
     assert resized(ids, (16, 16)) is ids  # token ids are never resized
-    with pytest.raises(ConfigError, match="model.resize must be one size or"):
+    with pytest.raises(ConfigError, match=r"model\.resize must be one size or"):
         build_config({"model": {"resize": [0, 3]}})
 
 
@@ -202,7 +202,7 @@ def test_gsm8k_examples_mask_the_prompt_and_padding(tmp_path: Path) -> None:
 
     with pytest.raises(DataError, match="1 of 1 examples have no answer token within"):
         load_dataset(short.data, "bytes")
-    with pytest.raises(ConfigError, match="needs model.name = gpt or hf"):
+    with pytest.raises(ConfigError, match=r"needs model\.name = gpt or hf"):
         build_config({"data": {"name": "gsm8k", "path": str(folder)}, "model": {"name": "mlp"}})
 
 
@@ -347,8 +347,9 @@ def test_multibert_style_folders_are_fine_tuned_and_reported_in_one_run(
     assert sorted(df.pretrain_steps.unique()) == [20_000, 200_000] and controls_exact(df)
     assert not (top / "pretrain").exists()  # nothing was pre-trained here
     # each sweep started from its own folder's encoder
-    from butterfly.checkpoint import load_checkpoint
     from safetensors.torch import load_file
+
+    from butterfly.checkpoint import load_checkpoint
 
     for s, f in ((20_000, folders[0]), (200_000, folders[1])):
         start, _, _ = load_checkpoint(top / f"from-step{s:07d}/parents/seed0/step0000000.safetensors")
