@@ -20,7 +20,9 @@ def test_presets_are_listed_and_valid_at_both_scales(capsys: pytest.CaptureFixtu
         "table1-perturb-norm", "table1-resnet8", "table1-resnet8-warmup10x", "fig11-fraction",
         "fig9-biases-norm", "fig10-spawning", "workshop-longer", "workshop-lr-rewind",
         "finetune-cifar100-to-cifar10", "finetune-cifar10-to-cifar100", "finetune-minilm",
-        "threshold-standard", "threshold-finetune", "lyapunov-standard",
+        "threshold-standard", "threshold-finetune", "lyapunov-standard", "finetune-vit",
+        "finetune-olmo-gsm8k", "finetune-multibert", "glue-sst2", "glue-qnli", "glue-mrpc",
+        "glue-rte", "glue-cola",
     }  # fmt: skip
     assert expected <= set(NAMES)
     for name, doc in list_presets():
@@ -29,13 +31,33 @@ def test_presets_are_listed_and_valid_at_both_scales(capsys: pytest.CaptureFixtu
         assert doc["description"] and doc["cpu"]["expected_runtime"]
         assert doc["full"]["expected_runtime"] and doc["full"]["data"]
         # full scale: the paper's data and models; cpu scale: data that ships offline
-        assert full.data.name in ("cifar10", "cifar100", "glue")
+        assert full.data.name in ("cifar10", "cifar100", "glue", "gsm8k")
         assert full.model.name in ("resnet", "resnet50", "hf")
         assert full.runtime.device == "cuda"
-        assert cpu.data.name in ("mnist1d", "digits", "synthetic", "sentiment")
+        assert cpu.data.name in ("mnist1d", "digits", "synthetic", "sentiment", "pairs",
+                                 "arithmetic")  # fmt: skip
         assert cpu.runtime.device == "cpu"
-        if full.pretrain is not None:
+        if full.pretrain is not None and full.pretrain.folders is None:
             assert cpu.pretrain is not None and 0 in cpu.pretrain.checkpoints
+    # the paper's models: ResNet-50 and ViT fine-tuning, a causal LM, MultiBERT checkpoints
+    assert load_config("finetune-cifar100-to-cifar10", scale="full").model.name == "resnet50"
+    vit = load_config("finetune-vit", scale="full")
+    assert vit.model.resize == [224, 224] and vit.recipe.epochs == 5
+    olmo = load_config("finetune-olmo-gsm8k", scale="full")
+    assert olmo.model.task == "causal_lm" and [s for s, _ in olmo.pretrain.folders] == [
+        1000, 358000, 738000]  # fmt: skip
+    for task in ("sst2", "qnli", "mrpc", "rte", "cola"):
+        g = load_config(f"glue-{task}", scale="full")
+        assert [s for s, _ in g.pretrain.folders] == [20_000, 200_000, 2_000_000]
+        assert (g.recipe.optimizer, g.recipe.lr, g.recipe.weight_decay) == ("adamw", 2e-5, 0.01)
+    table2 = {"qnli": (128, None, 3), "sst2": (128, 2500, None), "cola": (32, 1500, None),
+              "mrpc": (32, 500, None), "rte": (32, 500, None)}  # fmt: skip
+    for task, (bs, steps, epochs) in table2.items():
+        r = load_config(f"glue-{task}", scale="full").recipe
+        assert (r.batch_size, r.epochs) == (bs, epochs) and (steps is None or r.steps == steps)
+    for name in ("finetune-cifar100-to-cifar10", "finetune-cifar10-to-cifar100"):
+        times = load_config(name, scale="full").perturb.times
+        assert {0.00005, 0.005, 0.1} <= set(times)  # Tables 4-5: 0.005 %, 0.5 %, 10 %
     assert main(["presets"]) == 0
     out = capsys.readouterr().out
     assert all(n in out for n in NAMES)
@@ -122,6 +144,16 @@ def test_every_cpu_preset_runs_end_to_end(name: str, tmp_path: Path) -> None:
         _threshold_bar(tmp_path / name)
     if name == "lyapunov-standard":
         assert kids.lyapunov_exponent.notna().all() and kids.growth_rate.notna().all()
+    if name.startswith("glue-") or name == "finetune-multibert":  # GLUE's metrics per member
+        assert kids.test_f1_b.between(0, 1).all() and kids.test_mcc_b.between(-1, 1).all()
+    if name == "finetune-multibert":
+        assert sorted(df.pretrain_steps.unique()) == [0, 8, 24]
+    if name == "finetune-olmo-gsm8k":  # exact match is a rate; no logit ensemble for an LM
+        assert kids.test_acc_b.between(0, 1).all() and df.ensemble_test_acc.isna().all()
+        assert sorted(df.pretrain_steps.unique()) == [0, 30, 150]
+    if name == "finetune-vit":
+        assert sorted(df.pretrain_steps.unique()) == [0, 14, 70]
+        assert kids.barrier_train_loss.notna().all() and kids.cka.notna().all()
 
 
 def _threshold_bar(run: Path) -> None:

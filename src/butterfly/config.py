@@ -101,7 +101,7 @@ class AugmentConfig(_Strict):
 
 BUILTIN_DATA = (
     "mnist1d", "digits", "synthetic", "cifar10", "cifar100", "mnist", "glue", "sentiment",
-    "gsm8k", "arithmetic",
+    "pairs", "gsm8k", "arithmetic",
 )  # fmt: skip
 CAUSAL_DATA = ("gsm8k", "arithmetic")  # question/answer text for causal language models
 BUILTIN_MODELS = ("mlp", "cnn", "resnet", "resnet50", "vit", "gpt", "hf")
@@ -133,7 +133,7 @@ class DataConfig(_Strict):
     name: str = Field(
         "mnist1d",
         description="mnist1d | digits | synthetic | cifar10 | cifar100 | mnist | glue | sentiment "
-        "| gsm8k | arithmetic | an import path package.module:load",
+        "| pairs | gsm8k | arithmetic | an import path package.module:load",
     )
     kwargs: dict[str, Any] = Field(
         default_factory=dict, description="user loader only: keyword arguments of the loader"
@@ -164,7 +164,7 @@ class DataConfig(_Strict):
 
     @property
     def text(self) -> bool:
-        return self.name in ("glue", "sentiment", *CAUSAL_DATA)
+        return self.name in ("glue", "sentiment", "pairs", *CAUSAL_DATA)
 
     @property
     def causal(self) -> bool:

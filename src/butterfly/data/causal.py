@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from butterfly.data.dataset import DataError, Dataset, cache_dir
-from butterfly.data.glue import _find, _rows
+from butterfly.data.glue import find_split, read_rows
 
 IGNORE = -100  # target id that no loss or accuracy counts (torch's cross_entropy default)
 PROMPT = "Question: {q}\nAnswer: "
@@ -66,13 +66,13 @@ def read_qa(folder: str | Path) -> tuple[list[dict[str, str]], list[dict[str, st
     if not folder.is_dir():
         raise DataError(f"question/answer folder {folder} does not exist: set data.path to the "
                         "folder holding train.jsonl and test.jsonl")  # fmt: skip
-    train = _find(folder, ("train",))
-    test = _find(folder, ("test", "dev", "validation"))
+    train = find_split(folder, ("train",))
+    test = find_split(folder, ("test", "dev", "validation"))
     if train is None or test is None:
         raise DataError(f"{folder} needs train.jsonl|tsv and test.jsonl|tsv (or dev/validation)")
     out = []
     for path in (train, test):
-        rows = _rows(path)
+        rows = read_rows(path)
         if not rows:
             raise DataError(f"{path} holds no examples")
         for i, r in enumerate(rows):

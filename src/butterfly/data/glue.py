@@ -54,7 +54,8 @@ class TextDataset:
         return len(self.label_names)
 
 
-def _rows(path: Path) -> list[dict[str, str]]:
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a TSV (GLUE columns, or CoLA's header-less four columns) or JSONL file."""
     if path.suffix == ".jsonl":
         rows = []
         for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
@@ -75,7 +76,8 @@ def _rows(path: Path) -> list[dict[str, str]]:
     return [dict(zip(header, r, strict=False)) for r in lines[1:] if r]
 
 
-def _find(folder: Path, names: tuple[str, ...]) -> Path | None:
+def find_split(folder: Path, names: tuple[str, ...]) -> Path | None:
+    """The first of ``names`` present in ``folder`` as .tsv or .jsonl."""
     for n in names:
         for ext in (".tsv", ".jsonl"):
             if (folder / f"{n}{ext}").is_file():
@@ -90,11 +92,11 @@ def load_glue(path: str | Path, name: str | None = None) -> TextDataset:
         raise DataError(
             f"GLUE task folder {folder} does not exist: download the task once and set data.path"
         )
-    train = _find(folder, ("train",))
-    test = _find(folder, ("dev", "validation", "test"))
+    train = find_split(folder, ("train",))
+    test = find_split(folder, ("dev", "validation", "test"))
     if train is None or test is None:
         raise DataError(f"{folder} needs train.tsv|jsonl and dev.tsv|jsonl (or validation/test)")
-    raw_train, raw_test = _rows(train), _rows(test)
+    raw_train, raw_test = read_rows(train), read_rows(test)
     if not raw_train:
         raise DataError(f"{train} holds no examples")
     cols = raw_train[0].keys()

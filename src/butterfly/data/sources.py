@@ -85,7 +85,7 @@ def _load(cfg: DataConfig, tokenizer: str | None, run_dir: Path | None) -> Datas
         return builtin.make_synthetic(cfg)
     if cfg.causal:
         return causal.load_causal(cfg.name, cfg.path, cfg.seed, tokenizer, cfg.max_length)
-    if cfg.name in ("glue", "sentiment"):
+    if cfg.name in ("glue", "sentiment", "pairs"):
         return text.load_text(cfg.name, cfg.path, cfg.seed, tokenizer, cfg.max_length)
     if cfg.name in ("cifar10", "cifar100"):
         return files.load_cifar(cfg.path, 10 if cfg.name == "cifar10" else 100)

@@ -5,6 +5,9 @@
   positive/negative words, negation and distractor clauses), written once to the cache as
   SST-2-format TSV files and read back through the same GLUE reader. It exists so the
   fine-tuning path runs offline and in tests; it is not a benchmark.
+* ``pairs``: the same sentences in pairs (RTE-format TSV: ``sentence1``, ``sentence2``,
+  ``label``), label 1 when both judge the film the same way: a sentence-pair stand-in for
+  QNLI, MRPC and RTE.
 
 Examples are tokenised with the model's tokenizer to ``data.max_length`` tokens (padding and
 truncation) and stored as ``(N, 2, L)`` int64 tensors: token ids and token type ids.
@@ -75,17 +78,39 @@ def write_sentiment(folder: Path, seed: int = 0, n_train: int = 2000, n_dev: int
     return folder
 
 
-def sentiment_folder(seed: int = 0) -> Path:
-    folder = cache_dir() / f"sentiment-v1-seed{seed}"
+def write_pairs(folder: Path, seed: int = 0, n_train: int = 2000, n_dev: int = 500) -> Path:
+    """Write the generated sentence-pair task as RTE-style TSV files (``sentence1``,
+    ``sentence2``, ``label``): label 1 when both sentences judge the film the same way."""
+    rng = random.Random(f"pairs-{seed}")
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, n in (("train", n_train), ("dev", n_dev)):
+        tmp = folder / f".{name}.tsv.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8", newline="") as fh:
+            w = csv.writer(fh, delimiter="\t", quoting=csv.QUOTE_NONE, escapechar="\\")
+            w.writerow(["sentence1", "sentence2", "label"])
+            for _ in range(n):
+                (a, la), (b, lb) = _sentence(rng), _sentence(rng)
+                w.writerow([a, b, int(la == lb)])
+        os.replace(tmp, folder / f"{name}.tsv")
+    return folder
+
+
+def generated_folder(name: str, seed: int = 0) -> Path:
+    """The folder of a generated text task (``sentiment`` or ``pairs``), written once."""
+    folder = cache_dir() / f"{name}-v1-seed{seed}"
     if not (folder / "dev.tsv").is_file():
         try:
-            write_sentiment(folder, seed)
+            (write_pairs if name == "pairs" else write_sentiment)(folder, seed)
         except OSError as err:
             raise DataError(
-                f"cannot write the sentiment task at {folder} ({err.strerror}); "
+                f"cannot write the {name} task at {folder} ({err.strerror}); "
                 "set BUTTERFLY_CACHE to a writable folder"
             ) from None
     return folder
+
+
+def sentiment_folder(seed: int = 0) -> Path:
+    return generated_folder("sentiment", seed)
 
 
 def tokenize(split: TextSplit, tokenizer: object, max_length: int) -> torch.Tensor:
@@ -119,8 +144,8 @@ def load_text(
         raise DataError(
             f"data.name = {name} needs a tokenizer: set data.tokenizer or use model.name = hf"
         )
-    if name == "sentiment":
-        folder = sentiment_folder(seed)
+    if name in ("sentiment", "pairs"):
+        folder = generated_folder(name, seed)
     else:
         if path is None:
             raise DataError("data.name = glue needs data.path: the folder of one GLUE task")
