@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import os
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -62,37 +63,40 @@ def _sentence(rng: random.Random) -> tuple[str, int]:
     return core + rng.choice([".", "!", " ."]), int(positive != negated)
 
 
-def write_sentiment(folder: Path, seed: int = 0, n_train: int = 2000, n_dev: int = 500) -> Path:
-    """Write the generated sentiment task as SST-2 TSV files (``sentence``, ``label``)."""
-    rng = random.Random(f"sentiment-{seed}")
+def _write_tsv(
+    folder: Path, header: list[str], row: Callable[[random.Random], list[object]], seed: str,
+    n_train: int, n_dev: int,
+) -> Path:  # fmt: skip
+    """``train.tsv`` and ``dev.tsv`` of generated rows, each written atomically."""
+    rng = random.Random(seed)
     folder.mkdir(parents=True, exist_ok=True)
     for name, n in (("train", n_train), ("dev", n_dev)):
         tmp = folder / f".{name}.tsv.{os.getpid()}.tmp"
         with open(tmp, "w", encoding="utf-8", newline="") as fh:
             w = csv.writer(fh, delimiter="\t", quoting=csv.QUOTE_NONE, escapechar="\\")
-            w.writerow(["sentence", "label"])
+            w.writerow(header)
             for _ in range(n):
-                text, label = _sentence(rng)
-                w.writerow([text, label])
+                w.writerow(row(rng))
         os.replace(tmp, folder / f"{name}.tsv")
     return folder
+
+
+def write_sentiment(folder: Path, seed: int = 0, n_train: int = 2000, n_dev: int = 500) -> Path:
+    """Write the generated sentiment task as SST-2 TSV files (``sentence``, ``label``)."""
+    return _write_tsv(folder, ["sentence", "label"], lambda rng: list(_sentence(rng)),
+                      f"sentiment-{seed}", n_train, n_dev)  # fmt: skip
+
+
+def _pair(rng: random.Random) -> list[object]:
+    (a, la), (b, lb) = _sentence(rng), _sentence(rng)
+    return [a, b, int(la == lb)]
 
 
 def write_pairs(folder: Path, seed: int = 0, n_train: int = 2000, n_dev: int = 500) -> Path:
     """Write the generated sentence-pair task as RTE-style TSV files (``sentence1``,
     ``sentence2``, ``label``): label 1 when both sentences judge the film the same way."""
-    rng = random.Random(f"pairs-{seed}")
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, n in (("train", n_train), ("dev", n_dev)):
-        tmp = folder / f".{name}.tsv.{os.getpid()}.tmp"
-        with open(tmp, "w", encoding="utf-8", newline="") as fh:
-            w = csv.writer(fh, delimiter="\t", quoting=csv.QUOTE_NONE, escapechar="\\")
-            w.writerow(["sentence1", "sentence2", "label"])
-            for _ in range(n):
-                (a, la), (b, lb) = _sentence(rng), _sentence(rng)
-                w.writerow([a, b, int(la == lb)])
-        os.replace(tmp, folder / f"{name}.tsv")
-    return folder
+    return _write_tsv(folder, ["sentence1", "sentence2", "label"], _pair, f"pairs-{seed}",
+                      n_train, n_dev)  # fmt: skip
 
 
 def generated_folder(name: str, seed: int = 0) -> Path:

@@ -1,7 +1,7 @@
 """A small decoder-only transformer (GPT-2 style) for the causal-language-model experiments.
 
 Token and learned position embeddings, ``depth`` pre-LayerNorm blocks of causal multi-head
-self-attention and a GELU MLP, a final LayerNorm and an output projection to the vocabulary.
+self-attention and a GELU MLP (the ViT's blocks with a causal mask), a final LayerNorm and an output projection to the vocabulary.
 Inputs are ``(N, 2, L)`` int64 tensors (token ids, attention mask) as the question/answer data
 sets give them (:mod:`butterfly.data.causal`); the output is ``(N, L, vocab)`` next-token
 logits. Padding sits at the right end, so the causal mask alone keeps every real token from
@@ -15,52 +15,20 @@ LayerNorm scales 1), and Eq. 6 scales perturbations by that same variance
 
 from __future__ import annotations
 
-import math
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from butterfly.models.vit import Block
 from butterfly.rng import generator
 
 INIT_STD = 0.02
 
 
-class CausalAttention(nn.Module):
-    def __init__(self, dim: int, heads: int, length: int, dropout: float):
-        super().__init__()
-        self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-        self.drop = nn.Dropout(dropout)
-        self.register_buffer(
-            "causal", torch.ones(length, length, dtype=torch.bool).tril(), persistent=False
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, N, D = x.shape
-        h = self.heads
-        q, k, v = self.qkv(x).reshape(B, N, 3, h, D // h).permute(2, 0, 3, 1, 4).unbind(0)
-        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(D // h))
-        att = att.masked_fill(~self.causal[:N, :N], float("-inf"))
-        att = self.drop(att.softmax(-1))
-        out = (att @ v).transpose(1, 2).reshape(B, N, D)
-        return self.drop(self.proj(out))
-
-
-class GPTBlock(nn.Module):
-    def __init__(self, dim: int, heads: int, length: int, dropout: float):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = CausalAttention(dim, heads, length, dropout)
-        self.norm2 = nn.LayerNorm(dim)
-        self.fc1 = nn.Linear(dim, 4 * dim)
-        self.fc2 = nn.Linear(4 * dim, dim)
-        self.drop = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.drop(self.fc2(F.gelu(self.fc1(self.norm2(x)))))
+def masked_mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Hidden states ``(..., L, D)`` averaged over the positions where ``mask`` ``(..., L)`` is
+    1: a sequence's representation for CKA, padding left out."""
+    m = mask.unsqueeze(-1).to(h.dtype)
+    return (h * m).sum(-2) / m.sum(-2).clamp_min(1.0)
 
 
 class GPT(nn.Module):
@@ -89,7 +57,9 @@ class GPT(nn.Module):
         self.tokens = nn.Embedding(vocab, width)
         self.positions = nn.Embedding(length, width)
         self.drop = nn.Dropout(dropout)
-        self.blocks = nn.Sequential(*(GPTBlock(width, heads, length, dropout) for _ in range(depth)))
+        self.blocks = nn.Sequential(
+            *(Block(width, heads, 4, dropout, causal=length) for _ in range(depth))
+        )
         self.norm = nn.LayerNorm(width)
         self.out = nn.Linear(width, vocab)
 
@@ -117,9 +87,7 @@ class GPT(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The final hidden states averaged over each sequence's real (unpadded) tokens."""
-        h = self.hidden(x)
-        mask = x[..., 1, :].unsqueeze(-1).to(h.dtype)
-        return (h * mask).sum(-2) / mask.sum(-2).clamp_min(1.0)
+        return masked_mean(self.hidden(x), x[..., 1, :])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out(self.hidden(x))

@@ -21,7 +21,29 @@ import torch
 from torch import nn
 
 from butterfly.hf_local import HFUnavailable, resolve_path, transformers_module
+from butterfly.models.gpt import masked_mean
 from butterfly.rng import generator
+
+
+def draw_missing_(model: nn.Module, names: list[str], std: float, seed: int) -> list[str]:
+    """Draw the parameters ``names`` (those a checkpoint lacked) from a generator keyed by
+    ``seed`` with the model's own scheme: biases 0, norm scales 1, weights N(0, std^2)."""
+    g = generator("hf-head", seed)
+    params = dict(model.named_parameters())
+    done = []
+    with torch.no_grad():
+        for name in names:
+            p = params.get(name)
+            if p is None:
+                continue
+            if name.endswith("bias"):
+                p.zero_()
+            elif "LayerNorm" in name or "layernorm" in name or name.endswith("norm.weight"):
+                p.fill_(1.0)
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+            done.append(name)
+    return done
 
 
 class HFClassifier(nn.Module):
@@ -71,23 +93,7 @@ class HFClassifier(nn.Module):
 
     def init_fresh_(self, seed: int) -> list[str]:
         """Draw the weights the checkpoint lacked (the head) from a generator keyed by ``seed``."""
-        g = generator("hf-head", seed)
-        params = dict(self.named_parameters())
-        std = self.weight_init_var**0.5
-        done = []
-        with torch.no_grad():
-            for name in self.fresh:
-                p = params.get(name)
-                if p is None:
-                    continue
-                if name.endswith("bias"):
-                    p.zero_()
-                elif "LayerNorm" in name or "layernorm" in name or name.endswith("norm.weight"):
-                    p.fill_(1.0)
-                else:
-                    p.copy_(torch.randn(p.shape, generator=g) * std)
-                done.append(name)
-        return done
+        return draw_missing_(self, self.fresh, self.weight_init_var**0.5, seed)
 
     def _inputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.text:
@@ -145,21 +151,7 @@ class HFCausalLM(nn.Module):
 
     def init_fresh_(self, seed: int) -> list[str]:
         """Draw any weight the checkpoint lacked from a generator keyed by ``seed``."""
-        g = generator("hf-head", seed)
-        params = dict(self.named_parameters())
-        std = self.weight_init_var**0.5
-        done = []
-        with torch.no_grad():
-            for name in self.fresh:
-                p = params.get(name)
-                if p is None:
-                    continue
-                if name.endswith("bias"):
-                    p.zero_()
-                else:
-                    p.copy_(torch.randn(p.shape, generator=g) * std)
-                done.append(name)
-        return done
+        return draw_missing_(self, self.fresh, self.weight_init_var**0.5, seed)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(input_ids=x[:, 0], attention_mask=x[:, 1]).logits
@@ -167,6 +159,4 @@ class HFCausalLM(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The last hidden states averaged over each sequence's real tokens."""
         out = self.net(input_ids=x[:, 0], attention_mask=x[:, 1], output_hidden_states=True)
-        h = out.hidden_states[-1]
-        mask = x[:, 1].unsqueeze(-1).to(h.dtype)
-        return (h * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+        return masked_mean(out.hidden_states[-1], x[:, 1])

@@ -22,30 +22,43 @@ from butterfly.models.cnn import conv_cls
 
 
 class Attention(nn.Module):
-    def __init__(self, dim: int, heads: int, dropout: float):
+    """Multi-head self-attention, written out; ``causal = L``: each of up to L positions
+    attends only to itself and earlier ones (a decoder's mask)."""
+
+    def __init__(self, dim: int, heads: int, dropout: float, causal: int | None = None):
         super().__init__()
         if dim % heads:
-            raise ValueError(f"ViT width {dim} is not divisible by {heads} heads")
+            raise ValueError(f"width {dim} is not divisible by {heads} heads")
         self.heads = heads
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         self.drop = nn.Dropout(dropout)
+        self.causal = causal
+        if causal is not None:
+            mask = torch.ones(causal, causal, dtype=torch.bool).tril()
+            self.register_buffer("mask", mask, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, D = x.shape
         h = self.heads
         q, k, v = self.qkv(x).reshape(B, N, 3, h, D // h).permute(2, 0, 3, 1, 4).unbind(0)
         att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(D // h))
+        if self.causal is not None:
+            att = att.masked_fill(~self.mask[:N, :N], float("-inf"))
         att = self.drop(att.softmax(-1))
         out = (att @ v).transpose(1, 2).reshape(B, N, D)
         return self.drop(self.proj(out))
 
 
 class Block(nn.Module):
-    def __init__(self, dim: int, heads: int, mlp_ratio: int, dropout: float):
+    """A pre-LayerNorm transformer block: attention and a GELU MLP, each residual."""
+
+    def __init__(
+        self, dim: int, heads: int, mlp_ratio: int, dropout: float, causal: int | None = None
+    ):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = Attention(dim, heads, dropout)
+        self.attn = Attention(dim, heads, dropout, causal)
         self.norm2 = nn.LayerNorm(dim)
         self.fc1 = nn.Linear(dim, mlp_ratio * dim)
         self.fc2 = nn.Linear(mlp_ratio * dim, dim)
