@@ -621,7 +621,7 @@ def test_tables_4_5_are_mean_and_std_over_seeds_of_each_seeds_mean(runs: dict) -
                 cell = d[(d["kind"] == kind) & (d["t_frac"] == tf) & (d["sigma"] == s)]
                 per_seed = cell.groupby("seed")["barrier_train_loss"].mean()
                 assert len(per_seed) == 2
-                want = f"{fmt_number(per_seed.mean())} ± {fmt_number(per_seed.std(ddof=0))}"
+                want = f"{fmt_number(per_seed.mean())} ± {fmt_number(per_seed.std(ddof=1))}"
                 assert tab.loc[(kind, tf), s] == want
 
 
@@ -635,10 +635,15 @@ def test_table1_is_one_row_per_run_of_final_accuracy_and_cross_entropy(runs: dic
         kids = children(df)
         for col, head in (("test_acc_b", "test accuracy"), ("train_loss_b", "train CE")):
             per_seed = kids.groupby("seed")[col].mean()
-            want = f"{fmt_number(per_seed.mean())} ± {fmt_number(per_seed.std(ddof=0))}"
+            want = fmt_number(per_seed.mean())  # one seed: the mean alone
+            if len(per_seed) > 1:  # sample std over seeds
+                want += f" ± {fmt_number(per_seed.std(ddof=1))}"
             assert tab.loc[name, head] == want
         assert tab.loc[name, "children"] == str(len(kids))
-    assert tab.loc["B", "test accuracy"].endswith("± 0")  # one seed: no spread
+    # one seed: the mean alone, no spread to show
+    b = children(frames["B"])
+    assert b.seed.nunique() == 1
+    assert tab.loc["B", "test accuracy"] == fmt_number(b.test_acc_b.mean())
 
 
 def test_f1_and_matthews_correlation_match_scikit_learn() -> None:

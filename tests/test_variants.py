@@ -297,12 +297,13 @@ def test_finetuning_run_pretrains_once_and_sweeps_each_checkpoint(tmp_path: Path
     assert "[random init]" in text and "[pre-trained 40 steps]" in text
     text = page.read_text()
     assert "pre-trained 40 steps" in text
-    # Tables 4-5: mean ± std over seeds per pre-training checkpoint, kind and t (one seed: ± 0)
+    # Tables 4-5: mean ± std over seeds per pre-training checkpoint, kind and t (one seed:
+    # the mean alone)
     assert "Tables 4-5: train-loss barrier, mean ± std over seeds" in text
     kid = df[(df.pretrain_steps == 40) & (df.t_frac == 0.0) & (df.sigma == 1e-2)]
     from butterfly.report.summary import fmt_number
 
-    cell = f"{fmt_number(float(kid.barrier_train_loss.iloc[0]))} ± 0"
+    cell = fmt_number(float(kid.barrier_train_loss.iloc[0]))
     table = text.split('class="pm-barrier_train_loss"')[1].split("</table>")[0]
     row = re.search(r"<tr><td[^>]*>pre-trained 40 steps, batch, t = 0</td><td[^>]*>([^<]*)</td>", table)
     assert row is not None and row.group(1) == cell

@@ -163,6 +163,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from butterfly.report import build_report, format_table
     from butterfly.report.summary import finetune_table
     from butterfly.sweep.pipelines import run_pipeline
+    from butterfly.sweep.store import pipeline_runs
 
     check_overrides(args.overrides, args.config)
     cfg = load_config(args.config, args.overrides, args.scale)
@@ -181,7 +182,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if cfg.threshold is not None:
         print_thresholds(out)
     elif "pretrain_steps" in df.columns:
-        print("mean train-loss barrier by pre-training steps (0 = random init), kind, t/T:")
+        zero = next((s.label for s in pipeline_runs(out) or [] if s.steps == 0), None)
+        print("mean train-loss barrier by pre-training steps"
+              + (f" (0 = {zero})" if zero else "") + ", kind, t/T:")  # fmt: skip
         print(finetune_table(df).to_string(float_format=lambda v: f"{v:.4g}"))
     else:
         print(format_table(df))
@@ -261,8 +264,7 @@ def print_thresholds(run_dir: Path) -> None:
 
     subs = pipeline_runs(run_dir)
     for label, folder in ([("", run_dir)] if subs is None else
-                          [(f"pre-trained {s} steps: " if s else "random init: ", d)
-                           for s, d in subs]):  # fmt: skip
+                          [(f"{sub.label}: ", sub.folder) for sub in subs]):  # fmt: skip
         with Store(folder / "results.db") as st:
             table = st.thresholds()
         print(label + threshold_table(table))

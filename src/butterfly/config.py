@@ -334,10 +334,13 @@ class RecipeConfig(_Strict):
 
     def with_epochs_resolved(self, n_train: int) -> dict[str, Any]:
         """This recipe as a dict with ``epochs`` turned into ``steps`` for ``n_train`` training
-        examples: ceil(epochs x n_train / batch_size)."""
+        examples: ceil(epochs x (n_train // batch_size)). An epoch is what the batch stream
+        draws in one pass: its n_train // batch_size full batches (the rest is left out of
+        that pass, in a new random subset each epoch)."""
         raw = self.model_dump()
         if self.epochs is not None:
-            raw["steps"] = max(1, math.ceil(self.epochs * n_train / self.batch_size - 1e-9))
+            per_epoch = max(1, n_train // self.batch_size)
+            raw["steps"] = max(1, math.ceil(self.epochs * per_epoch - 1e-9))
             raw["epochs"] = None
         return raw
 
@@ -504,22 +507,31 @@ class FolderCheckpoint(_Strict):
     step: int = Field(ge=0, le=10**12, description="the pre-training step it was saved at")
 
 
-STEP_IN_NAME = re.compile(r"step[_-]?(\d+(?:\.\d+)?)([kKmMbB]?)(?![0-9A-Za-z])")
+STEP_IN_NAME = re.compile(r"(?<![0-9A-Za-z])step[_-]?(\d+(?:\.\d+)?)([kKmMbB]?)(?![0-9A-Za-z])")
 
 
 def step_in_name(path: str) -> int:
     """The pre-training step in a checkpoint's name: ``multiberts-seed_0-step_20k`` -> 20000,
     ``OLMo-1B-hf/step20000-tokens84B`` -> 20000, ``step0000040.safetensors`` -> 40 (the last
-    match in the path wins)."""
+    match in the path wins; ``step`` must start a word, so ``substep_5`` is no step)."""
     found = STEP_IN_NAME.findall(str(path).replace("\\", "/"))
+    how = "name it with step_<N>[k|M|B] or give {path: ..., step: N}"
     if not found:
         raise ValueError(
-            f"pretrain.checkpoints: cannot read the pre-training step from {path!r}; name it with "
-            "step_<N>[k|M] or give {path: ..., step: N}"
+            f"pretrain.checkpoints: cannot read the pre-training step from {path!r}; {how}"
         )
     num, unit = found[-1]
     scale = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9}[unit.lower()]
-    return round(float(num) * scale)
+    whole, _, frac = num.partition(".")
+    if len(frac) > len(str(scale)) - 1:  # 2.5 or 2.5000k: not a whole number of steps
+        raise ValueError(
+            f"pretrain.checkpoints: 'step{num}{unit}' in {path!r} is not a whole number of "
+            f"steps; {how}"
+        )
+    step = int(whole) * scale + (int(frac.ljust(len(str(scale)) - 1, "0")) if frac else 0)
+    if step > 10**12:
+        raise ValueError(f"pretrain.checkpoints: step {step} in {path!r} exceeds 10^12; {how}")
+    return step
 
 
 class PretrainConfig(_Strict):
@@ -795,9 +807,22 @@ def _section(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     return model
 
 
+def _union_tag(part: object) -> bool:
+    """Whether a location part names a branch of a union (``int``, ``str``, a model class),
+    not a config key (keys are lower-case identifiers)."""
+    return isinstance(part, str) and (
+        part in ("int", "str", "float", "bool") or "[" in part or part[:1].isupper()
+    )
+
+
 def _format_error(err: ValidationError) -> str:
-    e = err.errors()[0]
-    field = ".".join(str(p) for p in e["loc"]) or "config"
+    errors = err.errors()
+    e = errors[0]
+    if e["loc"] and _union_tag(e["loc"][-1]):  # a value no branch of a union took: report
+        parent = e["loc"][:-1]  # the branch that got furthest (a dict: the model's own error)
+        e = max((x for x in errors if x["loc"][: len(parent)] == parent),
+                key=lambda x: len(x["loc"]))  # fmt: skip
+    field = ".".join(str(p) for p in e["loc"] if not _union_tag(p)) or "config"
     msg = e["msg"]
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]

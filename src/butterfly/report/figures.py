@@ -40,6 +40,7 @@ from butterfly.report.summary import (
     full_fraction,
     main_kind,
     perturbed_kinds,
+    pretrain_labels,
     seed_stats,
 )
 
@@ -129,10 +130,6 @@ def label_t(tf: float) -> str:
 
 def label_sigma(s: float) -> str:
     return f"σ = {fmt_number(float(s))}"
-
-
-def label_pretrain(steps: float) -> str:
-    return f"pre-trained {int(steps)} steps" if steps else "random init"
 
 
 # ---- plumbing -------------------------------------------------------------------------------
@@ -862,7 +859,7 @@ def finetune_figure(df: pd.DataFrame, palette: Palette | None = None) -> Figure:
             ax = axes[i, j]
             dk = d[(d["kind"] == kind) & (d["t_frac"] == tf)]
             _series(ax, dk, "sigma", "barrier_train_loss", "pretrain_steps",
-                    palette.pretrain_colour, label_pretrain, palette.pretrain_marker)  # fmt: skip
+                    palette.pretrain_colour, pretrain_labels(df), palette.pretrain_marker)  # fmt: skip
             ax.set_title(f"{KIND_TITLES[kind]} at {label_t(tf)}", fontsize=9)
             axes[-1, j].set_xlabel("perturbation size σ")
         axes[i, 0].set_ylabel("train-loss barrier")
@@ -986,8 +983,8 @@ TRAINING = FigureSpec(
 FINETUNE = FigureSpec(
     "finetune.png", "Fine-tuning stability (Figure 5)",
     "Train-loss barrier against σ (log x axis; " + SYMLOG0 + "), a column per perturbation time "
-    "t, a row per kind, a line per pre-training duration the fine-tuning started from (random init: "
-    "no pre-training). " + MEAN + "; " + FULL + ".",
+    "t, a row per kind, a line per pre-training checkpoint the fine-tuning started from (step 0: "
+    "a random initialisation, or a pre-trained model as loaded). " + MEAN + "; " + FULL + ".",
 )  # fmt: skip
 RUNS_COMPARED = FigureSpec(
     "runs_compared.png", "Settings compared (Figures 4, 12)",

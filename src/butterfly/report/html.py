@@ -30,7 +30,6 @@ from butterfly.report.figures import (
     all_figures,
     finetune_figure,
     has_stability_map,
-    label_pretrain,
     runs_side_by_side,
     save_figure,
     settings_figure,
@@ -38,12 +37,14 @@ from butterfly.report.figures import (
     training_figure,
 )
 from butterfly.report.summary import (
+    PRETRAIN_LABEL,
     config_diff,
     finding,
     finetune_table,
     fmt_number,
     fmt_t,
     pm_table,
+    pretrain_labels,
     summary_table,
     table1,
 )
@@ -273,8 +274,7 @@ def build_report(run_dirs: list[Path], out: Path | None = None) -> Path:
     for r in run_dirs:
         subs = pipeline_runs(r)
         if subs is not None:
-            for steps, d in subs:
-                label = label_pretrain(steps)
+            for steps, d, label in subs:
                 named[label if len(run_dirs) == 1 else f"{r.name}: {label}"] = d
                 pretrain_steps[label] = steps
         else:
@@ -286,7 +286,8 @@ def build_report(run_dirs: list[Path], out: Path | None = None) -> Path:
     finetune = None
     if pretrain_steps and len(run_dirs) == 1:
         frames = [
-            runs[n]["results"].assign(**{PRETRAIN_STEPS.name: s}) for n, s in pretrain_steps.items()
+            runs[n]["results"].assign(**{PRETRAIN_STEPS.name: s, PRETRAIN_LABEL: n})
+            for n, s in pretrain_steps.items()
         ]
         finetune = pd.concat(frames, ignore_index=True)
     # One palette for the whole page: the same t (and sigma) has the same colour everywhere.
@@ -310,10 +311,11 @@ def build_report(run_dirs: list[Path], out: Path | None = None) -> Path:
                     "finetune",
                 )
             )
+        name = pretrain_labels(finetune)
+        label = lambda i: f"{name(i[0])}, {i[1]}, t = {fmt_t(i[2])}"  # noqa: E731
         for metric, what in (("barrier_train_loss", "train-loss barrier"), ("l2", "L2 distance")):
             pmt = pm_table(finetune, metric, ["pretrain_steps", "kind", "t_frac"])
             if not pmt.empty:
-                label = lambda i: f"{label_pretrain(i[0])}, {i[1]}, t = {fmt_t(i[2])}"  # noqa: E731
                 body = _pivot_html(pmt, label, "pre-training steps, kind, t", f"pm-{metric}")
                 sections.append(f"<h2>Tables 4-5: {what}, mean ± std over seeds</h2>{body}")
     if len(runs) > 1:

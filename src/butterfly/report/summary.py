@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -20,6 +20,7 @@ import pandas as pd
 
 from butterfly.experiment.rows import PERTURBED_KINDS, children, spawned
 from butterfly.sweep.rundir import diff_keys
+from butterfly.sweep.store import start_label
 
 DASH = "–"
 
@@ -139,19 +140,21 @@ def finetune_table(df: pd.DataFrame, metric: str = "barrier_train_loss") -> pd.D
 
 
 def pm(mean: float, std: float) -> str:
-    """``mean ± std`` in the page's one number format."""
-    return f"{fmt_number(mean)} ± {fmt_number(0.0 if std != std else std)}"
+    """``mean ± std`` in the page's one number format; the mean alone where there is no std
+    (one seed)."""
+    return fmt_number(mean) if std != std else f"{fmt_number(mean)} ± {fmt_number(std)}"
 
 
 def pm_table(df: pd.DataFrame, metric: str, by: list[str]) -> pd.DataFrame:
-    """``mean ± std`` over seeds (of each seed's mean over directions) of ``metric`` by ``by``
+    """``mean ± std`` over seeds (of each seed's mean over directions; the sample standard
+    deviation, n - 1) of ``metric`` by ``by``
     (rows) and σ (columns): the paper's Tables 4-5 layout."""
     d = full_fraction(children(df)).dropna(subset=[metric])
     if d.empty:
         return pd.DataFrame()
     per_seed = d.groupby([*by, "sigma", "seed"])[metric].mean()
     g = per_seed.groupby(level=[*by, "sigma"])
-    cells = pd.Series([pm(m, sd) for m, sd in zip(g.mean(), g.std(ddof=0), strict=True)],
+    cells = pd.Series([pm(m, sd) for m, sd in zip(g.mean(), g.std(ddof=1), strict=True)],
                       index=g.mean().index)  # fmt: skip
     return cells.unstack("sigma")
 
@@ -166,7 +169,7 @@ def table1(runs: dict[str, pd.DataFrame]) -> pd.DataFrame:
         cells = {"run": name}
         for col, head in (("test_acc_b", "test accuracy"), ("train_loss_b", "train CE")):
             per_seed = d.groupby("seed")[col].mean().dropna()
-            cells[head] = pm(float(per_seed.mean()), float(per_seed.std(ddof=0))) if len(
+            cells[head] = pm(float(per_seed.mean()), float(per_seed.std(ddof=1))) if len(
                 per_seed) else "–"  # fmt: skip
         cells["children"] = str(len(d))
         rows.append(cells)
@@ -179,8 +182,23 @@ def _barrier_means(d: pd.DataFrame) -> pd.Series:
     return seed_stats(d, ["t_frac", "sigma"], "barrier_train_loss")["mean"]
 
 
-def _pretrained(steps: int) -> str:
-    return "from random initialisation" if steps == 0 else f"from {steps} pre-training steps"
+PRETRAIN_LABEL = "pretrain_label"  # the report's name of each start point (fine-tuning)
+
+
+def pretrain_labels(df: pd.DataFrame) -> Callable[[float], str]:
+    """Names of the pre-training start points in ``df``: its ``pretrain_label`` column where
+    the report set one (step 0 may be random init, loaded weights or a given checkpoint), else
+    "random init" / "pre-trained N steps"."""
+    given: dict[int, str] = {}
+    if PRETRAIN_LABEL in df.columns:
+        given = dict(zip(df["pretrain_steps"].astype(int), df[PRETRAIN_LABEL], strict=True))
+    return lambda steps: given.get(int(steps)) or start_label(int(steps))
+
+
+def _pretrained(steps: int, label: str) -> str:
+    if steps:
+        return f"from {steps} pre-training steps"
+    return "from random initialisation" if label == "random init" else f"from the {label}"
 
 
 def finding(df: pd.DataFrame) -> str:
@@ -280,7 +298,8 @@ def _finetune_finding(df: pd.DataFrame) -> str:
     t0, s0 = d["t_frac"].min(), d.loc[d["t_frac"] == d["t_frac"].min(), "sigma"].min()
     cell = d[(d["t_frac"] == t0) & (d["sigma"] == s0)]
     m = seed_stats(cell, ["pretrain_steps"], "barrier_train_loss")["mean"].sort_index()
-    parts = [f"{fmt_number(float(v))} {_pretrained(int(p))}" for p, v in m.items()]
+    name = pretrain_labels(df)
+    parts = [f"{fmt_number(float(v))} {_pretrained(int(p), name(p))}" for p, v in m.items()]
     listed = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
     return (
         f"Perturbing at t = {fmt_t(t0)} by σ = {fmt_number(s0)} ({kind} perturbation, "

@@ -163,7 +163,7 @@ def preflight(cfg: RunConfig, run_dir: Path | None = None) -> list[str]:
         raise ConfigError(
             f"model '{cfg.model.name}' cannot take '{cfg.data.name}' inputs: {err}"
         ) from None
-    check_model(model, data, loss_fn, cfg.model.name)
+    check_model(model, data, loss_fn, cfg.model.name, causal=cfg.data.causal)
     cmp = Comparer(model, data, cfg.eval, cfg.seeds[0], loss_fn)
     ev = cfg.eval
     warnings = []
@@ -180,8 +180,12 @@ def preflight(cfg: RunConfig, run_dir: Path | None = None) -> list[str]:
     return warnings
 
 
-def check_model(model: nn.Module, data: Dataset, loss_fn: LossFn | None, name: str) -> None:
-    """What the trainer needs of a model, checked on two training examples."""
+def check_model(
+    model: nn.Module, data: Dataset, loss_fn: LossFn | None, name: str, causal: bool = False
+) -> None:
+    """What the trainer needs of a model, checked on two training examples. ``causal``: the
+    data are a causal language model's token targets (the only integer targets of more than
+    one axis that the built-in loss reads, as next-token targets)."""
     for mname, m in model.named_modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
             raise ConfigError(
@@ -211,12 +215,21 @@ def check_model(model: nn.Module, data: Dataset, loss_fn: LossFn | None, name: s
             "give a loss function (recipe.loss, or loss_fn= in Python)"
         )
     shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-    if y.dim() == 2 and not y.is_floating_point():  # token targets: next-token scores
-        if shape != (*y.shape, data.n_classes):
+    if y.dim() > 1 and not y.is_floating_point() and not causal:
+        raise ConfigError(
+            f"data '{data.name}' has integer targets of shape {tuple(y.shape[1:])} per example: "
+            "the built-in cross-entropy reads one class per example (or next-token targets of "
+            "the causal-LM data sets gsm8k and arithmetic); for per-token labels give a loss "
+            "function (recipe.loss, or loss_fn= in Python)"
+        )
+    if causal:  # token targets: next-token scores over a vocabulary at least the tokenizer's
+        # (a model may pad its embedding beyond the tokenizer, as OLMo and Pythia do)
+        ok = isinstance(out, torch.Tensor) and out.dim() == 3
+        if not (ok and shape[:2] == tuple(y.shape) and shape[2] >= data.n_classes):
             raise ConfigError(
                 f"model '{name}' outputs {shape} for 2 examples, but next-token cross-entropy on "
-                f"'{data.name}' needs {(*y.shape, data.n_classes)}: a score per token and "
-                "vocabulary entry"
+                f"'{data.name}' needs {(*y.shape, data.n_classes)} (or a wider vocabulary): a "
+                "score per token and vocabulary entry"
             )
         return
     if shape != (2, data.n_classes):

@@ -22,8 +22,7 @@ def run_status(run_dir: Path) -> tuple[str, bool]:
     if subs is not None:
         parts = [f"fine-tuning run {run_dir}: {len(subs)} sweeps, one per pre-training checkpoint"]
         healthy = True
-        for steps, sub in subs:
-            label = f"pre-trained {steps} steps" if steps else "random init"
+        for _, sub, label in subs:
             if not (sub / rundir.STORE).is_file():
                 parts.append(f"[{label}] {sub}: not started")
                 healthy = False

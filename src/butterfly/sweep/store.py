@@ -14,7 +14,7 @@ import json
 import sqlite3
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import pandas as pd
 
@@ -259,9 +259,24 @@ def read_results(run_dir: Path) -> pd.DataFrame:
 LEGACY_MANIFEST = "finetune.json"  # fine-tuning folders written before the top-level store
 
 
-def pipeline_runs(run_dir: Path) -> list[tuple[int, Path]] | None:
-    """The sweeps of a pipeline folder (fine-tuning: (pre-training steps, folder) each, from
-    its store's ``runs``), or None for a plain run folder. A fine-tuning folder of an older
+class PipelineSweep(NamedTuple):
+    """One sweep of a fine-tuning folder: the pre-training step it starts from, its folder, and
+    how reports name that start point."""
+
+    steps: int
+    folder: Path
+    label: str
+
+
+def start_label(steps: int, zero: str = "random init") -> str:
+    """The name of a fine-tuning start point: ``zero`` (what step 0 is) or "pre-trained N
+    steps"."""
+    return f"pre-trained {steps} steps" if steps else zero
+
+
+def pipeline_runs(run_dir: Path) -> list[PipelineSweep] | None:
+    """The sweeps of a pipeline folder (fine-tuning: pre-training steps, folder and label each,
+    from its store's ``runs``), or None for a plain run folder. A fine-tuning folder of an older
     version (a ``finetune.json`` manifest, no store) is upgraded to a store here."""
     run_dir = Path(run_dir)
     db = run_dir / "results.db"
@@ -276,4 +291,7 @@ def pipeline_runs(run_dir: Path) -> list[tuple[int, Path]] | None:
     with Store(db) as s:
         if s.get_meta("pipeline") != "finetune":
             return None
-        return [(int(steps), run_dir / name) for steps, name in s.get_meta("runs") or []]
+        return [
+            PipelineSweep(int(steps), run_dir / name, rest[0] if rest else start_label(int(steps)))
+            for steps, name, *rest in s.get_meta("runs") or []
+        ]

@@ -35,7 +35,7 @@ from butterfly.sweep import rundir
 from butterfly.sweep.lock import RunLock
 from butterfly.sweep.pipelines.threshold import run_threshold
 from butterfly.sweep.runner import SweepOutcome, log, preflight, run_sweep
-from butterfly.sweep.store import Store
+from butterfly.sweep.store import Store, start_label
 from butterfly.sweep.tasks import run_parent
 
 PIPELINE = "finetune"
@@ -65,9 +65,10 @@ def sub_dir(run_dir: Path, step: int) -> Path:
 
 
 def finetune_config(cfg: RunConfig, run_dir: Path, step: int) -> RunConfig:
-    """The sweep that fine-tunes from pre-training checkpoint ``step`` (0: random init), or,
-    for checkpoints made elsewhere, from the one saved at ``step``: a Hugging Face folder
-    becomes ``model.path``, a safetensors file ``model.init_from``."""
+    """The sweep that fine-tunes from pre-training checkpoint ``step`` (0: random init, or a
+    Hugging Face model as loaded), or, for checkpoints made elsewhere, from the one saved at
+    ``step``: a Hugging Face folder becomes ``model.path``, a safetensors file
+    ``model.init_from``."""
     assert cfg.pretrain is not None
     raw = cfg.to_dict()
     raw["pretrain"] = None
@@ -82,6 +83,15 @@ def finetune_config(cfg: RunConfig, run_dir: Path, step: int) -> RunConfig:
     else:
         raw["model"]["init_from"] = checkpoint_template(run_dir, step) if step > 0 else None
     return build_config(raw)
+
+
+def zero_label(cfg: RunConfig) -> str:
+    """What fine-tuning from step 0 starts from: a network drawn from the seed (random init)
+    for built-in and user models, the weights as loaded for a Hugging Face model pre-trained in
+    this run, or the checkpoint given for step 0."""
+    if cfg.pretrain is not None and 0 in dict(cfg.pretrain.folders or []):
+        return "step-0 checkpoint"
+    return "loaded weights" if cfg.model.name == "hf" else "random init"
 
 
 def _check_given(cfg: RunConfig) -> None:
@@ -130,7 +140,10 @@ def run_finetune(
         with Store(run_dir / rundir.STORE) as store:
             store.set_meta("config", cfg.to_dict())
             store.set_meta("pipeline", PIPELINE)
-            store.set_meta("runs", [[s, sub_dir(run_dir, s).name] for s in steps])
+            zero = zero_label(cfg)
+            store.set_meta(
+                "runs", [[s, sub_dir(run_dir, s).name, start_label(s, zero)] for s in steps]
+            )
             store.set_meta("environment", environment(cfg))
         if wanted:
             assert given is None
@@ -149,7 +162,7 @@ def run_finetune(
         frames = []
         outcomes = []
         for s in steps:
-            where = f" ({dict(given)[s]})" if given else " (random init)" if s == 0 else ""
+            where = f" ({dict(given)[s]})" if given else f" ({zero})" if s == 0 else ""
             log(f"fine-tuning from pre-training step {s}{where}", quiet)
             sub_cfg = finetune_config(cfg, run_dir, s)
             if sub_cfg.threshold is not None:  # the edge of stability from each checkpoint
