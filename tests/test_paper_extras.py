@@ -347,6 +347,10 @@ def test_the_step_is_read_from_a_checkpoint_name() -> None:
         build_config({"pretrain": {"checkpoints": [{"path": "a", "step": -1}]}})
     with pytest.raises(ConfigError, match=r"'pretrain\.checkpoints\.0\.step': Field required"):
         build_config({"pretrain": {"checkpoints": [{"path": "a"}]}})
+    # where no branch of a union gets further, what each branch wants
+    with pytest.raises(ConfigError, match=r"'runtime\.gpus': Input should be a valid integer, "
+                       r"or 'all' \(got 'some'\)"):  # fmt: skip
+        build_config({"runtime": {"gpus": "some"}})
 
 
 def test_step_0_is_named_for_what_it_is() -> None:

@@ -818,12 +818,17 @@ def _union_tag(part: object) -> bool:
 def _format_error(err: ValidationError) -> str:
     errors = err.errors()
     e = errors[0]
-    if e["loc"] and _union_tag(e["loc"][-1]):  # a value no branch of a union took: report
-        parent = e["loc"][:-1]  # the branch that got furthest (a dict: the model's own error)
-        e = max((x for x in errors if x["loc"][: len(parent)] == parent),
-                key=lambda x: len(x["loc"]))  # fmt: skip
-    field = ".".join(str(p) for p in e["loc"] if not _union_tag(p)) or "config"
     msg = e["msg"]
+    if e["loc"] and _union_tag(e["loc"][-1]):  # a value no branch of a union took: report
+        parent = e["loc"][:-1]  # the branch that got furthest (a dict: the model's own error),
+        branches = [x for x in errors if x["loc"][: len(parent)] == parent]
+        e = max(branches, key=lambda x: len(x["loc"]))  # or, if none did, what each wants
+        msg = e["msg"]
+        if len(e["loc"]) == len(parent) + 1:
+            wants = dict.fromkeys(x["msg"].removeprefix("Input should be ") for x in branches
+                                  if len(x["loc"]) == len(parent) + 1)  # fmt: skip
+            msg = "Input should be " + ", or ".join(wants)
+    field = ".".join(str(p) for p in e["loc"] if not _union_tag(p)) or "config"
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
     if e["type"] == "extra_forbidden":
