@@ -22,7 +22,7 @@ STAGES: list[set[str]] = [
     {"models"},
     {"train"},
     {"experiment"},
-    {"sweep", "compare"},
+    {"sweep", "comparison"},
     {"report"},
     {"api", "cli", ""},  # "" is the package itself (butterfly/__init__.py)
 ]

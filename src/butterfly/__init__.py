@@ -23,11 +23,39 @@ Measures and perturbations on any two networks (modules or state dicts):
 
 from __future__ import annotations
 
-from butterfly import data, metrics
-from butterfly.api import Experiment, Run, run
-from butterfly.compare import compare
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from butterfly.config import ConfigError, RunConfig, load_config
-from butterfly.experiment.perturb import perturb
+
+if TYPE_CHECKING:
+    from butterfly import data, metrics
+    from butterfly.api import Experiment, Run, run
+    from butterfly.comparison import compare
+    from butterfly.experiment.perturb import perturb
+
+# Imported on first use, so that the CLI's light commands (--version, presets, config, status)
+# and worker processes do not pay for torch, pandas and the sweep machinery up front.
+_LAZY = {
+    "Experiment": "butterfly.api",
+    "Run": "butterfly.api",
+    "run": "butterfly.api",
+    "compare": "butterfly.comparison",
+    "perturb": "butterfly.experiment.perturb",
+    "data": None,
+    "metrics": None,
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'butterfly' has no attribute {name!r}")
+    where = _LAZY[name]
+    value = (importlib.import_module(f"butterfly.{name}") if where is None
+             else getattr(importlib.import_module(where), name))  # fmt: skip
+    globals()[name] = value
+    return value
+
 
 __version__ = "0.1.0"
 __all__ = [

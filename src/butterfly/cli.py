@@ -219,7 +219,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     import json
 
-    from butterfly.compare import compare_checkpoints
+    from butterfly.comparison import compare_checkpoints
     from butterfly.config import EvalConfig, build_config
 
     data = None
