@@ -227,8 +227,10 @@ class Comparer:
         b: Tensors,
         ea: Endpoint | None = None,
         feats_a: torch.Tensor | None = None,
+        logits_a: torch.Tensor | None = None,
     ) -> dict[str, Any]:
-        """All measures between ``a`` (the original) and ``b``; ``ea``/``feats_a`` may be cached."""
+        """All measures between ``a`` (the original) and ``b``; ``ea``/``feats_a``/``logits_a``
+        may be cached."""
         ea = ea or self.endpoint(a)
         eb = self.endpoint(b)
         out: dict[str, Any] = {
@@ -258,15 +260,26 @@ class Comparer:
             fb = self.features(b)
             if fa is not None and fb is not None:
                 out["cka"] = angular_cka(fa, fb)
-        if self.cfg.ensemble and self.classifies:
-            out["ensemble_test_acc"] = ensemble_accuracy(
-                self.model, [a, b], self.x_test, self.y_test, self.cfg.batch_size
-            )
-        if self.classifies and self.data.n_classes == 2:  # GLUE's F1 and Matthews correlation
-            for tag, p in (("a", a), ("b", b)):
-                pred = logits_of(self.model, p, self.x_test, self.cfg.batch_size).argmax(-1)
-                out[f"test_f1_{tag}"], out[f"test_mcc_{tag}"] = f1_and_mcc(pred, self.y_test)
+        if self.wants_logits:  # each network's test logits once, for both measures below
+            la = self.test_logits(a) if logits_a is None else logits_a
+            lb = self.test_logits(b)
+            if self.cfg.ensemble:
+                out["ensemble_test_acc"] = ensemble_accuracy([la, lb], self.y_test)
+            if self.data.n_classes == 2:  # GLUE's F1 and Matthews correlation
+                for tag, lg in (("a", la), ("b", lb)):
+                    out[f"test_f1_{tag}"], out[f"test_mcc_{tag}"] = f1_and_mcc(
+                        lg.argmax(-1), self.y_test
+                    )
         return out
+
+    @property
+    def wants_logits(self) -> bool:
+        """Whether :meth:`compare` reads test logits (logit ensemble, two-class F1/MCC)."""
+        return self.classifies and (self.cfg.ensemble or self.data.n_classes == 2)
+
+    @torch.no_grad()
+    def test_logits(self, p: Tensors) -> torch.Tensor:
+        return logits_of(self.model, p, self.x_test, self.cfg.batch_size)
 
     def _aligned(
         self, a: Tensors, b: Tensors, perms: dict[str, torch.Tensor], ea: Endpoint, tag: str
@@ -412,14 +425,15 @@ def measure_children(
     assert first is not None
     originals = originals or [first]
     anchors = anchors or [0] * len(members)
-    cache: dict[int, tuple[bool, Any, Any]] = {}
+    cache: dict[int, tuple[bool, Any, Any, Any]] = {}
 
-    def reference(j: int) -> tuple[bool, Any, Any]:
+    def reference(j: int) -> tuple[bool, Any, Any, Any]:
         if j not in cache:
             a = originals[j]
             ok = not diverged[0] and is_finite(a)
             cache[j] = (ok, cmp.endpoint(a) if ok else None,
-                        cmp.features(a) if ok and cmp.cfg.cka else None)  # fmt: skip
+                        cmp.features(a) if ok and cmp.cfg.cka else None,
+                        cmp.test_logits(a) if ok and cmp.wants_logits else None)  # fmt: skip
         return cache[j]
 
     out: list[dict[str, Any]] = []
@@ -427,7 +441,7 @@ def measure_children(
         if i == 0:
             continue
         a = originals[anchors[i]]
-        a_ok, ea, feats_a = reference(anchors[i])
+        a_ok, ea, feats_a, logits_a = reference(anchors[i])
         b = finals[i]
         ok = a_ok and b is not None and not diverged[i] and is_finite(b)
         if ok:
@@ -447,7 +461,7 @@ def measure_children(
         }  # fmt: skip
         if ok:
             assert b is not None
-            values.update(cmp.compare(a, b, ea, feats_a))
+            values.update(cmp.compare(a, b, ea, feats_a, logits_a))
             values["l2_init_a"] = l2_distance(a, init)
             values["l2_init_b"] = l2_distance(b, init)
         out.append(rows.make_row("results", **values))
