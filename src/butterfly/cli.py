@@ -159,7 +159,6 @@ def check_overrides(overrides: list[str], config: str | None) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from butterfly.config import load_config
-    from butterfly.experiment import check_control
     from butterfly.report import build_report, format_table
     from butterfly.report.summary import finetune_table
     from butterfly.sweep.pipelines import run_pipeline
@@ -199,21 +198,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"resumed; {outcome.steps} member-steps executed (minimum for this grid: "
         f"{outcome.minimum_steps})"
     )
-    problems = check_control(df)
-    n_ctrl = int((df["control"] == 1).sum())
-    if problems:
-        print(
-            f"DETERMINISM FAILURE: the sigma = 0 control differs from the original in "
-            f"{len(problems)} of {n_ctrl} populations:",
-            file=sys.stderr,
-        )
-        for p in problems:
-            print(f"  {p}", file=sys.stderr)
-        return EXIT_FAILED
-    print(
-        f"determinism check: all {n_ctrl} sigma = 0 controls have l2 = 0.0 and barrier = 0.0 exactly"
-    )
-    return 0
+    return _control_verdict(df)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

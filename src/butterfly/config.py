@@ -706,12 +706,14 @@ class RunConfig(_Strict):
         return self
 
     # ---- derived quantities -------------------------------------------------------------
-    def tokenizer_path(self) -> str | None:
-        """The tokenizer of a text data set: data.tokenizer, else the hf model's path."""
-        if not self.data.text:
+    def tokenizer_path(self, data: DataConfig | None = None) -> str | None:
+        """The tokenizer of a text data set (``data``, default the sweep's own; e.g. the
+        pre-training data): data.tokenizer, else the hf model's path, else bytes."""
+        data = data or self.data
+        if not data.text:
             return None
-        if self.data.tokenizer:
-            return self.data.tokenizer
+        if data.tokenizer:
+            return data.tokenizer
         if self.model.name != "hf":
             return "bytes"
         given = self.pretrain.folders if self.pretrain is not None else None

@@ -398,6 +398,12 @@ def training_row(
     return rows.make_row("training", **values)
 
 
+# A child's status when the original diverged; the control's says whether it did so bit for bit
+# (then the determinism check counts it as exact).
+ORIGINAL_DIVERGED = "original diverged"
+ORIGINAL_DIVERGED_EXACT = f"{ORIGINAL_DIVERGED} (control bit-identical)"
+
+
 def measure_children(
     cmp: Comparer,
     init: Tensors,
@@ -450,7 +456,7 @@ def measure_children(
             status = f"perturbation undefined: {undefined[m.name]}"
         elif not a_ok:
             same = b is not None and m.control and same_bits(a, b)
-            status = "original diverged" + (" (control bit-identical)" if same else "")
+            status = ORIGINAL_DIVERGED_EXACT if same else ORIGINAL_DIVERGED
         else:
             status = "diverged"
         values: dict[str, Any] = {
@@ -496,16 +502,13 @@ def check_control(df: pd.DataFrame) -> list[str]:
     return problems
 
 
-ORIGINAL_DIVERGED_EXACT = "original diverged (control bit-identical)"
-
-
 def original_diverged(df: pd.DataFrame) -> int:
     """Populations whose original continuation diverged (a result, not a determinism
     failure: report it and lower the learning rate)."""
     if "status" not in df:
         return 0
     status = rows.controls(df)["status"].fillna("").astype(str)
-    return int(status.str.startswith("original diverged").sum())
+    return int(status.str.startswith(ORIGINAL_DIVERGED).sum())
 
 
 def _exact_zero(v: object) -> bool:

@@ -101,8 +101,9 @@ def _dataset(
 
 def resolve_epochs(cfg: RunConfig, run_dir: str | Path | None = None) -> RunConfig:
     """``cfg`` with ``recipe.epochs`` (and ``pretrain.recipe.epochs``) turned into steps:
-    ceil(epochs x training examples / batch_size), counting the training examples of the data
-    set each recipe trains on (after ``classes`` and ``max_train``). Unchanged without epochs."""
+    ceil(epochs x (training examples // batch_size)), counting the training examples of the
+    data set each recipe trains on (after ``classes`` and ``max_train``). Unchanged without
+    epochs."""
     if not cfg.needs_epochs:
         return cfg
     rd = Path(run_dir) if run_dir else None
@@ -111,8 +112,7 @@ def resolve_epochs(cfg: RunConfig, run_dir: str | Path | None = None) -> RunConf
         n_pre = None
         if cfg.pretrain is not None and cfg.pretrain.recipe.epochs is not None:
             pre = cfg.pretrain.data
-            tok = pre.tokenizer or (cfg.model.path if pre.text else None)
-            n_pre = len(load_dataset(pre, tok, rd).y_train)
+            n_pre = len(load_dataset(pre, cfg.tokenizer_path(pre), rd).y_train)
     except DataError as err:
         raise ConfigError(str(err)) from None
     return cfg.with_epochs(n, n_pre)

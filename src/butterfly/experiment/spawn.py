@@ -66,12 +66,6 @@ def train_parent(
     return until - first
 
 
-def parent_diverged(params: Tensors) -> bool:
-    """Whether a parent state holds non-finite weights (its training diverged: its populations
-    are then recorded as diverged, which is a result, not a failure)."""
-    return not all(bool(torch.isfinite(v).all()) for v in params.values())
-
-
 # ---- lanes: who trains with which schedule and batches -------------------------------------
 
 

@@ -107,20 +107,21 @@ def call_factory(
     return model
 
 
-def build_from_spec(spec: dict[str, Any]) -> nn.Module:
-    """The architecture of ``spec`` with default (untrained) torch parameters."""
-    model = _from_spec(spec)
+def build_from_spec(spec: dict[str, Any], seed: int = 0) -> nn.Module:
+    """The architecture of ``spec`` with default (untrained) torch parameters (``seed``: what
+    a user's model factory is called with)."""
+    model = _from_spec(spec, seed)
     if spec.get("resize"):
         attach_resize(model, spec["resize"])
     return model
 
 
-def _from_spec(spec: dict[str, Any]) -> nn.Module:
+def _from_spec(spec: dict[str, Any], seed: int) -> nn.Module:
     shape = network_input(tuple(spec["input_shape"]), spec.get("resize"))
     n_classes = int(spec["n_classes"])
     name = spec["name"]
     if name not in BUILTIN_MODELS:
-        return call_factory(name, spec.get("kwargs") or {}, shape, n_classes, 0)
+        return call_factory(name, spec.get("kwargs") or {}, shape, n_classes, seed)
     if name == "mlp":
         return MLP(shape, n_classes, spec["width"], spec["depth"])
     if name == "cnn":
@@ -156,13 +157,7 @@ def build_model(
     ``kaiming``. With ``cfg.init_from`` the weights come from that butterfly checkpoint,
     except the head (the last Linear layer), which is freshly initialised for the new task.
     """
-    if cfg.builtin:
-        model = build_from_spec(model_spec(cfg, input_shape, n_classes))
-    else:
-        shape = network_input(input_shape, cfg.resize)
-        model = call_factory(cfg.name, cfg.kwargs, shape, n_classes, seed)
-        if cfg.resize:
-            attach_resize(model, cfg.resize)
+    model = build_from_spec(model_spec(cfg, input_shape, n_classes), seed)
     init_fresh = getattr(model, "init_fresh_", None)
     if init_fresh is not None:
         init_fresh(seed)

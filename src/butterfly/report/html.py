@@ -301,18 +301,13 @@ def build_report(run_dirs: list[Path], out: Path | None = None) -> Path:
         fig = save_figure(finetune_figure(finetune, palette), fig_dir / FINETUNE.file)
         table = finetune_table(finetune)
         sections.append(_figure_html(FINETUNE, fig))
+        name = pretrain_labels(finetune)
+        label = lambda i: f"{name(i[0])}, {i[1]}, t = {fmt_t(i[2])}"  # noqa: E731
         if not table.empty:
             sections.append(
                 "<h2>Mean train-loss barrier by pre-training duration</h2>"
-                + _pivot_html(
-                    table,
-                    lambda i: f"{i[0]} steps, {i[1]}, t = {fmt_t(i[2])}",
-                    "pre-training steps, kind, t",
-                    "finetune",
-                )
+                + _pivot_html(table, label, "pre-training steps, kind, t", "finetune")
             )
-        name = pretrain_labels(finetune)
-        label = lambda i: f"{name(i[0])}, {i[1]}, t = {fmt_t(i[2])}"  # noqa: E731
         for metric, what in (("barrier_train_loss", "train-loss barrier"), ("l2", "L2 distance")):
             pmt = pm_table(finetune, metric, ["pretrain_steps", "kind", "t_frac"])
             if not pmt.empty:

@@ -154,8 +154,8 @@ def pm_table(df: pd.DataFrame, metric: str, by: list[str]) -> pd.DataFrame:
         return pd.DataFrame()
     per_seed = d.groupby([*by, "sigma", "seed"])[metric].mean()
     g = per_seed.groupby(level=[*by, "sigma"])
-    cells = pd.Series([pm(m, sd) for m, sd in zip(g.mean(), g.std(ddof=1), strict=True)],
-                      index=g.mean().index)  # fmt: skip
+    mean, std = g.mean(), g.std(ddof=1)
+    cells = pd.Series([pm(m, sd) for m, sd in zip(mean, std, strict=True)], index=mean.index)
     return cells.unstack("sigma")
 
 
