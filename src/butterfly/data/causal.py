@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from butterfly.data.dataset import DataError, Dataset, cache_dir
+from butterfly.data.dataset import DataError, Dataset, generated_cache
 from butterfly.data.glue import find_split, read_rows
 
 IGNORE = -100  # target id that no loss or accuracy counts (torch's cross_entropy default)
@@ -153,23 +153,12 @@ def write_arithmetic(folder: Path, seed: int = 0, n_train: int = 1000, n_test: i
     return folder
 
 
-def arithmetic_folder(seed: int = 0) -> Path:
-    folder = cache_dir() / f"arithmetic-v1-seed{seed}"
-    if not (folder / "test.jsonl").is_file():
-        try:
-            write_arithmetic(folder, seed)
-        except OSError as err:
-            raise DataError(f"cannot write the generated arithmetic task to {folder}: {err}; set "
-                            "BUTTERFLY_CACHE to a writable folder") from None  # fmt: skip
-    return folder
-
-
 def load_causal(
     name: str, path: str | None, seed: int, tokenizer: str | None, max_length: int
 ) -> Dataset:
     """``gsm8k`` (a local folder) or ``arithmetic`` (generated), tokenised for a causal LM."""
     if name == "arithmetic":
-        folder = arithmetic_folder(seed)
+        folder = generated_cache("arithmetic", seed, write_arithmetic, "test.jsonl")
     else:
         if path is None:
             raise DataError("data.name = gsm8k needs data.path: the folder holding train.jsonl "

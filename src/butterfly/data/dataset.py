@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +49,23 @@ def cache_dir() -> Path:
     import platformdirs
 
     return Path(platformdirs.user_cache_dir("butterfly"))
+
+
+def generated_cache(
+    name: str, seed: int, write: Callable[[Path, int], Path], complete: str
+) -> Path:
+    """The cache folder of a generated data set, written once by ``write(folder, seed)``
+    (which writes ``complete`` last: its presence means the folder is whole)."""
+    folder = cache_dir() / f"{name}-v1-seed{seed}"
+    if not (folder / complete).is_file():
+        try:
+            write(folder, seed)
+        except OSError as err:
+            raise DataError(
+                f"cannot write the {name} task at {folder} ({err.strerror}); "
+                "set BUTTERFLY_CACHE to a writable folder"
+            ) from None
+    return folder
 
 
 def atomic_savez(path: Path, **arrays: np.ndarray) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from butterfly.data.dataset import DataError, Dataset, cache_dir
+from butterfly.data.dataset import DataError, Dataset, generated_cache
 from butterfly.data.glue import TextDataset, TextSplit, load_glue
 from butterfly.hf_local import HFUnavailable, load_tokenizer
 
@@ -101,16 +101,8 @@ def write_pairs(folder: Path, seed: int = 0, n_train: int = 2000, n_dev: int = 5
 
 def generated_folder(name: str, seed: int = 0) -> Path:
     """The folder of a generated text task (``sentiment`` or ``pairs``), written once."""
-    folder = cache_dir() / f"{name}-v1-seed{seed}"
-    if not (folder / "dev.tsv").is_file():
-        try:
-            (write_pairs if name == "pairs" else write_sentiment)(folder, seed)
-        except OSError as err:
-            raise DataError(
-                f"cannot write the {name} task at {folder} ({err.strerror}); "
-                "set BUTTERFLY_CACHE to a writable folder"
-            ) from None
-    return folder
+    return generated_cache(name, seed, write_pairs if name == "pairs" else write_sentiment,
+                           "dev.tsv")  # fmt: skip
 
 
 def sentiment_folder(seed: int = 0) -> Path:

@@ -34,6 +34,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from butterfly.experiment.rows import PERTURBED_KINDS, children, spawned
+from butterfly.experiment.threshold import DEFAULT_EPS
 from butterfly.report.summary import (
     fmt_number,
     fmt_t,
@@ -504,7 +505,7 @@ def settings_figure(frames: dict[str, pd.DataFrame]) -> Figure:
 
 
 # ---- the edge of stability -------------------------------------------------------------------
-STABILITY_EPS = 0.05  # ε of a grid sweep's σ*(t) estimate (the threshold search's default)
+STABILITY_EPS = DEFAULT_EPS  # ε of a grid sweep's σ*(t) estimate: the threshold search's default
 
 
 def sigma_star(df: pd.DataFrame, thresholds: pd.DataFrame | None, eps: float = STABILITY_EPS
@@ -602,10 +603,10 @@ def sigma_star_compared(
     kinds = sorted({k for df, _ in runs.values() for k in perturbed_kinds(_kids(df))}) or ["batch"]
     fig, axes = _figure(1, len(kinds), sharey=True)
     names = list(runs)
+    stars = {name: sigma_star(df, th) for name, (df, th) in runs.items()}
     for ax, kind in zip(axes[0], kinds, strict=True):
         for i, name in enumerate(names):
-            df, th = runs[name]
-            st = sigma_star(df, th)
+            st = stars[name]
             st = st[st["kind"] == kind].dropna(subset=["sigma_star"])
             if st.empty:
                 continue
