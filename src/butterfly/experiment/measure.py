@@ -347,20 +347,23 @@ def trajectory_rows(
     step: int,
     params: Tensors,
     diverged: list[bool],
+    skip: int = 0,
 ) -> list[dict[str, Any]]:
-    """Every member of a population (stacked ``params``) at ``step``: its L2 to the original
-    and from θ0 (``init``), and (with ``eval.trajectory_barriers``) its train-loss barrier to
-    the original (Figure 6)."""
+    """Every member of a population (stacked ``params``) at ``step``, but the first ``skip``
+    (rows recorded elsewhere): its L2 to the original and from θ0 (``init``), and (with
+    ``eval.trajectory_barriers``) its train-loss barrier to the original (Figure 6)."""
     to_orig, from_init = trajectory_distances(params, init)
     bars: list[float | None] = [None] * len(members)
     if cmp.cfg.trajectory_barriers:
         a = {k: v[0] for k, v in params.items()}
-        for i in range(1, len(members)):
+        for i in range(max(1, skip), len(members)):
             if not diverged[i]:
                 b = {k: v[i] for k, v in params.items()}
                 bars[i] = cmp.train_loss_barrier(a, b)
     out = []
     for i, m in enumerate(members):
+        if i < skip:
+            continue
         row = rows.make_row(
             "trajectories", seed=seed, t=t, member=m.name, kind=m.kind, sigma=m.sigma,
             step=step, l2_to_original=to_orig[i], l2_from_init=from_init[i],

@@ -260,7 +260,8 @@ def _chunked(
     runs = []
     for i in range(0, len(children), chunk):
         part = (original, control, *children[i : i + chunk])
-        run = _train(setup, part, t, params_t, state_t, perturber, on_step if i == 0 else None)
+        run = _train(setup, part, t, params_t, state_t, perturber, on_step if i == 0 else None,
+                     reference=i == 0)  # the original's curve and rows: the first chunk's
         if i and not (run.finals[1] is not None and run.finals[0] is not None
                       and same_bits(run.finals[0], run.finals[1])):  # fmt: skip
             raise RuntimeError(
@@ -278,9 +279,7 @@ def _chunked(
         noise += [r.noise[i] for i in span]
         ends += [r.end_steps[i] for i in span]
         anchors += [j] * len(span)
-    trajectory = list(first.trajectory)
-    for r in runs[1:]:  # the chunk's own original and control are the first chunk's, again
-        trajectory += [p for p in r.trajectory if p["kind"] not in ("original", "control")]
+    trajectory = [p for r in runs for p in r.trajectory]
     return PopulationRun(
         finals=finals, diverged=diverged, noise=noise, end_steps=ends, trajectory=trajectory,
         member_steps=sum(r.member_steps for r in runs),
@@ -297,8 +296,12 @@ def _train(
     state_t: OptState,
     perturber: Perturber,
     on_step: Callable[[int], None] | None = None,
+    reference: bool = True,
 ) -> PopulationRun:
-    """One population, trained as one: [original, control, children...]."""
+    """One population, trained as one: [original, control, children...]. Without
+    ``reference`` (a later member chunk, whose original and control repeat the first's), the
+    original's training curve and the original's and control's trajectory rows are not
+    measured."""
     all_members = members
     member_params: list[Tensors] = []
     noise_of: dict[str, tuple[float, int]] = {}
@@ -334,9 +337,10 @@ def _train(
         params, diverged = gather(lanes, inverse)
         cmp, init = setup.comparer, setup.init
         if step in marks:
-            trajectory.extend(
-                trajectory_rows(cmp, init, setup.seed, members, t, step, params, diverged)
-            )
+            trajectory.extend(trajectory_rows(cmp, init, setup.seed, members, t, step, params,
+                                              diverged, skip=0 if reference else 2))  # fmt: skip
+        if not reference:
+            return
         recent = lanes[0].losses[seen[0] :] if lanes[0].losses is not None else []
         seen[0] += len(recent)
         batch_loss = float(torch.stack([x[0] for x in recent]).double().mean()) if recent else None
