@@ -320,3 +320,10 @@ def test_time_search_resumes_and_ignores_order() -> None:
     stored = measure(b)(first)
     assert search.drive(measure(b), stored[::-1]) == straight
     assert isinstance(straight, ThresholdResult)
+
+
+def test_the_reports_grid_estimate_uses_the_searchs_default_eps() -> None:
+    from butterfly.experiment.threshold import DEFAULT_EPS
+    from butterfly.report.figures import STABILITY_EPS
+
+    assert STABILITY_EPS == DEFAULT_EPS == 0.05

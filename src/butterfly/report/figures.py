@@ -34,7 +34,6 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from butterfly.experiment.rows import PERTURBED_KINDS, children, spawned
-from butterfly.experiment.threshold import DEFAULT_EPS
 from butterfly.report.summary import (
     fmt_number,
     fmt_t,
@@ -505,7 +504,9 @@ def settings_figure(frames: dict[str, pd.DataFrame]) -> Figure:
 
 
 # ---- the edge of stability -------------------------------------------------------------------
-STABILITY_EPS = DEFAULT_EPS  # ε of a grid sweep's σ*(t) estimate: the threshold search's default
+# ε of a grid sweep's σ*(t) estimate: the threshold search's default (experiment.threshold's
+# DEFAULT_EPS, which the report may not import; a test keeps the two equal)
+STABILITY_EPS = 0.05
 
 
 def sigma_star(df: pd.DataFrame, thresholds: pd.DataFrame | None, eps: float = STABILITY_EPS
