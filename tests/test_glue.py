@@ -54,7 +54,7 @@ def test_errors_name_the_problem(tmp_path: Path) -> None:
     (d / "dev.tsv").write_text("foo\tbar\n1\t2\n")
     with pytest.raises(DataError, match="no GLUE text and label columns"):
         load_glue(d)
-    (d / "train.tsv").write_text("sentence\tlabel\nok\t1\n")
+    (d / "train.tsv").write_text("sentence\tlabel\nok\t1\nno\t0\n")
     (d / "dev.tsv").write_text("sentence\tlabel\nhm\t7\n")
     with pytest.raises(DataError, match="label '7' is not one of"):
         load_glue(d)

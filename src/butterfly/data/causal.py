@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from butterfly.data.dataset import DataError, Dataset, generated_cache
-from butterfly.data.glue import find_split, read_rows
+from butterfly.data.glue import find_split, read_rows, text_field
 
 IGNORE = -100  # target id that no loss or accuracy counts (torch's cross_entropy default)
 PROMPT = "Question: {q}\nAnswer: "
@@ -60,8 +60,11 @@ class HFTokenizer:
         return list(self.tok(text, add_special_tokens=False)["input_ids"])
 
 
-def read_qa(folder: str | Path) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
-    """The train and test rows of a question/answer folder, each with both columns."""
+def read_qa(
+    folder: str | Path, max_rows: int | None = None
+) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """The train and test examples (``question`` and ``answer`` texts) of a question/answer
+    folder: all of them, or the first ``max_rows`` of each split (the rest is not read)."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise DataError(f"question/answer folder {folder} does not exist: set data.path to the "
@@ -72,14 +75,13 @@ def read_qa(folder: str | Path) -> tuple[list[dict[str, str]], list[dict[str, st
         raise DataError(f"{folder} needs train.jsonl|tsv and test.jsonl|tsv (or dev/validation)")
     out = []
     for path in (train, test):
-        rows = read_rows(path)
-        if not rows:
-            raise DataError(f"{path} holds no examples")
-        for i, r in enumerate(rows):
-            if "question" not in r or "answer" not in r:
-                raise DataError(f"{path}, example {i}: needs 'question' and 'answer' fields; has "
-                                f"{sorted(r)}")  # fmt: skip
-        out.append(rows)
+        rows = read_rows(path, max_rows)
+        first = rows[0][1]
+        if path.suffix != ".jsonl" and not {"question", "answer"} <= first.keys():
+            raise DataError(f"{path}: the header names {sorted(first)}, where a question/answer "
+                            "file needs the columns 'question' and 'answer'")  # fmt: skip
+        out.append([{k: text_field(path, i, r, k) for k in ("question", "answer")}
+                    for i, r in rows])  # fmt: skip
     return out[0], out[1]
 
 
@@ -154,17 +156,22 @@ def write_arithmetic(folder: Path, seed: int = 0, n_train: int = 1000, n_test: i
 
 
 def load_causal(
-    name: str, path: str | None, seed: int, tokenizer: str | None, max_length: int
-) -> Dataset:
-    """``gsm8k`` (a local folder) or ``arithmetic`` (generated), tokenised for a causal LM."""
+    name: str, path: str | None, seed: int, tokenizer: str | None, max_length: int,
+    max_rows: int | None = None,
+) -> Dataset:  # fmt: skip
+    """``gsm8k`` (a local folder) or ``arithmetic`` (generated), tokenised for a causal LM.
+
+    ``max_rows``: for ``gsm8k``, only the first ``max_rows`` examples of each split are read
+    and tokenised (a preview); ``arithmetic`` is small and always whole."""
     if name == "arithmetic":
         folder = generated_cache("arithmetic", seed, write_arithmetic, "test.jsonl")
+        max_rows = None
     else:
         if path is None:
             raise DataError("data.name = gsm8k needs data.path: the folder holding train.jsonl "
                             "and test.jsonl")  # fmt: skip
         folder = Path(path)
-    train, test = read_qa(folder)
+    train, test = read_qa(folder, max_rows)
     if tokenizer in (None, BYTES):
         tok: ByteTokenizer | HFTokenizer = ByteTokenizer()
     else:
