@@ -17,12 +17,21 @@ from butterfly.imports import ImportPathError, resolve
 
 
 def load_dataset(
-    cfg: DataConfig, tokenizer: str | None = None, run_dir: Path | None = None
-) -> Dataset:
+    cfg: DataConfig, tokenizer: str | None = None, run_dir: Path | None = None, *,
+    max_rows: int | None = None,
+) -> Dataset:  # fmt: skip
     """Build the data set a config names (``tokenizer``: for text data sets; ``run_dir``: the
     run folder that holds stored data), then keep only ``cfg.classes`` (relabelled 0..k-1 in
-    the order given) and the first ``cfg.max_train`` training examples."""
-    data = _load(cfg, tokenizer, run_dir)
+    the order given) and the first ``cfg.max_train`` training examples.
+
+    ``max_rows``: a preview for planning: the text and question/answer files (``glue``,
+    ``gsm8k``) are read only up to their first ``max_rows`` examples of each split, streamed,
+    so a preview of a huge file is quick; every other data set (generated, images, stored,
+    a user's loader) is loaded whole as without it. ``None``: everything."""
+    if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, int)
+                                 or max_rows < 1):  # fmt: skip
+        raise ValueError(f"max_rows must be a positive integer or None, not {max_rows!r}")
+    data = _load(cfg, tokenizer, run_dir, max_rows)
     if cfg.classes is not None:
         data = select_classes(data, cfg.classes)
     if cfg.max_train is not None and cfg.max_train < len(data.y_train):
@@ -52,7 +61,9 @@ def select_classes(data: Dataset, classes: list[int]) -> Dataset:
     return Dataset(f"{data.name}[{','.join(map(str, classes))}]", xtr, ytr, xte, yte, len(classes))
 
 
-def _load(cfg: DataConfig, tokenizer: str | None, run_dir: Path | None) -> Dataset:
+def _load(
+    cfg: DataConfig, tokenizer: str | None, run_dir: Path | None, max_rows: int | None
+) -> Dataset:
     if cfg.name == STORED:
         kept = user.recall(cfg.fingerprint)
         if kept is not None:
@@ -84,9 +95,11 @@ def _load(cfg: DataConfig, tokenizer: str | None, run_dir: Path | None) -> Datas
     if cfg.name == "synthetic":
         return builtin.make_synthetic(cfg)
     if cfg.causal:
-        return causal.load_causal(cfg.name, cfg.path, cfg.seed, tokenizer, cfg.max_length)
+        return causal.load_causal(cfg.name, cfg.path, cfg.seed, tokenizer, cfg.max_length,
+                                  max_rows)  # fmt: skip
     if cfg.name in ("glue", "sentiment", "pairs"):
-        return text.load_text(cfg.name, cfg.path, cfg.seed, tokenizer, cfg.max_length)
+        return text.load_text(cfg.name, cfg.path, cfg.seed, tokenizer, cfg.max_length,
+                              max_rows)  # fmt: skip
     if cfg.name in ("cifar10", "cifar100"):
         return files.load_cifar(cfg.path, 10 if cfg.name == "cifar10" else 100)
     if cfg.name == "mnist":

@@ -133,21 +133,26 @@ def text_dataset(text: TextDataset, tokenizer: object, max_length: int) -> Datas
 
 
 def load_text(
-    name: str, path: str | None, seed: int, tokenizer: str | None, max_length: int
-) -> Dataset:
-    """A text data set tokenised by ``tokenizer`` (a model folder, cached id, or ``minilm``)."""
+    name: str, path: str | None, seed: int, tokenizer: str | None, max_length: int,
+    max_rows: int | None = None,
+) -> Dataset:  # fmt: skip
+    """A text data set tokenised by ``tokenizer`` (a model folder, cached id, or ``minilm``).
+
+    ``max_rows``: for ``glue``, only the first ``max_rows`` examples of each split are read and
+    tokenised (a preview; see :func:`~butterfly.data.glue.load_glue`); the generated
+    ``sentiment`` and ``pairs`` are small and always whole."""
     if tokenizer is None:
         raise DataError(
             f"data.name = {name} needs a tokenizer: set data.tokenizer or use model.name = hf"
         )
     if name in ("sentiment", "pairs"):
-        folder = generated_folder(name, seed)
+        text = load_glue(generated_folder(name, seed), name)
     else:
         if path is None:
             raise DataError("data.name = glue needs data.path: the folder of one GLUE task")
-        folder = Path(path)
-    try:
+        text = load_glue(Path(path), name, max_rows=max_rows)
+    try:  # the files are read first: what is wrong with them is said before the tokenizer loads
         tok = load_tokenizer(tokenizer)
     except HFUnavailable as err:
         raise DataError(str(err)) from None
-    return text_dataset(load_glue(folder, name), tok, max_length)
+    return text_dataset(text, tok, max_length)
