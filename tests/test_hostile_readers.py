@@ -247,3 +247,64 @@ def test_a_glue_preview_finds_the_classes_beyond_a_one_class_prefix(tmp_path: Pa
     preview = load_glue(d, max_rows=10)
     assert len(preview.train.labels) == 10 and preview.label_names == ["0", "1"]
     assert load_glue(d).label_names == ["0", "1"]
+
+
+# ---- foreign pickles given as a model or a checkpoint ------------------------------------------
+class Note:
+    """Any class a weights-only load does not allow: a pickle holding one is refused unrun."""
+
+
+def test_a_torch_pickle_given_as_a_checkpoint_says_how_to_convert(tmp_path: Path) -> None:
+    import torch
+
+    from butterfly.checkpoint import CheckpointError, load_checkpoint
+
+    for legacy in (False, True):
+        path = tmp_path / f"resnet-{legacy}.pt"
+        torch.save({"w": torch.zeros(2)}, path, _use_new_zipfile_serialization=not legacy)
+        with pytest.raises(CheckpointError) as info:
+            load_checkpoint(path)
+        msg = str(info.value)
+        for w in (str(path), "PyTorch pickle", "only safetensors checkpoints are read",
+                  "weights_only=False", "safetensors.torch.save_file", "resnet-False.safetensors"
+                  if not legacy else "resnet-True.safetensors"):  # fmt: skip
+            assert w in msg, msg
+    (tmp_path / "junk.bin").write_bytes(b"\x00" * 64)
+    with pytest.raises(CheckpointError, match="corrupted or unreadable"):
+        load_checkpoint(tmp_path / "junk.bin")
+
+
+def test_a_foreign_pytorch_model_bin_is_refused_with_a_recipe_that_works(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from butterfly.config import ModelConfig
+    from butterfly.models.build import build_model
+
+    folder = tmp_path / "bert"
+    cfg = BertConfig(vocab_size=40, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=16, max_position_embeddings=16)  # fmt: skip
+    torch.manual_seed(0)
+    net = BertForSequenceClassification(cfg)
+    cfg.save_pretrained(folder)
+    torch.save({**net.state_dict(), "note": Note()}, folder / "pytorch_model.bin")
+    with pytest.raises(ValueError) as info:
+        build_model(ModelConfig(name="hf", path=str(folder)), (2, 8), 2, 0)
+    msg = str(info.value)
+    print(msg)
+    for w in (f"{folder}/pytorch_model.bin is a pickle that asks to load", "Note",
+              "only safetensors or weights-only checkpoints are read; convert it with",
+              f"'{folder}/model.safetensors', metadata={{'format': 'pt'}}"):  # fmt: skip
+        assert w in msg, msg
+    assert "\n" not in msg and "add_safe_globals" not in msg
+    # the recipe, run as the sentence gives it (this test trusts its own pickle)
+    sd = torch.load(folder / "pytorch_model.bin", weights_only=False)
+    from safetensors.torch import save_file
+
+    save_file({k: v.clone().contiguous() for k, v in sd.items() if isinstance(v, torch.Tensor)},
+              str(folder / "model.safetensors"), metadata={"format": "pt"})  # fmt: skip
+    (folder / "pytorch_model.bin").rename(tmp_path / "pytorch_model.bin")
+    model = build_model(ModelConfig(name="hf", path=str(folder)), (2, 8), 2, 0)
+    got = dict(model.named_parameters())["net.bert.embeddings.word_embeddings.weight"]
+    assert torch.equal(got, net.state_dict()["bert.embeddings.word_embeddings.weight"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,16 @@ def load_checkpoint(path: Path) -> tuple[Tensors, dict[str, Tensors], dict[str, 
         with safe_open(str(path), framework="pt") as fh:
             raw_meta = fh.metadata() or {}
     except (SafetensorError, OSError, ValueError) as err:
+        if is_torch_pickle(path):
+            raise CheckpointError(
+                f"checkpoint {path} is a PyTorch pickle (torch.save), which can run code as it "
+                "loads, so it was not read: only safetensors checkpoints are read; convert it "
+                "with, in a Python session you trust, sd = torch.load("
+                f"'{path}', weights_only=False); safetensors.torch.save_file({{k: "
+                "v.clone().contiguous() for k, v in sd.items() if isinstance(v, torch.Tensor)}, "
+                f"'{path.with_suffix('.safetensors')}') with sd the model's state_dict, and give "
+                "that file"
+            ) from None
         raise CheckpointError(f"checkpoint {path} is corrupted or unreadable ({err})") from None
     expected = raw_meta.get(CHECKSUM)
     if expected is not None and checksum(tensors) != expected:
@@ -90,6 +101,20 @@ def load_checkpoint(path: Path) -> tuple[Tensors, dict[str, Tensors], dict[str, 
             slot, name = k[len(STATE) :].split(".", 1)
             state.setdefault(slot, {})[name] = v
     return params, state, meta
+
+
+def is_torch_pickle(path: Path) -> bool:
+    """Whether a file is what ``torch.save`` writes: a zip archive holding ``data.pkl``, or
+    (before PyTorch 1.6, and plain ``pickle.dump``) a pickle of protocol 2 to 5."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(2)
+        if head == b"PK" and zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                return any(n.endswith("data.pkl") for n in zf.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
 
 
 def damaged(path: Path) -> str | None:

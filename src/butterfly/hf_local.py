@@ -9,6 +9,7 @@ already in the local Hugging Face cache.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -63,3 +64,28 @@ def load_tokenizer(path: str) -> Any:
     except (OSError, ValueError) as err:
         msg = str(err).splitlines()[0]
         raise HFUnavailable(f"cannot load a tokenizer from '{path}': {msg}") from None
+
+
+def pickle_refused(path: str, local: str, err: Exception) -> HFUnavailable:
+    """The sentence for a model whose ``pytorch_model*.bin`` is a pickle that holds more than
+    tensors: torch's weights-only loading refused it unrun (``err``); it says how to convert."""
+    folder = Path(local)
+    bins = sorted(folder.glob("pytorch_model*.bin")) if folder.is_dir() else []
+    first = bins[0] if bins else folder / "pytorch_model.bin"
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+    asks = f"asks to load {found.group(1)}" if found else "holds more than tensors"
+    if len(bins) < 2:
+        what, target, shards = f"{first} is a pickle that", folder / "model.safetensors", ""
+    else:
+        what = f"{first} and {len(bins) - 1} more .bin shards are pickles; one"
+        target = first.with_suffix(".safetensors")
+        shards = (" for each shard, the index renamed model.safetensors.index.json with the new "
+                  "file names")  # fmt: skip
+    return HFUnavailable(
+        f"Hugging Face model '{path}': {what} {asks}, so it was not read: only safetensors or "
+        "weights-only checkpoints are read; convert it with, in a Python session you trust, "
+        f"sd = torch.load('{first}', weights_only=False); safetensors.torch.save_file({{k: "
+        "v.clone().contiguous() for k, v in sd.items() if isinstance(v, torch.Tensor)}, "
+        f"'{target}', metadata={{'format': 'pt'}}){shards}, then move the .bin files out of "
+        "the folder"
+    )

@@ -17,10 +17,12 @@ is ``ids != pad``) for text, ``(N, C, H, W)`` floats for images.
 
 from __future__ import annotations
 
+import pickle
+
 import torch
 from torch import nn
 
-from butterfly.hf_local import HFUnavailable, resolve_path, transformers_module
+from butterfly.hf_local import HFUnavailable, pickle_refused, resolve_path, transformers_module
 from butterfly.models.gpt import masked_mean
 from butterfly.rng import generator
 
@@ -77,6 +79,8 @@ class HFClassifier(nn.Module):
                 raise HFUnavailable(
                     f"cannot load Hugging Face model '{path}' offline: {str(err).splitlines()[0]}"
                 ) from None
+            except pickle.UnpicklingError as err:  # torch's weights-only loading refused it
+                raise pickle_refused(path, local, err) from None
         self.net = net
         self.net.eval()
         cfg = net.config
@@ -143,6 +147,8 @@ class HFCausalLM(nn.Module):
                     f"cannot load Hugging Face causal LM '{path}' offline: "
                     f"{str(err).splitlines()[0]}"
                 ) from None
+            except pickle.UnpicklingError as err:  # torch's weights-only loading refused it
+                raise pickle_refused(path, local, err) from None
         self.net = net
         self.net.eval()
         std = float(getattr(net.config, "initializer_range", 0.02))
