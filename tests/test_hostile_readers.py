@@ -216,6 +216,7 @@ def test_max_rows_previews_a_million_line_gsm8k_file_quickly(tmp_path: Path) -> 
     took = time.perf_counter() - t0
     print(f"max_rows=100 of a 10^6-line GSM8K file: {took:.3f} s")
     assert took < 30  # a hang guard; it takes a fraction of a second
+    (d / "train.jsonl").unlink()  # 80 MB: not left in pytest's kept temporary folders
     assert data.x_train.shape == (100, 2, 64) and data.x_test.shape == (9, 2, 64)  # type: ignore[attr-defined]
     # the preview's examples are the whole read's first ones, bit for bit
     small = tmp_path / "small"
@@ -247,6 +248,22 @@ def test_a_glue_preview_finds_the_classes_beyond_a_one_class_prefix(tmp_path: Pa
     preview = load_glue(d, max_rows=10)
     assert len(preview.train.labels) == 10 and preview.label_names == ["0", "1"]
     assert load_glue(d).label_names == ["0", "1"]
+
+
+# ---- MNIST's IDX files ------------------------------------------------------------------------
+def test_a_truncated_idx_header_or_a_broken_gzip_is_a_sentence(tmp_path: Path) -> None:
+    import gzip
+
+    d = tmp_path / "mnist"
+    d.mkdir()
+    images = d / "train-images-idx3-ubyte"
+    images.write_bytes(b"\x00\x00\x08\x03\x00\x00")
+    cfg = DataConfig(name="mnist", path=str(d))
+    refused(lambda _: load_dataset(cfg), d, str(images), "ends inside its IDX header")
+    images.unlink()
+    whole = gzip.compress(b"\x00\x00\x08\x01\x00\x00\x00\x05abcde")
+    (d / "train-images-idx3-ubyte.gz").write_bytes(whole[:-6])
+    refused(lambda _: load_dataset(cfg), d, "train-images-idx3-ubyte.gz is not a whole gzip file")
 
 
 # ---- foreign pickles given as a model or a checkpoint ------------------------------------------

@@ -16,6 +16,7 @@ from __future__ import annotations
 import gzip
 import pickle
 import struct
+import zlib
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -128,13 +129,18 @@ def read_idx(path: Path) -> np.ndarray:
     if found is None:
         raise DataError(f"{path} (or {path.name}.gz) is missing from the MNIST folder")
     opener = gzip.open if found.suffix == ".gz" else open
-    with opener(found, "rb") as fh:
-        raw = fh.read()
+    try:
+        with opener(found, "rb") as fh:
+            raw = fh.read()
+    except (gzip.BadGzipFile, EOFError, zlib.error) as err:
+        raise DataError(f"{found} is not a whole gzip file ({err}): download it again") from None
     if len(raw) < 4:
         raise DataError(f"{found} is not an IDX file (too short)")
     zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
     if zero != 0 or dtype_code != 0x08:
         raise DataError(f"{found} is not an unsigned-byte IDX file (magic {raw[:4].hex()})")
+    if len(raw) < 4 + 4 * ndim:
+        raise DataError(f"{found} ends inside its IDX header ({ndim} dimension sizes announced)")
     shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(shape)):
