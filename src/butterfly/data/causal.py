@@ -80,8 +80,13 @@ def read_qa(
         if path.suffix != ".jsonl" and not {"question", "answer"} <= first.keys():
             raise DataError(f"{path}: the header names {sorted(first)}, where a question/answer "
                             "file needs the columns 'question' and 'answer'")  # fmt: skip
-        out.append([{k: text_field(path, i, r, k) for k in ("question", "answer")}
-                    for i, r in rows])  # fmt: skip
+        examples = []
+        for i, r in rows:
+            q, a = r.get("question"), r.get("answer")
+            if not (isinstance(q, str) and isinstance(a, str)):  # say which, and why
+                q, a = text_field(path, i, r, "question"), text_field(path, i, r, "answer")
+            examples.append({"question": q, "answer": a})
+        out.append(examples)
     return out[0], out[1]
 
 

@@ -61,29 +61,39 @@ FIELD_LIMIT = csv.field_size_limit()  # the csv module's longest field: 131,072 
 KNOWN_COLUMNS = {c for pair in TEXT_COLUMNS for c in pair if c} | set(LABEL_COLUMNS)
 COLA_COLUMNS = ["source", "label", "original label", "sentence"]
 
-# One example's fields. TSV: text. JSONL: text for JSON strings, numbers and booleans (as
-# ``str`` gives them), and ``None`` for null, lists and dicts as given: a reader of a field
-# refuses those with a sentence (:func:`text_field`); fields nobody reads may hold anything.
+# One example's fields: text (TSV), or the values of a JSON object as given (JSONL). Whoever
+# reads a field takes it through :func:`text_field`, which gives numbers and true/false as text
+# (as ``str`` writes them) and refuses null, arrays and objects with a sentence; fields nobody
+# reads may hold anything.
 Row = dict[str, Any]
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """The lines of a UTF-8 text file, numbered from 1, read as a stream (a byte-order mark
-    at the start is dropped)."""
+    """The lines of a UTF-8 text file (each ending at a newline), numbered from 1, read as a
+    stream; a byte-order mark at the start is dropped."""
+    with open(path, encoding="utf-8-sig", newline="\n") as fh:
+        try:
+            for i, line in enumerate(fh, 1):
+                if "\x00" in line:
+                    raise DataError(f"{path}, line {i}: holds a NUL byte, so it is a binary "
+                                    "file, not UTF-8 text")  # fmt: skip
+                yield i, line
+        except UnicodeDecodeError:
+            raise _not_utf8(path) from None
+
+
+def _not_utf8(path: Path) -> DataError:
+    """The sentence for a file that is not UTF-8: the first line that is not, and where."""
     with open(path, "rb") as fh:
         for i, raw in enumerate(fh, 1):
             try:
-                line = raw.decode("utf-8-sig" if i == 1 else "utf-8")
+                raw.decode("utf-8-sig" if i == 1 else "utf-8")
             except UnicodeDecodeError as err:
-                raise DataError(
+                return DataError(
                     f"{path}, line {i}: not UTF-8 text (byte 0x{raw[err.start]:02x} at position "
                     f"{err.start + 1} of the line): give the file as UTF-8 text"
-                ) from None
-            if "\x00" in line:
-                raise DataError(
-                    f"{path}, line {i}: holds a NUL byte, so it is a binary file, not UTF-8 text"
                 )
-            yield i, line
+    return DataError(f"{path} is not UTF-8 text: give the file as UTF-8 text")
 
 
 def _json_kind(v: object) -> str:
@@ -111,8 +121,7 @@ def _jsonl_rows(path: Path) -> Generator[tuple[int, Row], None, None]:
                 f"{path}, line {i}: a JSON {_json_kind(obj)} where a JSON object of named "
                 "fields is expected (one object per line)"
             )
-        yield i, {k: v if v is None or isinstance(v, (list, dict)) else str(v)
-                  for k, v in obj.items()}  # fmt: skip
+        yield i, obj
     if not seen:
         raise DataError(f"{path} is empty: it holds no examples")
 
@@ -207,6 +216,8 @@ def text_field(path: Path, line: int, row: Row, key: str, what: str = "text") ->
     v = row[key]
     if isinstance(v, str):
         return v
+    if isinstance(v, (int, float)):  # a JSON number or true/false, as text
+        return str(v)
     kind = "null" if v is None else f"a JSON {_json_kind(v)}"
     raise DataError(f"{path}, line {line}: '{key}' is {kind}, where it must be {what}")
 
