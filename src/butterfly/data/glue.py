@@ -12,6 +12,9 @@ labels. Tokenisation is left to the model's tokenizer. Column names follow the G
     QNLI   question, sentence           label (entailment / not_entailment)
     MNLI   sentence1, sentence2         gold_label
     QQP    question1, question2         is_duplicate
+
+Files are streamed line by line as UTF-8 (a byte-order mark is dropped); anything malformed is
+refused with one sentence (:class:`DataError`) naming the file and the line.
 """
 
 from __future__ import annotations
