@@ -289,6 +289,10 @@ def test_a_torch_pickle_given_as_a_checkpoint_says_how_to_convert(tmp_path: Path
     (tmp_path / "junk.bin").write_bytes(b"\x00" * 64)
     with pytest.raises(CheckpointError, match="corrupted or unreadable"):
         load_checkpoint(tmp_path / "junk.bin")
+    # a cut safetensors file whose header size (640 bytes) begins as a pickle's protocol does
+    (tmp_path / "cut.safetensors").write_bytes(b"\x80\x02" + b"\x00" * 6 + b'{"w": {"dty')
+    with pytest.raises(CheckpointError, match="corrupted or unreadable"):
+        load_checkpoint(tmp_path / "cut.safetensors")
 
 
 def test_a_foreign_pytorch_model_bin_is_refused_with_a_recipe_that_works(tmp_path: Path) -> None:

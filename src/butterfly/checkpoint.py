@@ -105,16 +105,18 @@ def load_checkpoint(path: Path) -> tuple[Tensors, dict[str, Tensors], dict[str, 
 
 def is_torch_pickle(path: Path) -> bool:
     """Whether a file is what ``torch.save`` writes: a zip archive holding ``data.pkl``, or
-    (before PyTorch 1.6, and plain ``pickle.dump``) a pickle of protocol 2 to 5."""
+    (before PyTorch 1.6, and ``pickle.dump``) a pickle: protocol 2 to 5 and the opcode that
+    follows in such files (torch's magic number, a frame, an empty dict). A safetensors file
+    whose first bytes read so would announce a header of megabytes, so it is not mistaken."""
     try:
         with open(path, "rb") as fh:
-            head = fh.read(2)
-        if head == b"PK" and zipfile.is_zipfile(path):
+            head = fh.read(3)
+        if head[:2] == b"PK" and zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as zf:
                 return any(n.endswith("data.pkl") for n in zf.namelist())
     except (OSError, zipfile.BadZipFile):
         return False
-    return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+    return len(head) == 3 and head[0] == 0x80 and 2 <= head[1] <= 5 and head[2] in b"\x8a\x95}"
 
 
 def damaged(path: Path) -> str | None:
