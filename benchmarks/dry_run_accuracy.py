@@ -14,10 +14,11 @@ import time
 from pathlib import Path
 
 from butterfly.config import load_config
+from butterfly.experiment.resolve import resolve
 from butterfly.report import build_report
 from butterfly.sweep.estimate import project
 from butterfly.sweep.pipelines import run_pipeline
-from butterfly.sweep.runner import resolve_workers
+from butterfly.sweep.session import resolve_workers
 
 
 def main() -> None:
@@ -26,17 +27,17 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--workers", type=int, default=None)
     args = ap.parse_args()
-    cfg = load_config(args.config, args.overrides)
-    workers = resolve_workers(cfg, args.workers)
+    resolved = resolve(load_config(args.config, args.overrides))
+    workers = resolve_workers(resolved, args.workers)
     t0 = time.perf_counter()
-    projection = project(cfg, workers)
+    projection = project(resolved, workers)
     timing_s = time.perf_counter() - t0
     print("\n".join(projection.lines()))
     print(f"(the projection itself took {timing_s:.1f} s)")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
         start = time.perf_counter()
-        outcome = run_pipeline(cfg, out, workers=workers, quiet=True)
+        outcome = run_pipeline(resolved, out, workers=workers, quiet=True)
         sweep_s = time.perf_counter() - start
         build_report([outcome.run_dir])
         total_s = time.perf_counter() - start

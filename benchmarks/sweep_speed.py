@@ -178,7 +178,7 @@ def throughput(cfg: RunConfig, sizes: list[int], steps: int) -> list[tuple[str, 
 
 def path_evaluation(cfg: RunConfig, repeats: int) -> tuple[float, float]:
     """Seconds per barrier (11 points, train + test) per point and as one vectorised batch."""
-    from butterfly.experiment.measure import Comparer
+    from butterfly.experiment.comparer import Comparer
 
     data = load_dataset(cfg.data)
     model = build_model(cfg.model, data.input_shape, data.n_classes, 0)

@@ -41,3 +41,7 @@ def tiny_config(**sections: Any) -> RunConfig:
 @pytest.fixture
 def tiny() -> RunConfig:
     return tiny_config()
+
+
+# one local SLURM for every test module that asks for it (scripts/slurm-local)
+from slurm_fixture import slurm_cluster  # noqa: E402, F401

@@ -18,7 +18,7 @@ from butterfly.align import (
 from butterfly.align.permute import random_permutation
 from butterfly.config import EvalConfig, ModelConfig
 from butterfly.data import Dataset
-from butterfly.experiment.measure import Comparer
+from butterfly.experiment.comparer import Comparer
 from butterfly.models import build_model
 from butterfly.rng import generator
 

@@ -127,12 +127,12 @@ def test_the_training_loop_makes_no_host_round_trip() -> None:
 
 
 def test_auto_runs_on_cuda_when_present_and_records_its_precision(tmp_path: Path) -> None:
-    from butterfly.experiment.setup import resolve_device
+    from butterfly.experiment.resolve import concrete_device
 
-    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert concrete_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
     out = run_sweep(tiny_config(runtime={"device": "auto", "workers": 1}), tmp_path / "a",
                     quiet=True)  # fmt: skip
     with Store(out.run_dir / "results.db") as s:
         env = s.get_meta("environment")
-    assert env["device"] == resolve_device("auto") and env["precision"] == "float32"
+    assert env["device"] == concrete_device("auto") and env["precision"] == "float32"
     assert env["deterministic"] is True

@@ -122,7 +122,7 @@ def test_compare_command(run: Path, capsys: pytest.CaptureFixture[str], tmp_path
         ]
     )
     err = capsys.readouterr().err
-    assert code == 1 and "different architectures" in err and "Traceback" not in err
+    assert code == 2 and "different architectures" in err and "Traceback" not in err
 
 
 def test_results_frame_has_no_duplicate_members(run: Path) -> None:

@@ -14,12 +14,11 @@ import pandas as pd
 import pytest
 import yaml
 
-import butterfly.sweep.runner as runner_mod
+import butterfly.sweep.scheduler as scheduler_mod
 from butterfly.cli import main
 from butterfly.experiment.rows import names
-from butterfly.sweep import Store, run_sweep
+from butterfly.sweep import Store, SweepFailed, run_sweep
 from butterfly.sweep.lock import RunLock, RunLockedError, is_locked
-from butterfly.sweep.runner import SweepFailed
 from conftest import tiny_config
 
 COMPARED = [c for c in names("results") if c != "unit_wall_s"]
@@ -107,14 +106,14 @@ def test_force_new_starts_a_fresh_folder(tmp_path: Path, tiny) -> None:
 def test_a_failing_unit_is_recorded_the_rest_finish_and_a_rerun_retries(
     tmp_path: Path, tiny, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    real = runner_mod.run_unit
+    real = scheduler_mod.run_unit
 
     def flaky(cfg, unit, run_dir, reporter=None):
         if unit.t == 30:
             raise OSError("simulated worker crash")
         return real(cfg, unit, run_dir, reporter)
 
-    monkeypatch.setattr(runner_mod, "run_unit", flaky)
+    monkeypatch.setattr(scheduler_mod, "run_unit", flaky)
     with pytest.raises(SweepFailed, match=r"1 unit failed \(first: seed 0 t=30: simulated"):
         run_sweep(tiny, tmp_path / "run", quiet=True)
     with Store(tmp_path / "run" / "results.db") as s:
@@ -124,7 +123,7 @@ def test_a_failing_unit_is_recorded_the_rest_finish_and_a_rerun_retries(
     out = capsys.readouterr().out
     assert "1/2 units done" in out and "simulated worker crash" in out
 
-    monkeypatch.setattr(runner_mod, "run_unit", real)
+    monkeypatch.setattr(scheduler_mod, "run_unit", real)
     again = run_sweep(tiny, tmp_path / "run", quiet=True)
     assert again.units_run == 1 and again.units_skipped == 1
     assert main(["status", str(tmp_path / "run")]) == 0
@@ -177,7 +176,7 @@ BAD_INPUTS = [
     ("negative workers", lambda r, c: ["run", str(c), "--out", str(r), "--workers", "-3"], 2, "--workers must be >= 0"),
     ("changed config on existing run", lambda r, c: ["run", str(c), "--out", str(r), "--set", "recipe.lr=0.3"], 2, "different config (changed: recipe.lr)"),
     ("status of a non-run folder", lambda r, c: ["status", str(c.parent)], 2, "is not a butterfly run folder"),
-    ("compare a missing checkpoint", lambda r, c: ["compare", str(r / "nope.safetensors"), str(r / "nope2.safetensors")], 1, "does not exist"),
+    ("compare a missing checkpoint", lambda r, c: ["compare", str(r / "nope.safetensors"), str(r / "nope2.safetensors")], 2, "does not exist"),
     ("unknown data set", lambda r, c: ["run", str(c), "--out", str(r), "--set", "data.name=imagenet"], 2, "data.name"),
     ("non-mapping config", lambda r, c: ["run", str(_write(c.parent / "list.yaml", "- 1\n")), "--out", str(r)], 2, "must hold a mapping"),
     ("invalid yaml", lambda r, c: ["run", str(_write(c.parent / "broken.yaml", "a: [1, 2\n")), "--out", str(r)], 2, "is not valid YAML"),

@@ -455,8 +455,9 @@ def test_the_comparison_report_uses_one_palette_for_every_figure(
         saved.append(fig)
         return original(fig, path)
 
-    monkeypatch.setattr(F, "save_figure", spy)
-    monkeypatch.setattr(H, "save_figure", spy)
+    import butterfly.report.figures.registry as R
+
+    monkeypatch.setattr(R, "save_figure", spy)
     H.build_report(list(runs["dirs"]), tmp_path / "both.html")
     colours: dict[str, set[tuple]] = {}
     for fig in saved:

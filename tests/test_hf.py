@@ -19,10 +19,10 @@ from butterfly.cli import main
 from butterfly.config import ConfigError, ModelConfig, build_config
 from butterfly.data.glue import load_glue
 from butterfly.data.text import sentiment_folder, tokenize, write_sentiment
+from butterfly.experiment.resolve import resolve
 from butterfly.hf_local import load_tokenizer, resolve_path
 from butterfly.models import build_model, head_names, param_info
 from butterfly.sweep import run_sweep
-from butterfly.sweep.runner import preflight
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +120,7 @@ def test_a_text_sweep_from_a_local_model_keeps_the_control_exact(
                  "trajectory_points": 3, "cka_examples": 32},
     }  # fmt: skip
     cfg = build_config(raw)
-    assert cfg.tokenizer_path() == str(model_dir)
+    assert resolve(cfg, check=False).tokenizer == str(model_dir)
     assert (sentiment_folder(0) / "train.tsv").is_file()  # generated into BUTTERFLY_CACHE
     assert str(sentiment_folder(0)).startswith(str(tmp_path / "cache"))
     df = run_sweep(cfg, tmp_path / "run", quiet=True, workers=1).results
@@ -137,16 +137,16 @@ def test_unusable_models_are_refused_before_training(tmp_path: Path) -> None:
                         "eval": {"weight_matching": False, "activation_matching": False,
                                  "proxy_fractions": []}})  # fmt: skip
     with pytest.raises(ConfigError, match=r"config\.json"):
-        preflight(bad)
+        resolve(bad)
     hub = build_config({"data": {"name": "sentiment"}, "model": {"name": "hf", "path": "nobody/none"},
                         "eval": {"weight_matching": False, "activation_matching": False,
                                  "proxy_fractions": []}})  # fmt: skip
     with pytest.raises(ConfigError, match="nobody/none"):
-        preflight(hub)
+        resolve(hub)
     # alignment cannot be derived for a transformer: a warning, and those columns stay empty
     aligned = build_config({"data": {"name": "sentiment", "max_length": 8},
                             "model": {"name": "hf", "path": "minilm"}})  # fmt: skip
-    notes = preflight(aligned)
+    notes = resolve(aligned).warnings
     assert len(notes) == 1 and notes[0].startswith("weight matching, activation matching")
     assert "permutation_spec()" in notes[0]
     assert main(["run", "--set", "data.name=sentiment", "--set", "model.name=hf",

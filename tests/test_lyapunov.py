@@ -19,6 +19,7 @@ from butterfly.experiment.lyapunov import (
     predicted_l2,
     random_direction,
 )
+from butterfly.experiment.resolve import resolve
 from butterfly.experiment.setup import Setup, make_setup
 from butterfly.experiment.spawn import train_parent
 from butterfly.train import Population
@@ -214,7 +215,8 @@ def parent_at(setup: Setup, t: int) -> tuple[dict[str, torch.Tensor], dict[str, 
 @pytest.fixture(scope="module")
 def mlp() -> tuple[Setup, dict[str, torch.Tensor], dict[str, Any]]:
     torch.set_num_threads(1)
-    setup = make_setup(tiny_config(recipe={"weight_decay": 5e-4, "grad_clip": 1.0}), 0)
+    cfg = tiny_config(recipe={"weight_decay": 5e-4, "grad_clip": 1.0})
+    setup = make_setup(resolve(cfg, check=False), 0)
     params, state = parent_at(setup, T_PERTURB)
     return setup, params, state
 

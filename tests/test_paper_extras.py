@@ -55,9 +55,9 @@ def test_epochs_become_steps_from_the_training_set_size(tmp_path: Path) -> None:
            "pretrain": {"data": {**syn, "n_classes": 6, "classes": [0, 1]},
                         "recipe": {"epochs": 1, "batch_size": 20, "lr": 0.05},
                         "checkpoints": [0, 5]}}  # fmt: skip
-    from butterfly.experiment.setup import resolve_epochs
+    from butterfly.experiment.resolve import resolve
 
-    resolved = resolve_epochs(build_config(pre))
+    resolved = resolve(build_config(pre), check=False).cfg
     n_pre = len(load_dataset(build_config(pre).pretrain.data).y_train)
     n_ft = len(load_dataset(build_config(pre).data).y_train)
     assert resolved.pretrain.recipe.steps == n_pre // 20
@@ -65,7 +65,7 @@ def test_epochs_become_steps_from_the_training_set_size(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"recipe\.steps = 10 and recipe\.epochs = 2\.0 are both set"):
         build_config({"recipe": {"steps": 10, "epochs": 2}})
     with pytest.raises(ConfigError, match="checkpoints contains 99"):  # checked once resolved
-        resolve_epochs(build_config({**pre, "pretrain": {**pre["pretrain"], "checkpoints": [99]}}))
+        resolve(build_config({**pre, "pretrain": {**pre["pretrain"], "checkpoints": [99]}}))
 
 
 # ---- resizing images ------------------------------------------------------------------------
@@ -132,10 +132,10 @@ def test_a_hugging_face_vit_fine_tunes_on_resized_images_with_an_exact_control(
     m = build_model(cfg.model, (1, 8, 8), 5, 0)
     assert m(torch.randn(2, 1, 8, 8)).shape == (2, 5)
     unresized = build_config({**raw, "model": {"name": "hf", "path": str(folder)}})
-    from butterfly.sweep.runner import preflight
+    from butterfly.experiment.resolve import resolve
 
     with pytest.raises(ConfigError, match="fails on two training examples"):
-        preflight(unresized)  # the model needs 16 x 16 inputs: resizing is what makes it run
+        resolve(unresized)  # the model needs 16 x 16 inputs: resizing is what makes it run
     df = run_sweep(cfg, tmp_path / "run", quiet=True, workers=1).results
     assert controls_exact(df)
     kids = df[df.control == 0]
@@ -183,8 +183,11 @@ def test_gsm8k_examples_mask_the_prompt_and_padding(tmp_path: Path) -> None:
     assert len(train) == 32 and len(test) == 8
     cfg = build_config({"data": {"name": "gsm8k", "path": str(folder), "max_length": 64},
                         "model": {"name": "gpt", "width": 8, "heads": 2}})  # fmt: skip
-    assert cfg.tokenizer_path() == "bytes"
-    data = load_dataset(cfg.data, cfg.tokenizer_path())
+    from butterfly.experiment.resolve import resolve
+
+    tokenizer = resolve(cfg, check=False).tokenizer
+    assert tokenizer == "bytes"
+    data = load_dataset(cfg.data, tokenizer)
     assert data.x_train.shape == (32, 2, 64) and data.y_train.shape == (32, 64)
     tok = ByteTokenizer()
     prompt = tok.encode(PROMPT.format(q=QA[0]["question"]))
@@ -257,8 +260,10 @@ def test_a_tiny_causal_lm_fine_tunes_on_gsm8k_with_an_exact_control(tmp_path: Pa
         "perturb": {"times": [0.0, 0.5], "sigmas": [1e-2], "kinds": ["batch"]},
         "eval": {**NO_ALIGN, "trajectory_points": 0},
     }  # fmt: skip
-    cfg = build_config(raw)
-    assert cfg.model.task == "causal_lm"  # chosen from the data
+    from butterfly.experiment.resolve import resolve
+
+    cfg = resolve(build_config(raw), check=False).cfg
+    assert cfg.model.task == "causal_lm"  # chosen from the data when the run is resolved
     m = build_model(cfg.model, (2, 24), 99, 0)
     assert type(m).__name__ == "HFCausalLM"
     out = run_sweep(cfg, tmp_path / "run", quiet=True, workers=1)
@@ -270,9 +275,10 @@ def test_a_tiny_causal_lm_fine_tunes_on_gsm8k_with_an_exact_control(tmp_path: Pa
     assert df.ensemble_test_acc.isna().all()  # not class scores: no logit ensemble
     # the stored test loss is the token-level next-token loss of the final original
     from butterfly.checkpoint import load_checkpoint
+    from butterfly.experiment.resolve import resolve
     from butterfly.experiment.setup import make_setup
 
-    setup = make_setup(cfg, 0)
+    setup = make_setup(resolve(cfg, check=False), 0)
     ck = tmp_path / "run/checkpoints/seed0/t0000000/original.safetensors"
     params, _, _ = load_checkpoint(ck)
     net = setup.model
@@ -288,7 +294,7 @@ def test_only_causal_lm_data_get_next_token_targets() -> None:
     data sets: a per-token classifier elsewhere must bring its own loss, not be trained on
     labels silently shifted by one."""
     from butterfly.data import Dataset
-    from butterfly.sweep.runner import check_model
+    from butterfly.experiment.resolve import check_model
 
     class PerToken(torch.nn.Module):
         def __init__(self, width: int) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from butterfly.experiment.resolve import resolve
 from butterfly.experiment.rows import names
 from butterfly.sweep import run_sweep
 from butterfly.sweep.executors import RayExecutor
@@ -45,7 +46,7 @@ def test_ray_results_equal_local(cluster, tmp_path: Path) -> None:
 
 
 def test_lost_workers_are_retried(cluster, tmp_path: Path) -> None:
-    pool = RayExecutor(tiny_config(), 2, None)
+    pool = RayExecutor(resolve(tiny_config(), check=False), 2, None)
     fut = pool.submit(_crash_once, str(tmp_path / "marker"))
     assert fut.result(timeout=120) == "done"
     pool.shutdown()
@@ -59,17 +60,18 @@ def test_units_ask_ray_for_the_runtime_resources(cluster) -> None:
     from butterfly.sweep.executors import ray_resources
 
     cpu = tiny_config()
-    assert ray_resources(cpu) == {"num_cpus": 1.0, "num_gpus": 0.0}  # no GPU asked on CPU
+    assert ray_resources(resolve(cpu, check=False)) == {"num_cpus": 1.0, "num_gpus": 0.0}  # no GPU asked on CPU
     gpu = tiny_config(runtime={"device": "cuda", "workers": 1})
-    assert ray_resources(gpu) == {"num_cpus": 1.0, "num_gpus": 1.0}  # one unit per GPU
+    assert ray_resources(resolve(gpu, check=False)) == {"num_cpus": 1.0, "num_gpus": 1.0}  # one unit per GPU
     two = tiny_config(runtime={"ray_cpus": 2, "ray_gpus": 0.5, "workers": 1})
-    assert ray_resources(two) == {"num_cpus": 2.0, "num_gpus": 0.5}
-    pool = RayExecutor(cpu, 2, None)
+    assert ray_resources(resolve(two, check=False)) == {"num_cpus": 2.0, "num_gpus": 0.5}
+    pool = RayExecutor(resolve(cpu, check=False), 2, None)
     got = pool.submit(_assigned).result(timeout=120)
     assert got.get("CPU") == 1.0 and not got.get("GPU")  # what the task was given
     assert pool.slots == 2  # 2 CPUs in the cluster, 1 per unit
     pool.shutdown()
-    wide = RayExecutor(tiny_config(runtime={"ray_cpus": 2, "workers": 1}), 2, None)
+    wide = RayExecutor(resolve(tiny_config(runtime={"ray_cpus": 2, "workers": 1}), check=False),
+                       2, None)
     assert wide.submit(_assigned).result(timeout=120).get("CPU") == 2.0 and wide.slots == 1
     wide.shutdown()
 

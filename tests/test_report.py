@@ -226,7 +226,7 @@ def test_report_command_writes_figures_and_page(
     ]  # fmt: skip
     assert text.count("<img") == 12
     assert not re.search(r"(src|href)=[\"']https?:", text), "the page must load nothing remotely"
-    assert "Determinism check passed" in text and "torch" in text and "recipe:" in text
+    assert "determinism check: all" in text and "torch" in text and "recipe:" in text
     assert "Perturbing at t = 0 by σ = " in text
 
 

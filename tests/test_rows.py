@@ -141,7 +141,7 @@ def _columns_the_report_reads() -> set[str]:
 
     known = {c for t in rows.TABLES for c in rows.names(t)} | {rows.PRETRAIN_STEPS.name}
     found: set[str] = set()
-    for path in Path(butterfly.report.__file__).parent.glob("*.py"):
+    for path in Path(butterfly.report.__file__).parent.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Constant) and node.value in known:
                 found.add(str(node.value))

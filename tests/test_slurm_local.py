@@ -6,11 +6,10 @@ from pathlib import Path
 
 import pytest
 
-# imported here, not in conftest.py, while this is the only module using it (see slurm_fixture's docstring)
-from slurm_fixture import SlurmCluster, skip_or_fail, slurm_cluster, why_slurm_cannot_run  # noqa: F401
+from slurm_fixture import SlurmCluster, skip_or_fail, why_slurm_cannot_run
 
 
-def test_array_job_runs_and_is_recorded(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:  # noqa: F811
+def test_array_job_runs_and_is_recorded(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
     script = f'echo "$SLURM_ARRAY_TASK_ID $SLURM_ARRAY_JOB_ID" > {tmp_path}/task-$SLURM_ARRAY_TASK_ID.txt'
     submitted = slurm_cluster.run(
         "sbatch",
@@ -34,7 +33,7 @@ def test_array_job_runs_and_is_recorded(slurm_cluster: SlurmCluster, tmp_path: P
     assert states == {0: "COMPLETED", 1: "COMPLETED", 2: "COMPLETED"}
 
 
-def test_unknown_partition_is_refused(slurm_cluster: SlurmCluster) -> None:  # noqa: F811
+def test_unknown_partition_is_refused(slurm_cluster: SlurmCluster) -> None:
     refused = slurm_cluster.run("sbatch", "--partition", "nosuch", "--wrap", "true", check=False)
     assert refused.returncode != 0
     assert "invalid partition" in refused.stderr.lower()

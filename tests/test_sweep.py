@@ -123,7 +123,7 @@ def test_cli_run_prints_table_and_check(tmp_path: Path, capsys: pytest.CaptureFi
 def test_determinism_failure_exits_non_zero(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import butterfly.sweep.tasks as tasks_mod
+    import butterfly.sweep.tasks as tasks_mod  # where run_unit finds it
 
     real = tasks_mod.measure_children
 

@@ -322,8 +322,25 @@ def test_time_search_resumes_and_ignores_order() -> None:
     assert isinstance(straight, ThresholdResult)
 
 
-def test_the_reports_grid_estimate_uses_the_searchs_default_eps() -> None:
-    from butterfly.experiment.threshold import DEFAULT_EPS
+def test_the_search_the_report_and_the_help_read_the_configs_defaults(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from butterfly.cli import main
+    from butterfly.config import ThresholdConfig
+    from butterfly.experiment.threshold import DEFAULT_EPS, DEFAULT_METRIC, grid_sigma_star
     from butterfly.report.figures import STABILITY_EPS
 
-    assert STABILITY_EPS == DEFAULT_EPS == 0.05
+    cfg = ThresholdConfig()
+    assert STABILITY_EPS == DEFAULT_EPS == cfg.eps and cfg.metric == DEFAULT_METRIC
+    with pytest.raises(SystemExit):
+        main(["threshold", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    for name in ("eps", "metric", "resolution", "over"):
+        assert f"(default {getattr(cfg, name)})" in help_text, name
+    # the report's σ* of a grid is the search's own crossing rule
+    grid = [(1e-4, 0.01), (1e-3, 0.02), (1e-2, cfg.eps + 0.01), (1e-1, 0.01)]
+    assert grid_sigma_star(grid) == pytest.approx((1e-3 * 1e-2) ** 0.5)
+    assert grid_sigma_star([(1e-4, 1.0), (1e-3, 1.0)]) is None  # unstable already at the start
+    assert grid_sigma_star([(1e-4, 0.0), (1e-3, 0.0)]) is None  # stable throughout
+    # a σ whose children all diverged (no barrier) counts as unstable, as in the search
+    assert grid_sigma_star([(1e-4, 0.0), (1e-3, float("nan"))]) == pytest.approx(10**-3.5)

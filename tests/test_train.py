@@ -212,3 +212,24 @@ def test_gradient_clipping_is_per_member_and_matches_torch() -> None:
     trainer.train(pop, 20)
     for k in params:
         assert torch.equal(pop.params[k][0], pop.params[k][1])
+
+
+def test_the_pure_sgd_step_is_the_in_place_update_bit_for_bit() -> None:
+    """The recipe's out-of-place SGD step (what the Lyapunov estimate pushes tangents through)
+    and the in-place update the trainer uses are one update rule."""
+    from butterfly.train.recipe import clip_per_member, clipped, sgd_step
+
+    cfg = RecipeConfig(lr=0.1, momentum=0.9, weight_decay=5e-4, grad_clip=0.5)
+    g = torch.Generator().manual_seed(0)
+    theta = {"w": torch.randn(5, 4, generator=g), "b": torch.randn(4, generator=g)}
+    p = {k: v.clone().unsqueeze(0) for k, v in theta.items()}
+    state = {"momentum": {k: torch.zeros_like(v) for k, v in p.items()}}
+    mom = {k: torch.zeros_like(v) for k, v in theta.items()}
+    for step in range(4):
+        grads = {k: torch.randn(v.shape, generator=g) for k, v in theta.items()}
+        stacked = {k: v.clone().unsqueeze(0) for k, v in grads.items()}
+        clip_per_member(stacked, cfg.grad_clip)
+        apply_update(cfg, p, stacked, state, step, 0.05)
+        theta, mom = sgd_step(cfg, 0.05, theta, mom, clipped(grads, cfg.grad_clip))
+        for k in theta:
+            assert torch.equal(theta[k], p[k][0]) and torch.equal(mom[k], state["momentum"][k][0])

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from butterfly.config import ConfigError, ModelConfig, build_config
 from butterfly.data import load_dataset
+from butterfly.experiment.resolve import resolve
 from butterfly.experiment.setup import make_setup
 from butterfly.experiment.spawn import child_lr, spawn_stream
 from butterfly.models import build_model, head_names, load_backbone_, param_info
@@ -103,7 +104,7 @@ def test_dropout_masks_are_step_seeded_and_shared_by_members() -> None:
             recipe={"steps": 4, "batch_size": 8},
         )
     )
-    ctx = make_setup(cfg, 0)
+    ctx = make_setup(resolve(cfg, check=False), 0)
     tr = ctx.trainer
     assert tr.dropout
     x, y = tr.batch(0)
@@ -131,7 +132,7 @@ def test_spawning_baseline_uses_an_independent_stream_after_t(tmp_path: Path) ->
     assert [c.kind for c in units[0].members] == [
         "original", "control", "batch", "batch", "spawn", "spawn"
     ]  # fmt: skip
-    ctx = make_setup(cfg, 0)
+    ctx = make_setup(resolve(cfg, check=False), 0)
     s0, s1 = spawn_stream(ctx, 30, 0), spawn_stream(ctx, 30, 1)
     assert not torch.equal(s0.indices(30), ctx.trainer.stream.indices(30))
     assert not torch.equal(s0.indices(30), s1.indices(30))
@@ -151,15 +152,16 @@ def test_sgd_noise_scale_is_the_distance_after_one_step_on_independent_batches(
                           "scale": "sgd_noise", "noise_pairs": 4})  # fmt: skip
     cfg = build_config(raw)
     run_dir = tmp_path / "run"
-    run_parent(cfg, 0, run_dir)
-    res = run_unit(cfg, plan(cfg)[0], run_dir)
+    resolved = resolve(cfg, check=False)
+    run_parent(resolved, 0, run_dir)
+    res = run_unit(resolved, plan(cfg)[0], run_dir)
     rows = {(r["kind"], r["sigma"]): r for r in res.rows if not r["control"]}
     # hand computation: lr_t * ||g1 - g2|| (SGD with momentum: the buffers are shared)
     from butterfly.checkpoint import load_checkpoint
     from butterfly.data import independent_batch
     from butterfly.sweep.rundir import parent_path
 
-    ctx = make_setup(cfg, 0)
+    ctx = make_setup(resolve(cfg, check=False), 0)
     params, _, _ = load_checkpoint(parent_path(run_dir, 0, 30))
     lr = lr_at(cfg.recipe, 30)
     names = [n for n, i in ctx.info.items() if i.kind == "weight"]
@@ -195,8 +197,9 @@ def test_children_train_longer_and_rewind_their_schedule(tmp_path: Path) -> None
     results = {}
     for name, cfg in (("plain", build_config(base)), ("longer", longer), ("rewind", rewind)):
         run_dir = tmp_path / name
-        run_parent(cfg, 0, run_dir)
-        res = run_unit(cfg, plan(cfg)[1], run_dir)  # t = 30
+        resolved = resolve(cfg, check=False)
+        run_parent(resolved, 0, run_dir)
+        res = run_unit(resolved, plan(cfg)[1], run_dir)  # t = 30
         # original and control to T, the child to t + T (or T)
         child_steps = 60 if name != "plain" else 30
         assert res.steps == 2 * 30 + child_steps
@@ -293,7 +296,7 @@ def test_finetuning_run_pretrains_once_and_sweeps_each_checkpoint(tmp_path: Path
 
     text, ok = run_status(top)  # the top folder's status covers each of its sweeps
     assert ok and text.startswith(f"fine-tuning run {top}: 3 sweeps")
-    assert text.count("all 2 sigma = 0 controls exactly zero") == 3
+    assert text.count("determinism check: all 2 sigma = 0 controls") == 3
     assert "[random init]" in text and "[pre-trained 40 steps]" in text
     text = page.read_text()
     assert "pre-trained 40 steps" in text
@@ -323,7 +326,7 @@ def test_finetuning_config_errors_are_one_sentence() -> None:
 
 def test_population_lanes_must_start_together() -> None:
     cfg = build_config(cfg_of())
-    ctx = make_setup(cfg, 0)
+    ctx = make_setup(resolve(cfg, check=False), 0)
     from butterfly.train.population import Lane
 
     a = Population.fresh(cfg.recipe, ctx.init)

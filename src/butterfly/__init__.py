@@ -27,6 +27,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from butterfly.config import ConfigError, RunConfig, load_config
+from butterfly.version import __version__
 
 if TYPE_CHECKING:
     from butterfly import data, metrics
@@ -57,7 +58,6 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-__version__ = "0.1.0"
 __all__ = [
     "ConfigError",
     "Experiment",

@@ -26,8 +26,9 @@ from butterfly.config import STORED, ConfigError, RunConfig, build_config, load_
 from butterfly.data import DataError, Dataset, as_dataset
 from butterfly.data.user import remember
 from butterfly.imports import name_of
-from butterfly.sweep import DeterminismError, SweepOutcome
+from butterfly.sweep import DeterminismError, Execution, SweepOutcome
 from butterfly.sweep.pipelines import run_pipeline
+from butterfly.sweep.rundir import store_path
 from butterfly.sweep.store import Store
 
 
@@ -52,12 +53,13 @@ class Run:
 
     @classmethod
     def of(cls, outcome: SweepOutcome, report: Path | None) -> Run:
-        return cls(outcome.run_dir, outcome.results, outcome.control_ok, report, outcome.wall_s,
-                   outcome.steps, outcome.units_run, outcome.units_skipped)  # fmt: skip
+        return cls(dir=outcome.run_dir, results=outcome.results, control_ok=outcome.control_ok,
+                   report=report, wall_s=outcome.wall_s, steps=outcome.steps,
+                   units_run=outcome.units_run, units_skipped=outcome.units_skipped)  # fmt: skip
 
     def trajectories(self) -> pd.DataFrame:
         """The trajectories table (members' distances and barriers during training)."""
-        with Store(self.dir / "results.db") as s:
+        with Store(store_path(self.dir)) as s:
             return s.trajectories()
 
     def files(self) -> list[Path]:
@@ -101,8 +103,9 @@ def _finish(cfg: RunConfig, out: str | Path | None, workers: int | None, quiet: 
     from butterfly.report import build_report  # matplotlib: only when a report is made
 
     quiet = not interactive() if quiet is None else quiet
-    outcome = run_pipeline(cfg, Path(out) if out else Path("runs") / cfg.name, workers=workers,
-                           quiet=quiet, progress=not quiet and interactive(), **kwargs)  # fmt: skip
+    execution = Execution(workers=workers, quiet=quiet, progress=not quiet and interactive(),
+                          **kwargs)  # fmt: skip
+    outcome = run_pipeline(cfg, Path(out) if out else Path("runs") / cfg.name, execution)
     page = build_report([outcome.run_dir]) if report else None
     if check and not outcome.control_ok:
         raise DeterminismError(f"the sigma = 0 control is not exactly zero in {outcome.run_dir}")

@@ -19,6 +19,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from butterfly.atomic import atomic_path
+
 Tensors = dict[str, torch.Tensor]
 PARAM = "param."
 STATE = "state."
@@ -50,14 +52,8 @@ def save_checkpoint(
         tensors.update({f"{STATE}{slot}.{k}": v.detach().contiguous().cpu() for k, v in d.items()})
     metadata = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (meta or {}).items()}
     metadata[CHECKSUM] = checksum(tensors)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def load_checkpoint(path: Path) -> tuple[Tensors, dict[str, Tensors], dict[str, Any]]:

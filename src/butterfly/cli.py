@@ -8,7 +8,8 @@
     butterfly report RUN_DIR [RUN_DIR ...] [--out PAGE.html]
     butterfly status RUN_DIR
     butterfly repair RUN_DIR
-    butterfly compare A.safetensors B.safetensors [--json] [--data NAME] [--no-align]
+    butterfly compare A.safetensors B.safetensors [--json] [--data NAME] [--model PATH]
+                      [--no-align]
     butterfly --version
 
 Exit codes: 0 success, 1 a failed run (including a determinism failure), 2 a bad config or
@@ -24,8 +25,15 @@ import sqlite3
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from butterfly.config import ConfigError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from butterfly.config import RunConfig
+    from butterfly.sweep.session import Execution
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -64,6 +72,7 @@ EXAMPLES = {
 
 def _parser() -> argparse.ArgumentParser:
     from butterfly import __version__
+    from butterfly.config import ThresholdConfig, default_of
 
     p = argparse.ArgumentParser(
         prog="butterfly",
@@ -98,9 +107,12 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--workers", type=int, default=None, help="worker processes (default: cores)")
     r.add_argument("--quiet", action="store_true", help="print only the final table")
     r.add_argument(
-        "--executor", choices=["local", "ray"], default="local",
-        help="local worker processes (default) or Ray tasks",
+        "--executor", choices=["local", "ray", "slurm"], default="local",
+        help="local worker processes (default), Ray tasks, or SLURM array tasks (runtime.slurm)",
     )  # fmt: skip
+    r.add_argument("--detach", action="store_true",
+                   help="slurm: submit and exit; the same command later collects what finished "
+                   "and submits what is missing")  # fmt: skip
     r.add_argument("--address", default=None, help="Ray cluster address (default: start one)")
     r.add_argument(
         "--force-new", action="store_true",
@@ -112,20 +124,21 @@ def _parser() -> argparse.ArgumentParser:
     th = command("threshold", "find the edge of stability: σ*(t), the smallest σ whose barrier "
                  "reaches ε (or, --over t, t*(σ)), by adaptive rounds of populations")  # fmt: skip
     config_args(th)
-    th.add_argument("--over", choices=["sigma", "t"], default=None,
-                    help="search σ*(t) for every t (default) or t*(σ) for one σ")
-    th.add_argument("--metric", default=None, help="the result column (default "
-                    "barrier_train_loss)")  # fmt: skip
-    th.add_argument("--eps", type=float, default=None, help="ε (default 0.01)")
-    th.add_argument("--relative", action="store_true",
-                    help="ε relative to the original's final train loss")
-    th.add_argument("--sigma", type=float, default=None, help="--over t: the size σ")
-    th.add_argument("--resolution", type=float, default=None,
-                    help="stop when the bracket is this narrow (default 1.25)")
+    search = ThresholdConfig.model_fields  # the defaults shown are the config's own
+
+    def default(name: str) -> str:
+        return f"{search[name].description} (default {default_of(ThresholdConfig, name)})"
+
+    th.add_argument("--over", choices=["sigma", "t"], default=None, help=default("over"))
+    th.add_argument("--metric", default=None, help=default("metric"))
+    th.add_argument("--eps", type=float, default=None, help=default("eps"))
+    th.add_argument("--relative", action="store_true", help=search["relative"].description)
+    th.add_argument("--sigma", type=float, default=None, help=search["sigma"].description)
+    th.add_argument("--resolution", type=float, default=None, help=default("resolution"))
     th.add_argument("--out", default=None, help="run folder (default: runs/<name>-threshold)")
     th.add_argument("--workers", type=int, default=None, help="worker processes (default: cores)")
     th.add_argument("--quiet", action="store_true", help="print only the results")
-    th.add_argument("--executor", choices=["local", "ray"], default="local")
+    th.add_argument("--executor", choices=["local", "ray", "slurm"], default="local")
     th.add_argument("--address", default=None, help="Ray cluster address")
     cf = command("config", "print the resolved config (every default included) as YAML")
     config_args(cf)
@@ -144,7 +157,11 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("a", help="checkpoint of the first network (.safetensors)")
     c.add_argument("b", help="checkpoint of the second network")
     c.add_argument("--json", action="store_true", help="print one JSON object")
-    c.add_argument("--data", default=None, help="data set to evaluate on (default: A's own)")
+    c.add_argument("--data", default=None, help="data set to evaluate on (default: A's own, if "
+                   "it is built in; a loader of your own by import path, if you trust it)")
+    c.add_argument("--model", default=None, metavar="PACKAGE.MODULE:MAKE",
+                   help="the model of checkpoints made from your own code (a checkpoint is "
+                   "data: butterfly never imports what its metadata names)")
     c.add_argument("--no-align", action="store_true", help="skip weight and activation matching")
     return p
 
@@ -159,22 +176,20 @@ def check_overrides(overrides: list[str], config: str | None) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from butterfly.config import load_config
-    from butterfly.report import build_report, format_table
-    from butterfly.report.summary import finetune_table
-    from butterfly.sweep.pipelines import run_pipeline
-    from butterfly.sweep.store import pipeline_runs
 
     check_overrides(args.overrides, args.config)
     cfg = load_config(args.config, args.overrides, args.scale)
-    if args.workers is not None and args.workers < 0:
-        raise ConfigError("--workers must be >= 0 (0 = one per core)")
+    execution = execution_of(args)
     if args.dry_run:
-        return dry_run(cfg, args.workers)
+        return dry_run(cfg, execution)
+    from butterfly.report import build_report, format_table  # matplotlib: after the checks
+    from butterfly.report.summary import finetune_table
+    from butterfly.sweep.pipelines import run_pipeline
+    from butterfly.sweep.rundir import CSV, STORE
+    from butterfly.sweep.store import pipeline_runs
+
     out = Path(args.out) if args.out else Path("runs") / cfg.name
-    outcome = run_pipeline(
-        cfg, out, workers=args.workers, quiet=args.quiet, executor=args.executor,
-        address=args.address, force_new=args.force_new,
-    )  # fmt: skip
+    outcome = run_pipeline(cfg, out, execution)
     out = outcome.run_dir
     df = outcome.results
     page = build_report([out])
@@ -188,9 +203,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         print(format_table(df))
     print()
-    where = "results.db of each from-step* folder" if "pretrain_steps" in df else "results.db"
+    where = f"{STORE} of each from-step* folder" if "pretrain_steps" in df else STORE
     print(
-        f"{len(df)} rows -> {out} ({where}, table results), {out / 'results.csv'}; "
+        f"{len(df)} rows -> {out} ({where}, table results), {out / CSV}; "
         f"report {page} (figures in {out / 'figures'})"
     )
     print(
@@ -198,6 +213,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"resumed; {outcome.steps} member-steps executed (minimum for this grid: "
         f"{outcome.minimum_steps})"
     )
+    if outcome.units_pending:
+        print(f"{outcome.units_pending} units are still with SLURM: run the same command again "
+              f"to collect them (butterfly status {out} shows where they are)")  # fmt: skip
+        if df.empty:
+            return 0
     return _control_verdict(df)
 
 
@@ -213,7 +233,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     ev = None
     if args.no_align:
         ev = EvalConfig(weight_matching=False, activation_matching=False)
-    result = compare_checkpoints(args.a, args.b, data, ev)
+    result = compare_checkpoints(args.a, args.b, data, ev, model=args.model)
     for w in result.get("warnings", []):
         print(f"butterfly: warning: {w}", file=sys.stderr)
     if args.json:
@@ -228,55 +248,63 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def dry_run(cfg: object, workers: int | None) -> int:
-    from butterfly.sweep.estimate import project
-    from butterfly.sweep.runner import preflight, resolve_workers
+def execution_of(args: argparse.Namespace) -> Execution:
+    """How the command runs (never what it computes), from its options."""
+    from butterfly.sweep.session import Execution
 
-    if cfg.pretrain is not None or cfg.threshold is not None:  # type: ignore[attr-defined]
+    return Execution(workers=args.workers, quiet=args.quiet, executor=args.executor,
+                     address=args.address, force_new=getattr(args, "force_new", False),
+                     detach=getattr(args, "detach", False))  # fmt: skip
+
+
+PREVIEW_ROWS = 2048  # examples of each split a dry run reads from a file-based data set
+
+
+def dry_run(cfg: RunConfig, execution: Execution) -> int:
+    from butterfly.experiment.resolve import resolve
+    from butterfly.sweep.estimate import project, the_plan
+    from butterfly.sweep.session import resolve_workers
+
+    if cfg.pretrain is not None or cfg.threshold is not None:
         raise ConfigError("--dry-run projects plain sweeps; this config is a pipeline "
                           "(pretrain or threshold): project its sweeps one by one")  # fmt: skip
-    for w in preflight(cfg):  # type: ignore[arg-type]
+    resolved = resolve(cfg, preview=PREVIEW_ROWS)  # a plan reads at most a prefix of the data
+    for line in resolved.notes:
+        print(line)
+    for w in resolved.warnings:
         print(f"note: {w}")
-    projection = project(cfg, resolve_workers(cfg, workers))  # type: ignore[arg-type]
-    print("\n".join(projection.lines()))
+    print(the_plan(resolved), flush=True)  # the plan first; then a few steps are timed
+    projection = project(resolved, resolve_workers(resolved, execution.workers))
+    print("\n".join(projection.timing_lines()))
     return 0
 
 
 def print_thresholds(run_dir: Path) -> None:
     """The threshold table of a search's folder (of each sweep, for a fine-tuning folder)."""
     from butterfly.sweep.pipelines.threshold import threshold_table
+    from butterfly.sweep.rundir import store_path
     from butterfly.sweep.store import Store, pipeline_runs
 
     subs = pipeline_runs(run_dir)
     for label, folder in ([("", run_dir)] if subs is None else
                           [(f"{sub.label}: ", sub.folder) for sub in subs]):  # fmt: skip
-        with Store(folder / "results.db") as st:
+        with Store(store_path(folder)) as st:
             table = st.thresholds()
         print(label + threshold_table(table))
 
 
 def cmd_threshold(args: argparse.Namespace) -> int:
-    from butterfly.config import build_config, deep_merge, load_raw
+    from butterfly.config import load_raw
     from butterfly.report import build_report
     from butterfly.sweep.pipelines import run_pipeline
-    from butterfly.sweep.pipelines.threshold import LEAN_EVAL
+    from butterfly.sweep.pipelines.threshold import search_config
 
     check_overrides(args.overrides, args.config)
-    raw = load_raw(args.config, args.scale)
-    named = "name" in raw
-    raw = deep_merge({"eval": LEAN_EVAL, "threshold": {}}, raw)
     options = {"over": args.over, "metric": args.metric, "eps": args.eps, "sigma": args.sigma,
                "resolution": args.resolution, "relative": True if args.relative else None}  # fmt: skip
-    raw["threshold"] = {**raw["threshold"], **{k: v for k, v in options.items() if v is not None}}
-    if not named:
-        raw["name"] = "threshold"
-    cfg = build_config(raw, args.overrides)
-    if args.workers is not None and args.workers < 0:
-        raise ConfigError("--workers must be >= 0 (0 = one per core)")
-    out = Path(args.out) if args.out else Path("runs") / (cfg.name if not named else
-                                                          f"{cfg.name}-threshold")  # fmt: skip
-    outcome = run_pipeline(cfg, out, workers=args.workers, quiet=args.quiet,
-                           executor=args.executor, address=args.address)  # fmt: skip
+    cfg, folder = search_config(load_raw(args.config, args.scale), options, args.overrides)
+    execution = execution_of(args)
+    outcome = run_pipeline(cfg, Path(args.out) if args.out else Path("runs") / folder, execution)
     page = build_report([outcome.run_dir])
     print_thresholds(outcome.run_dir)
     print(f"\n{len(outcome.results)} rows, {outcome.units_run} populations run "
@@ -285,20 +313,12 @@ def cmd_threshold(args: argparse.Namespace) -> int:
     return _control_verdict(outcome.results)
 
 
-def _control_verdict(df: object) -> int:
-    from butterfly.experiment import check_control
+def _control_verdict(df: pd.DataFrame) -> int:
+    from butterfly.experiment.verdict import verdict
 
-    problems = check_control(df)  # type: ignore[arg-type]
-    n_ctrl = int((df["control"] == 1).sum())  # type: ignore[index]
-    if problems:
-        print(f"DETERMINISM FAILURE: the sigma = 0 control differs from the original in "
-              f"{len(problems)} of {n_ctrl} populations:", file=sys.stderr)  # fmt: skip
-        for p in problems:
-            print(f"  {p}", file=sys.stderr)
-        return EXIT_FAILED
-    print(f"determinism check: all {n_ctrl} sigma = 0 controls have l2 = 0.0 and barrier = 0.0 "
-          "exactly")  # fmt: skip
-    return 0
+    exact, text = verdict(df)
+    print(text, file=sys.stdout if exact else sys.stderr)
+    return 0 if exact else EXIT_FAILED
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -421,24 +441,21 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous)
 
 
+COMMANDS = {
+    "run": cmd_run,
+    "threshold": cmd_threshold,
+    "config": cmd_config,
+    "presets": cmd_presets,
+    "report": cmd_report,
+    "status": cmd_status,
+    "repair": cmd_repair,
+    "compare": cmd_compare,
+}
+
+
 def _dispatch(args: argparse.Namespace, debug: bool) -> int:
     try:
-        if args.command == "run":
-            return cmd_run(args)
-        if args.command == "compare":
-            return cmd_compare(args)
-        if args.command == "config":
-            return cmd_config(args)
-        if args.command == "threshold":
-            return cmd_threshold(args)
-        if args.command == "presets":
-            return cmd_presets(args)
-        if args.command == "report":
-            return cmd_report(args)
-        if args.command == "status":
-            return cmd_status(args)
-        if args.command == "repair":
-            return cmd_repair(args)
+        return COMMANDS[args.command](args)
     except ConfigError as err:
         if debug:
             raise
@@ -446,17 +463,16 @@ def _dispatch(args: argparse.Namespace, debug: bool) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt as err:
         how = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted"
-        print(
-            f"butterfly: {how}; finished units are saved, run the same command to resume",
-            file=sys.stderr,
-        )
+        runs = args.command in ("run", "threshold") and not getattr(args, "dry_run", False)
+        then = ("finished units are saved, run the same command to resume" if runs
+                else "nothing was written")  # fmt: skip
+        print(f"butterfly: {how}; {then}", file=sys.stderr)
         return EXIT_TERMINATED if isinstance(err, Terminated) else EXIT_INTERRUPTED
     except Exception as err:
         if debug:
             raise
         print(f"butterfly: error: {describe(err)}", file=sys.stderr)
         return EXIT_FAILED
-    return EXIT_USAGE
 
 
 if __name__ == "__main__":

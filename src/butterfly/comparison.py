@@ -8,16 +8,51 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 from butterfly.checkpoint import CheckpointError, load_checkpoint
-from butterfly.config import DataConfig, EvalConfig
-from butterfly.data import Dataset, as_dataset, load_dataset
-from butterfly.experiment.measure import Comparer
+from butterfly.config import BUILTIN_MODELS, STORED, ConfigError, DataConfig, EvalConfig
+from butterfly.data import DataError, Dataset, as_dataset, load_dataset
+from butterfly.experiment.comparer import Comparer
+from butterfly.experiment.resolve import tokenizer_for
 from butterfly.metrics import is_finite
 from butterfly.metrics.evaluate import LossFn
 from butterfly.metrics.pairwise import as_params
 from butterfly.models import build_from_spec
+
+
+def _model_spec(meta: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """A checkpoint's stored model description, checked for the fields a rebuild reads."""
+    spec = meta.get("model_spec")
+    if spec is None:
+        raise ConfigError(f"{path} has no model_spec in its metadata: not a butterfly member "
+                          "checkpoint, so the architecture cannot be rebuilt")  # fmt: skip
+    shape = spec.get("input_shape") if isinstance(spec, dict) else None
+    ok = (isinstance(spec, dict) and isinstance(spec.get("name"), str)
+          and isinstance(shape, list) and 0 < len(shape) <= 8
+          and all(isinstance(d, int) and not isinstance(d, bool) and 0 < d <= 10**7 for d in shape)
+          and isinstance(spec.get("n_classes"), int) and 0 < spec["n_classes"] <= 10**7)  # fmt: skip
+    if not ok:
+        raise ConfigError(
+            f"{path}: its metadata's model_spec is not a butterfly model description (a name, "
+            "input_shape as a list of positive whole numbers, n_classes)"
+        )
+    return dict(spec)
+
+
+def _section(meta: dict[str, Any], key: str, model: type, path: str | Path) -> Any:
+    """A stored config section (data or eval) of a checkpoint's metadata, validated."""
+    raw = meta.get(key, {})
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: its metadata's '{key}' is not a mapping of settings")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or key
+        raise ConfigError(f"{path}: its metadata's {key}.{where} is not valid ({first['msg']})"
+                          ) from None  # fmt: skip
 
 
 def compare_checkpoints(
@@ -25,30 +60,60 @@ def compare_checkpoints(
     b: str | Path,
     data: DataConfig | None = None,
     eval_cfg: EvalConfig | None = None,
+    model: str | None = None,
 ) -> dict[str, Any]:
     """All measures between two checkpoints of the same architecture.
 
-    The data set and evaluation settings default to those stored in ``a``'s metadata (a
-    butterfly member checkpoint carries both).
+    A checkpoint is data: nothing its metadata names is imported or called. A built-in model
+    and a built-in data set are rebuilt from the names stored in ``a`` (a butterfly member
+    checkpoint carries its model, data set and evaluation settings); a model or data loader of
+    your own is used only when you name it here (``model``: its import path, ``butterfly
+    compare --model``; ``data``: a data config, ``--data``), never because a file names it.
     """
-    pa, _, meta_a = load_checkpoint(Path(a))
-    pb, _, meta_b = load_checkpoint(Path(b))
-    spec_a, spec_b = meta_a.get("model_spec"), meta_b.get("model_spec")
-    if spec_a is None:
-        raise CheckpointError(f"{a} has no model_spec in its metadata; cannot rebuild the model")
+    try:
+        pa, _, meta_a = load_checkpoint(Path(a))
+        pb, _, meta_b = load_checkpoint(Path(b))
+    except CheckpointError as err:  # a file given on the command line: the user's to fix
+        raise ConfigError(str(err)) from None
+    spec_a, spec_b = _model_spec(meta_a, a), _model_spec(meta_b, b)
     if spec_a != spec_b:
-        raise CheckpointError(f"{a} and {b} hold different architectures ({spec_a} vs {spec_b})")
+        raise ConfigError(f"{a} and {b} hold different architectures ({spec_a['name']} vs "
+                          f"{spec_b['name']}, or other settings)")  # fmt: skip
     if set(pa) != set(pb):
-        raise CheckpointError(f"{a} and {b} have different parameter names")
-    data_cfg = data or DataConfig.model_validate(meta_a.get("data", {}))
-    ev = eval_cfg or EvalConfig.model_validate(meta_a.get("eval", {}))
-    dataset = load_dataset(data_cfg, data_cfg.tokenizer or spec_a.get("path"))
+        raise ConfigError(f"{a} and {b} have different parameter names")
+    if spec_a["name"] not in BUILTIN_MODELS:
+        if model is None:
+            raise ConfigError(
+                f"{a} names its model '{spec_a['name']}', code that is not butterfly's; a "
+                "checkpoint is data, so butterfly does not import what it names: pass "
+                f"--model {spec_a['name']} (model= in Python) if you trust that code"
+            )
+        spec_a["name"] = model
+    elif model is not None and model != spec_a["name"]:
+        raise ConfigError(f"{a} holds butterfly's '{spec_a['name']}' model; --model names "
+                          f"'{model}'")  # fmt: skip
+    data_cfg = data or _section(meta_a, "data", DataConfig, a)
+    if data is None and not (data_cfg.builtin or data_cfg.name == STORED):
+        raise ConfigError(
+            f"{a} names its data loader '{data_cfg.name}', code that is not butterfly's; a "
+            "checkpoint is data, so butterfly does not import what it names: pass --data "
+            f"{data_cfg.name} if you trust that code, or --data with a built-in data set"
+        )
+    ev = eval_cfg or _section(meta_a, "eval", EvalConfig, a)
+    tokenizer = tokenizer_for(data_cfg, spec_a["name"], spec_a.get("path"), None)
+    try:
+        dataset = load_dataset(data_cfg, tokenizer)
+    except DataError as err:
+        raise ConfigError(str(err)) from None
     if list(dataset.input_shape) != list(spec_a["input_shape"]):
-        raise CheckpointError(
+        raise ConfigError(
             f"data set '{data_cfg.name}' has inputs of shape {dataset.input_shape}, the model "
             f"expects {tuple(spec_a['input_shape'])}"
         )
-    model = build_from_spec(spec_a)
+    try:
+        net = build_from_spec(spec_a)
+    except (ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"{a}: cannot rebuild its model ({err})") from None
     torch.set_num_threads(max(1, torch.get_num_threads()))
     warnings = [
         f"{path} holds non-finite weights (NaN or Inf): its measures are meaningless"
@@ -56,7 +121,7 @@ def compare_checkpoints(
     ]  # fmt: skip
     if warnings:  # matching cannot rank NaN similarities
         ev = ev.model_copy(update={"weight_matching": False, "activation_matching": False})
-    result = Comparer(model, dataset, ev).compare(pa, pb)
+    result = Comparer(net, dataset, ev).compare(pa, pb)
     return {"a": str(a), "b": str(b), "data": data_cfg.name, **result,
             **({"warnings": warnings} if warnings else {})}  # fmt: skip
 

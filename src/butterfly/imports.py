@@ -6,17 +6,27 @@ it; the module must be importable there (installed, or on ``PYTHONPATH``). Objec
 from Python are named the same way when they are importable; ones that are not (a lambda, a
 function defined inside another, anything defined in a notebook) are *local*: registered in
 this process only, so the work runs in this process.
+
+An import path in a config is code: importing a module runs it, and the object named is called
+with the config's keyword arguments. So a config from someone else deserves the care of a script
+from someone else. Two guards: a path into the Python standard library is refused (it holds no
+model, loader or loss, and it can run commands: ``os:system``), and ``BUTTERFLY_IMPORT_ALLOW``
+(comma-separated module prefixes, e.g. ``mylab,tests``) restricts import paths to a lab's own
+packages. Nothing read from a checkpoint or a run folder is ever imported
+(:mod:`butterfly.comparison`, ``butterfly status``, ``report`` and ``repair``).
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import re
 import sys
 from typing import Any
 
 IMPORT_PATH = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 LOCAL = "local:"
+ALLOW_ENV = "BUTTERFLY_IMPORT_ALLOW"
 _registry: dict[str, Any] = {}
 
 
@@ -39,6 +49,7 @@ def resolve(path: str, what: str = "object") -> Any:
         )
     if not is_import_path(path):
         raise ImportPathError(f"{what} '{path}' is not an import path like package.module:name")
+    check_allowed(path, what)
     module_name, attr = path.split(":", 1)
     try:
         obj: Any = importlib.import_module(module_name)
@@ -55,6 +66,34 @@ def resolve(path: str, what: str = "object") -> Any:
                 f"{what} '{path}': module '{module_name}' has no attribute '{attr}'"
             ) from None
     return obj
+
+
+def allowed_prefixes() -> list[str] | None:
+    """The module prefixes ``BUTTERFLY_IMPORT_ALLOW`` allows (None: not set)."""
+    raw = os.environ.get(ALLOW_ENV)
+    if raw is None or not raw.strip():
+        return None
+    return [p.strip() for p in raw.split(",") if p.strip()]
+
+
+def check_allowed(path: str, what: str = "object") -> None:
+    """Refuse, before anything is imported, an import path into the standard library or
+    outside ``BUTTERFLY_IMPORT_ALLOW``."""
+    module = path.split(":", 1)[0]
+    top = module.split(".")[0]
+    if top in sys.stdlib_module_names or top in sys.builtin_module_names:
+        raise ImportPathError(
+            f"{what} '{path}' names Python's standard library ('{top}'), which holds no model, "
+            "data loader or loss and can run commands; butterfly does not import it (name a "
+            "module of your own)"
+        )
+    prefixes = allowed_prefixes()
+    if prefixes is not None and not any(module == p or module.startswith(p + ".")
+                                        for p in prefixes):  # fmt: skip
+        raise ImportPathError(
+            f"{what} '{path}' is outside {ALLOW_ENV} ({', '.join(prefixes)}): only those "
+            "packages' code is imported; add its package there if you trust it"
+        )
 
 
 def _interactive_main() -> bool:

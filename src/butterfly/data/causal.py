@@ -19,13 +19,13 @@ otherwise the tokenizer of the Hugging Face model.
 from __future__ import annotations
 
 import json
-import os
 import random
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from butterfly.atomic import write_atomic
 from butterfly.data.dataset import DataError, Dataset, generated_cache
 from butterfly.data.glue import find_split, read_rows, text_field
 
@@ -154,9 +154,8 @@ def write_arithmetic(folder: Path, seed: int = 0, n_train: int = 1000, n_test: i
     rng = random.Random(seed)
     folder.mkdir(parents=True, exist_ok=True)
     for split, n in (("train", n_train), ("test", n_test)):
-        tmp = folder / f".{split}.{os.getpid()}.tmp"
-        tmp.write_text("".join(json.dumps(_problem(rng)) + "\n" for _ in range(n)))
-        os.replace(tmp, folder / f"{split}.jsonl")
+        write_atomic(folder / f"{split}.jsonl",
+                     "".join(json.dumps(_problem(rng)) + "\n" for _ in range(n)))  # fmt: skip
     return folder
 
 

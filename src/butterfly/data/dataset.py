@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from butterfly.atomic import atomic_path
+
 
 class DataError(RuntimeError):
     """A data set that cannot be read or built; the message says what to fix."""
@@ -70,11 +72,5 @@ def generated_cache(
 
 def atomic_savez(path: Path, **arrays: np.ndarray) -> None:
     """``np.savez`` to a temporary file, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)

@@ -14,6 +14,7 @@ from butterfly.config import STORED, DataConfig
 from butterfly.data import builtin, causal, files, text, user
 from butterfly.data.dataset import DataError, Dataset
 from butterfly.imports import ImportPathError, resolve
+from butterfly.safepath import inside
 
 
 def load_dataset(
@@ -70,7 +71,8 @@ def _load(
             return kept
         if run_dir is None:
             raise DataError("stored data lives in a run folder: give the run folder")
-        return user.load_stored(Path(run_dir) / (cfg.path or user.STORED_FILE), cfg.fingerprint)
+        return user.load_stored(inside(Path(run_dir), cfg.path or user.STORED_FILE),
+                                cfg.fingerprint)  # fmt: skip
     if not cfg.builtin:
         try:
             loader = resolve(cfg.name, "data.name")

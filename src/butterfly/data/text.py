@@ -16,13 +16,13 @@ truncation) and stored as ``(N, 2, L)`` int64 tensors: token ids and token type 
 from __future__ import annotations
 
 import csv
-import os
 import random
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from butterfly.atomic import atomic_path
 from butterfly.data.dataset import DataError, Dataset, generated_cache
 from butterfly.data.glue import TextDataset, TextSplit, load_glue
 from butterfly.hf_local import HFUnavailable, load_tokenizer
@@ -71,13 +71,12 @@ def _write_tsv(
     rng = random.Random(seed)
     folder.mkdir(parents=True, exist_ok=True)
     for name, n in (("train", n_train), ("dev", n_dev)):
-        tmp = folder / f".{name}.tsv.{os.getpid()}.tmp"
-        with open(tmp, "w", encoding="utf-8", newline="") as fh:
+        with atomic_path(folder / f"{name}.tsv") as tmp, open(tmp, "w", encoding="utf-8",
+                                                             newline="") as fh:  # fmt: skip
             w = csv.writer(fh, delimiter="\t", quoting=csv.QUOTE_NONE, escapechar="\\")
             w.writerow(header)
             for _ in range(n):
                 w.writerow(row(rng))
-        os.replace(tmp, folder / f"{name}.tsv")
     return folder
 
 

@@ -18,7 +18,7 @@ The state space. Plain SGD (momentum 0) is a map on θ alone. SGD with momentum 
 
     g = ∇L_s(θ) (clipped) + wd θ,   m' = μ m + g,   θ' = θ − η_s m'
 
-(``torch.optim.SGD``, as :func:`butterfly.train.recipe.apply_update`), is a map on (θ, m)
+(``torch.optim.SGD``, the recipe's :func:`butterfly.train.recipe.sgd_step`), is a map on (θ, m)
 jointly, so the tangent has a θ part and a momentum part and J_s is the 2n × 2n Jacobian of the
 heavy-ball step. The exponent is measured in the Euclidean norm of the full tangent (θ, m);
 a perturbation of the weights starts with a zero momentum part (the child copies the parent's
@@ -51,7 +51,15 @@ from butterfly.config import RecipeConfig
 from butterfly.experiment.setup import Setup
 from butterfly.rng import generator
 from butterfly.train.population import Lane, Population, member, member_state
-from butterfly.train.recipe import OptState, apply_update, clip_per_member, init_state, lr_at
+from butterfly.train.recipe import (
+    OptState,
+    apply_update,
+    clip_per_member,
+    clipped,
+    init_state,
+    lr_at,
+    sgd_step,
+)
 
 Tensors = dict[str, torch.Tensor]
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -222,34 +230,7 @@ def gradient_map(
     ``step``, clipped to ``recipe.grad_clip`` as the trainer clips each member (pure and
     out-of-place, for ``torch.func.jvp``)."""
     clip = dyn.recipe.grad_clip
-
-    def g(theta: Tensors) -> Tensors:
-        out = dyn.gradient(theta, x, y, step)
-        if clip is None:
-            return out
-        total = torch.sqrt(sum(v.square().sum() for v in out.values()))
-        coef = torch.clamp(clip / (total + 1e-6), max=1.0)
-        return {k: v * coef for k, v in out.items()}
-
-    return g
-
-
-def sgd_step(
-    recipe: RecipeConfig, lr: float, theta: Tensors, mom: Tensors | None, g: Tensors
-) -> tuple[Tensors, Tensors | None]:
-    """The rest of the SGD step, out of place, as :func:`~butterfly.train.recipe.apply_update`
-    (``torch.optim.SGD``): g += wd θ; m' = μ m + g; θ' = θ − η m' (no momentum: θ' = θ − η g).
-
-    It is linear in (θ, m, g), so the same function maps tangents: with v_g = ∂g_s/∂θ · v_θ,
-    J_s (v_θ, v_m) = sgd_step(v_θ, v_m, v_g).
-    """
-    if recipe.weight_decay:
-        g = {k: torch.add(g[k], theta[k], alpha=recipe.weight_decay) for k in theta}
-    if mom is not None:
-        g = {k: torch.add(mom[k] * recipe.momentum, g[k]) for k in theta}
-    return {k: torch.add(theta[k], g[k], alpha=-lr) for k in theta}, (
-        g if mom is not None else None
-    )
+    return lambda theta: clipped(dyn.gradient(theta, x, y, step), clip)
 
 
 @contextmanager
@@ -294,6 +275,38 @@ def _fd_gradient_tangent(
 # ---- the estimator ---------------------------------------------------------------------------
 
 
+def _check(recipe: RecipeConfig, method: str, t: int, until: int, every: int, fd_scale: float,
+           burn_in: int) -> None:  # fmt: skip
+    if recipe.optimizer != "sgd":
+        raise NotImplementedError(
+            f"lyapunov_exponent supports recipe.optimizer = sgd (with momentum, weight decay "
+            f"and grad_clip); '{recipe.optimizer}' (state θ, m, v) is not supported"
+        )
+    if method not in ("auto", "jvp", "fd"):
+        raise ValueError(f"method must be auto, jvp or fd; got {method!r}")
+    if not 0 <= t < until:
+        raise ValueError(f"need 0 <= t < until; got t = {t}, until = {until}")
+    if every < 1:
+        raise ValueError(f"every must be at least 1 step; got {every}")
+    if not fd_scale > 0:
+        raise ValueError(f"fd_scale must be positive; got {fd_scale}")
+    if not 0 <= burn_in < until - t:
+        raise ValueError(f"burn_in must lie in [0, until - t); got {burn_in}")
+
+
+def _gradient_and_tangent(
+    dyn: Dynamics, s: int, theta: Tensors, v_theta: Tensors, use: str, fd_scale: float
+) -> tuple[Tensors | None, Tensors]:
+    """(g_s(θ), ∂g_s/∂θ · v_θ) at step ``s``: by ``jvp`` (then g_s is known too, to check the
+    real step against) or by a float64 finite difference (``fd``: g_s is not computed)."""
+    x, y = dyn.batch(s)
+    if use == "fd":
+        return None, _fd_gradient_tangent(dyn, x, y, s, theta, v_theta, fd_scale)
+    with warnings.catch_warnings():  # torch's own jvp decompositions use jit.script
+        warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated")
+        return jvp(gradient_map(dyn, x, y, s), (theta,), (v_theta,))
+
+
 def lyapunov_exponent(
     source: Setup | Dynamics,
     params_t: Tensors,
@@ -321,6 +334,11 @@ def lyapunov_exponent(
     first jvp fails). ``burn_in`` steps after t are left out of the exponent's average (the
     transient while the tangent turns towards the top direction): λ = (log ‖v(until)‖ −
     log ‖v(t + burn_in)‖) / (until − t − burn_in); ``log_growth`` still counts from t.
+
+    Each step pushes the tangent through the recipe's own update
+    (:func:`~butterfly.train.recipe.sgd_step`, linear in (θ, m, g)) and advances the state by
+    the real training step; with ``jvp`` the functional step's weights are compared with the
+    real ones (``primal_gap``).
     """
     if isinstance(source, Setup):
         dyn = dynamics_from_setup(source)
@@ -328,22 +346,8 @@ def lyapunov_exponent(
     else:
         dyn = source
     recipe = dyn.recipe
-    if recipe.optimizer != "sgd":
-        raise NotImplementedError(
-            f"lyapunov_exponent supports recipe.optimizer = sgd (with momentum, weight decay "
-            f"and grad_clip); '{recipe.optimizer}' (state θ, m, v) is not supported"
-        )
-    if method not in ("auto", "jvp", "fd"):
-        raise ValueError(f"method must be auto, jvp or fd; got {method!r}")
     until = recipe.steps if until is None else until
-    if not 0 <= t < until:
-        raise ValueError(f"need 0 <= t < until; got t = {t}, until = {until}")
-    if every < 1:
-        raise ValueError(f"every must be at least 1 step; got {every}")
-    if not fd_scale > 0:
-        raise ValueError(f"fd_scale must be positive; got {fd_scale}")
-    if not 0 <= burn_in < until - t:
-        raise ValueError(f"burn_in must lie in [0, until - t); got {burn_in}")
+    _check(recipe, method, t, until, every, fd_scale, burn_in)
 
     theta = {k: v.detach().clone() for k, v in params_t.items()}
     state = init_state(recipe, theta) if state_t is None else state_t
@@ -362,23 +366,17 @@ def lyapunov_exponent(
     use = "jvp" if method in ("auto", "jvp") else "fd"
     s = t
     while s < until:
-        x, y = dyn.batch(s)
         lr = dyn.lr_at(s)
-        mom = state["momentum"] if heavy else None
-        if use == "jvp":
-            try:
-                with warnings.catch_warnings():  # torch's own jvp decompositions use jit.script
-                    warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated")
-                    g, vg = jvp(gradient_map(dyn, x, y, s), (theta,), (v[0],))
-            except (RuntimeError, NotImplementedError):
-                if method != "auto" or s != t:
-                    raise
-                use = "fd"
-                continue
-        else:
-            g, vg = None, _fd_gradient_tangent(dyn, x, y, s, theta, v[0], fd_scale)
+        try:
+            g, vg = _gradient_and_tangent(dyn, s, theta, v[0], use, fd_scale)
+        except (RuntimeError, NotImplementedError):
+            if use != "jvp" or method != "auto" or s != t:
+                raise
+            use = "fd"  # forward-mode AD is missing for some op: finite differences instead
+            continue
         vt, vm = sgd_step(recipe, lr, v[0], v[1] if heavy else None, vg)
-        mine = None if g is None else sgd_step(recipe, lr, theta, mom, g)[0]
+        mine = None if g is None else sgd_step(recipe, lr, theta, state.get("momentum")
+                                               if heavy else None, g)[0]  # fmt: skip
         theta, state = dyn.step(theta, state, s)
         if mine is not None:
             d = math.sqrt(_sq(mine[k] - theta[k] for k in theta))
@@ -395,29 +393,19 @@ def lyapunov_exponent(
         log_norm.append(log_scale + math.log(n))
         nt = _norm(v[:1])
         log_theta.append(log_scale + math.log(nt) if nt > 0 else -math.inf)
-        if (s - t) % every == 0 or s == until:
+        if (s - t) % every == 0 or s == until:  # renormalise, keeping the log scale
             log_scale += math.log(n)
             v = _scale(v, 1.0 / n)
-    last, log_growth = steps[-1], log_norm[-1]
     start = t + burn_in
     exponent = math.nan
-    if last > start:
-        exponent = (log_growth - log_norm[steps.index(start)]) / (last - start)
+    if steps[-1] > start:
+        exponent = (log_norm[-1] - log_norm[steps.index(start)]) / (steps[-1] - start)
     return LyapunovResult(
-        t=t,
-        until=until,
-        exponent=exponent,
-        log_growth=log_growth,
-        steps=tuple(steps),
-        log_norm=tuple(log_norm),
-        log_norm_theta=tuple(log_theta),
-        method=use,
-        state_space="theta+momentum" if heavy else "theta",
-        every=every,
-        primal_gap=gap if use == "jvp" else math.nan,
-        diverged=diverged,
-        burn_in=burn_in,
-    )
+        t=t, until=until, exponent=exponent, log_growth=log_norm[-1], steps=tuple(steps),
+        log_norm=tuple(log_norm), log_norm_theta=tuple(log_theta), method=use,
+        state_space="theta+momentum" if heavy else "theta", every=every,
+        primal_gap=gap if use == "jvp" else math.nan, diverged=diverged, burn_in=burn_in,
+    )  # fmt: skip
 
 
 def predicted_l2(

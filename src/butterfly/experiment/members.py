@@ -5,7 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from butterfly.config import RunConfig
+
+Tensors = dict[str, torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -22,6 +26,24 @@ class Member:
     @property
     def control(self) -> bool:
         return self.kind == "control"
+
+
+@dataclass
+class TrainedMember:
+    """A member after training: its ``final`` weights (None: not trained, because its
+    perturbation was ``undefined``, which says why), whether it ``diverged``, the noise it
+    was given (``noise_l2`` = ‖σε‖ over ``n_perturbed`` weights), the step it trained to
+    (``end_step``), and the member ``chunk`` it trained in (it is measured against that
+    chunk's original)."""
+
+    member: Member
+    final: Tensors | None
+    diverged: bool
+    noise_l2: float = 0.0
+    n_perturbed: int = 0
+    end_step: int = 0
+    chunk: int = 0
+    undefined: str | None = None
 
 
 ORIGINAL = Member("original", "original", 0.0, 1.0, 0)

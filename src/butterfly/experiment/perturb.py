@@ -33,10 +33,11 @@ from torch import nn
 from torch.func import functional_call, grad
 
 from butterfly.config import Mask
+from butterfly.config.sections import keeps_own_init
 from butterfly.data import independent_batch
 from butterfly.metrics import Bound, l2_norm
 from butterfly.metrics.evaluate import LossFn
-from butterfly.models import CNN, MLP, ParamInfo, ResNet, ResNet50, ViT, param_info
+from butterfly.models import ParamInfo, is_builtin, param_info
 from butterfly.rng import generator
 from butterfly.train.recipe import OptState, apply_update, clip_per_member
 
@@ -253,13 +254,16 @@ def perturb(
     normalize: bool = True,
     batch_size: int = 128,
     loss_fn: LossFn | None = None,
+    init: str = "auto",
 ) -> nn.Module:
     """A copy of ``model`` perturbed by sigma·ε (paper Eq. 2, 3 and 6), as a sweep perturbs
     a child: ε is Kaiming-Gaussian (``kind="gaussian"``) or the training-loss gradient on a
     batch of ``batch_size`` examples of ``data`` = (x, y) drawn independently (``"batch"``),
     masked (``mask``, ``fraction``) and scaled so that ||ε||² is the expected initial variance
     of the perturbed weights. Every random choice is keyed by (seed, t, direction) as in a
-    sweep, so the same call gives the same ε.
+    sweep, so the same call gives the same ε. ``init`` says how ``model`` was initialised, as
+    ``model.init`` does for a sweep (``auto``: He-normal for butterfly's built-ins, the model's
+    own otherwise; with its own, each tensor's init variance is its mean square now).
 
     >>> import torch, butterfly
     >>> net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
@@ -268,8 +272,7 @@ def perturb(
     True
     """
     params = {k: v.detach().clone() for k, v in model.named_parameters()}
-    builtin = isinstance(model, (MLP, CNN, ResNet, ResNet50, ViT))
-    info = param_info(model, None if builtin else params)
+    info = param_info(model, params, own_init=keeps_own_init(init, is_builtin(model)))
     names = eligible(info, mask)
     shapes = {n: params[n].shape for n in names}
     key = (seed, t, direction)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -17,13 +18,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from butterfly.config import ConfigError, DataConfig, RunConfig
-from butterfly.data import BatchStream, DataError, Dataset, load_dataset
-from butterfly.experiment.measure import Comparer
-from butterfly.imports import ImportPathError, resolve
-from butterfly.metrics.evaluate import LossFn
+from butterfly.config import RunConfig
+from butterfly.data import BatchStream, Dataset
+from butterfly.experiment.comparer import Comparer
+from butterfly.experiment.resolve import Resolved, dataset
 from butterfly.models import ParamInfo, build_model, model_spec, param_info
 from butterfly.train import PopulationTrainer
+from butterfly.version import __version__
 
 Tensors = dict[str, torch.Tensor]
 
@@ -48,40 +49,60 @@ def configure_torch(threads: int, tf32: bool = False) -> None:
         torch.backends.cudnn.deterministic = True
 
 
-def resolve_device(name: str) -> str:
-    """The torch device of ``runtime.device``: ``auto`` is CUDA when available, else CPU."""
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
-def environment(cfg: RunConfig) -> dict[str, Any]:
-    """What a run's numbers depend on besides its config."""
-    device = resolve_device(cfg.runtime.device)
+def environment(resolved: Resolved) -> dict[str, Any]:
+    """What a run's numbers depend on besides its config: butterfly's version (and its git
+    commit when it runs from a checkout), torch, Python, the device, threads and precision."""
+    device = resolved.device
     env: dict[str, Any] = {
+        "butterfly": butterfly_version(),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "device": device,
         "threads": torch.get_num_threads(),
         "platform": platform.platform(),
-        "precision": "float32" + (", TF32 matmul allowed" if cfg.runtime.tf32 else ""),
+        "precision": "float32" + (", TF32 matmul allowed" if resolved.cfg.runtime.tf32 else ""),
         "deterministic": torch.are_deterministic_algorithms_enabled(),
     }
     if device.startswith("cuda") and torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(torch.device(device))
         env["cuda"] = torch.version.cuda
         env["cudnn"] = torch.backends.cudnn.version()
+    commit = git_commit()
+    if commit is not None:
+        env["butterfly_commit"] = commit
     return env
+
+
+def butterfly_version() -> str:
+    return __version__
+
+
+@lru_cache(maxsize=1)
+def git_commit() -> str | None:
+    """The commit of the checkout butterfly runs from (``+dirty`` with uncommitted changes),
+    or None when it is installed from a package."""
+    src = Path(__file__).resolve().parents[3]
+    if not (src / ".git").exists():
+        return None
+    try:
+        head = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+dirty" if dirty else "") if head else None
 
 
 @dataclass
 class Setup:
-    """One seed of an experiment: the data, θ0 (``init``, in ``model``), what each parameter
-    is (``info``: kind and init variance, for Eq. 6), the population trainer on the parent's
+    """One seed of an experiment on its ``device``: the data, θ0 (``init``, in ``model``), what
+    each parameter is (``info``: kind and init variance, for Eq. 6), the population trainer on the parent's
     batch stream, the model spec stored with checkpoints, and the comparer that measures."""
 
     cfg: RunConfig
     seed: int
+    device: str
     data: Dataset
     model: nn.Module
     init: Tensors
@@ -91,60 +112,23 @@ class Setup:
     comparer: Comparer
 
 
-@lru_cache(maxsize=4)
-def _dataset(
-    data_json: str, device: str, tokenizer: str | None = None, run_dir: str | None = None
-) -> Dataset:
-    cfg = DataConfig.model_validate_json(data_json)
-    return load_dataset(cfg, tokenizer, Path(run_dir) if run_dir else None).to(device)
-
-
-def resolve_epochs(cfg: RunConfig, run_dir: str | Path | None = None) -> RunConfig:
-    """``cfg`` with ``recipe.epochs`` (and ``pretrain.recipe.epochs``) turned into steps:
-    ceil(epochs x (training examples // batch_size)), counting the training examples of the
-    data set each recipe trains on (after ``classes`` and ``max_train``). Unchanged without
-    epochs."""
-    if not cfg.needs_epochs:
-        return cfg
-    rd = Path(run_dir) if run_dir else None
-    try:
-        n = len(load_dataset(cfg.data, cfg.tokenizer_path(), rd).y_train)
-        n_pre = None
-        if cfg.pretrain is not None and cfg.pretrain.recipe.epochs is not None:
-            pre = cfg.pretrain.data
-            n_pre = len(load_dataset(pre, cfg.tokenizer_path(pre), rd).y_train)
-    except DataError as err:
-        raise ConfigError(str(err)) from None
-    return cfg.with_epochs(n, n_pre)
-
-
-def loss_function(cfg: RunConfig) -> LossFn | None:
-    """The user's loss function named by ``recipe.loss`` (None: cross-entropy)."""
-    if cfg.recipe.loss == "cross_entropy":
-        return None
-    fn = resolve(cfg.recipe.loss, "recipe.loss")
-    if not callable(fn):
-        raise ImportPathError(f"recipe.loss '{cfg.recipe.loss}' is not a function")
-    return fn
-
-
-def make_setup(cfg: RunConfig, seed: int, run_dir: Path | None = None) -> Setup:
-    """The setup of ``seed``; the data set is built once per process and reused (``run_dir``:
-    the run folder, for data kept there)."""
-    device = resolve_device(cfg.runtime.device)
-    data = _dataset(cfg.data.model_dump_json(), device, cfg.tokenizer_path(),
-                    str(run_dir) if run_dir else None)  # fmt: skip
+def make_setup(resolved: Resolved, seed: int, run_dir: Path | None = None) -> Setup:
+    """The setup of ``seed`` for a resolved run; the data set is built once per process and
+    reused (``run_dir``: the run folder, for data kept there)."""
+    cfg, device = resolved.cfg, resolved.device
+    data = dataset(cfg.data, resolved.tokenizer, run_dir, device, max_rows=resolved.preview)
     model = build_model(cfg.model, data.input_shape, data.n_classes, seed).to(device)
     init = {k: v.detach().clone() for k, v in model.named_parameters()}
     stream = BatchStream(len(data.y_train), cfg.recipe.batch_size, seed)
-    loss_fn = loss_function(cfg)
+    loss_fn = resolved.loss_fn()
     trainer = PopulationTrainer(
         model, data, stream, cfg.recipe, cfg.runtime.mode, cfg.data.augment, loss_fn
     )
-    info = param_info(model, None if cfg.model.builtin else init)
+    info = param_info(model, init, own_init=cfg.model.keeps_own_init)
     return Setup(
         cfg,
         seed,
+        device,
         data,
         model,
         init,

@@ -17,7 +17,7 @@ receive the trained members.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -26,7 +26,7 @@ import torch
 from butterfly.config import RunConfig
 from butterfly.data import BatchStream
 from butterfly.experiment.measure import same_bits, training_row, trajectory_rows
-from butterfly.experiment.members import Member
+from butterfly.experiment.members import Member, TrainedMember
 from butterfly.experiment.perturb import Perturber, apply_perturbation
 from butterfly.experiment.setup import Setup
 from butterfly.metrics import l2_norm
@@ -163,23 +163,23 @@ def log_spaced_steps(t: int, T: int, n: int) -> list[int]:
 
 @dataclass
 class PopulationRun:
-    """A trained population: each member's final weights, whether it diverged, the noise it
-    was given (‖σε‖, weights perturbed), the step it trained to, and its trajectory rows.
+    """A trained population: one :class:`~butterfly.experiment.members.TrainedMember` per
+    member (in population order), the original of each member chunk (one without chunking),
+    the trajectory rows, the original's training curve and the member-steps trained.
 
     A child whose perturbation is undefined (its direction has norm 0 or is not finite, e.g.
-    a batch gradient that vanished) is not trained: its ``finals`` entry is None and
-    ``undefined`` says why."""
+    a batch gradient that vanished) is not trained: its ``final`` is None and ``undefined``
+    says why."""
 
-    finals: list[Tensors | None]
-    diverged: list[bool]
-    noise: list[tuple[float, int]]
-    end_steps: list[int]
+    members: list[TrainedMember]
+    originals: list[Tensors]
     trajectory: list[dict[str, Any]]
-    member_steps: int
-    undefined: dict[str, str]
     training: list[dict[str, Any]]
-    originals: list[Tensors]  # the original of each member chunk (one without chunking)
-    anchors: list[int]  # each member's chunk: it is measured against originals[anchor]
+    member_steps: int
+
+    @property
+    def original(self) -> TrainedMember:
+        return self.members[0]
 
 
 OOM = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
@@ -262,29 +262,23 @@ def _chunked(
         part = (original, control, *children[i : i + chunk])
         run = _train(setup, part, t, params_t, state_t, perturber, on_step if i == 0 else None,
                      reference=i == 0)  # the original's curve and rows: the first chunk's
-        if i and not (run.finals[1] is not None and run.finals[0] is not None
-                      and same_bits(run.finals[0], run.finals[1])):  # fmt: skip
+        a, b = run.members[0].final, run.members[1].final
+        if i and not (a is not None and b is not None and same_bits(a, b)):
             raise RuntimeError(
                 f"the σ = 0 control of member chunk {i // chunk} did not end bit-identical to "
                 "its original: training is not deterministic"
             )
         runs.append(run)
-    first = runs[0]
-    originals = [r.finals[0] for r in runs]
-    finals, diverged, noise, ends, anchors = [], [], [], [], []
+    originals = []
+    trained: list[TrainedMember] = []
     for j, r in enumerate(runs):
-        span = range(len(r.finals)) if j == 0 else range(2, len(r.finals))
-        finals += [r.finals[i] for i in span]
-        diverged += [r.diverged[i] for i in span]
-        noise += [r.noise[i] for i in span]
-        ends += [r.end_steps[i] for i in span]
-        anchors += [j] * len(span)
-    trajectory = [p for r in runs for p in r.trajectory]
+        assert r.original.final is not None
+        originals.append(r.original.final)
+        trained += [replace(tm, chunk=j) for tm in (r.members if j == 0 else r.members[2:])]
     return PopulationRun(
-        finals=finals, diverged=diverged, noise=noise, end_steps=ends, trajectory=trajectory,
+        members=trained, originals=originals,
+        trajectory=[p for r in runs for p in r.trajectory], training=runs[0].training,
         member_steps=sum(r.member_steps for r in runs),
-        undefined={k: v for r in runs for k, v in r.undefined.items()},
-        training=first.training, originals=originals, anchors=anchors,
     )  # fmt: skip
 
 
@@ -351,17 +345,21 @@ def _train(
     params, diverged = gather(lanes, inverse)
     until = {name: lane.until for lane in lanes for name in lane.pop.names}
     index = {m.name: i for i, m in enumerate(members)}
-    finals = [member(params, index[m.name]) if m.name in index else None for m in all_members]
-    assert finals[0] is not None
+    trained = []
+    for m in all_members:
+        noise, n_perturbed = noise_of[m.name]
+        if m.name in index:
+            i = index[m.name]
+            trained.append(TrainedMember(m, member(params, i), diverged[i], noise, n_perturbed,
+                                         until[m.name]))  # fmt: skip
+        else:
+            trained.append(TrainedMember(m, None, True, noise, n_perturbed, t,
+                                         undefined=undefined[m.name]))  # fmt: skip
+    assert trained[0].final is not None
     return PopulationRun(
-        finals=finals,
-        diverged=[diverged[index[m.name]] if m.name in index else True for m in all_members],
-        noise=[noise_of[m.name] for m in all_members],
-        end_steps=[until.get(m.name, t) for m in all_members],
+        members=trained,
+        originals=[trained[0].final],
         trajectory=trajectory,
-        member_steps=sum((lane.until - t) * lane.pop.size for lane in lanes),
-        undefined=undefined,
         training=training,
-        originals=[finals[0]],
-        anchors=[0] * len(all_members),
+        member_steps=sum((lane.until - t) * lane.pop.size for lane in lanes),
     )

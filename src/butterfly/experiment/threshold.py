@@ -49,6 +49,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from butterfly.config import ThresholdConfig, default_of
+
 DIGITS = 6  # significant digits of a proposed σ (a stable key for stored rows)
 
 # statuses of a result
@@ -61,8 +63,10 @@ BELOW = "below"  # σ: B ≥ ε already at the bracket's minimum: σ* < the brac
 NEVER_STABLE = "never_stable"  # t: B ≥ ε at the latest t allowed
 ALWAYS_STABLE = "always_stable"  # t: B < ε at every measured t, t = t_min included
 
-DEFAULT_METRIC = "barrier_train_loss"
-DEFAULT_EPS = 0.05
+# the defaults are the config's (one owner: ThresholdConfig); the search, the report and the
+# command line read them from there
+DEFAULT_METRIC: str = default_of(ThresholdConfig, "metric")
+DEFAULT_EPS: float = default_of(ThresholdConfig, "eps")
 
 
 def key(x: float) -> float:
@@ -347,16 +351,31 @@ class SigmaSearch(BracketSearch):
         return hi / lo <= self.resolution * (1 + 1e-5)  # 1e-5: the rounding of the keys
 
     def bracket(self, pts: Sequence[Point]) -> tuple[str, float | None, float | None]:
-        """The first upward crossing: (status, σ_lo, σ_hi)."""
-        first = next((i for i, p in enumerate(pts) if p.unstable), None)
-        if first is None:
-            return ABOVE, pts[-1].x, None
-        if first == 0:
-            return BELOW, None, pts[0].x
-        return RUNNING, pts[first - 1].x, pts[first].x
+        return first_upward_crossing(pts)
 
     def estimate(self, lo: float, hi: float) -> float:
         return math.sqrt(lo * hi)
+
+
+def first_upward_crossing(pts: Sequence[Point]) -> tuple[str, float | None, float | None]:
+    """(status, σ_lo, σ_hi) of points sorted by σ: σ_hi the smallest unstable σ, σ_lo the
+    measured σ below it (open sides None: ``above`` or ``below`` the bracket)."""
+    first = next((i for i, p in enumerate(pts) if p.unstable), None)
+    if first is None:
+        return ABOVE, pts[-1].x, None
+    if first == 0:
+        return BELOW, None, pts[0].x
+    return RUNNING, pts[first - 1].x, pts[first].x
+
+
+def grid_sigma_star(points: Iterable[tuple[float, float]], eps: float = DEFAULT_EPS) -> float | None:
+    """σ* from a grid's measured (σ, B) points, judged as the search judges its own: the
+    geometric mean of the first upward crossing's bracket (None when it is open)."""
+    pts = sorted((Point(key(s), float(v), eps) for s, v in points), key=lambda p: p.x)
+    if not pts:
+        return None
+    _, lo, hi = first_upward_crossing(pts)
+    return math.sqrt(lo * hi) if lo is not None and hi is not None else None
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from butterfly.models.build import (
     build_from_spec,
     build_model,
     head_names,
+    is_builtin,
     load_backbone_,
     model_spec,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "build_from_spec",
     "build_model",
     "head_names",
+    "is_builtin",
     "kaiming_init_",
     "load_backbone_",
     "model_spec",

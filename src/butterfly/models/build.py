@@ -65,10 +65,12 @@ def network_input(input_shape: tuple[int, ...], resize: list[int] | None) -> tup
     return (input_shape[0], *resize)
 
 
-def keeps_own_init(cfg: ModelConfig) -> bool:
-    """Whether the model keeps its own initialisation (a user's model by default) rather than
-    being re-drawn He-normal from the seed."""
-    return cfg.init == "own" or (cfg.init == "auto" and not cfg.builtin)
+BUILTIN_CLASSES = (MLP, CNN, ResNet, ResNet50, ViT, GPT)
+
+
+def is_builtin(model: nn.Module) -> bool:
+    """Whether ``model`` is one of butterfly's own architectures (He-normal by default)."""
+    return isinstance(model, BUILTIN_CLASSES)
 
 
 def call_factory(
@@ -161,7 +163,7 @@ def build_model(
     init_fresh = getattr(model, "init_fresh_", None)
     if init_fresh is not None:
         init_fresh(seed)
-    elif not keeps_own_init(cfg):
+    elif not cfg.keeps_own_init:
         kaiming_init_(model, seed)
     if cfg.init_from:
         load_backbone_(model, cfg.init_from.replace("{seed}", str(seed)))

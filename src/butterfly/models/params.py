@@ -61,7 +61,7 @@ def mean_square(t: torch.Tensor) -> float:
 
 
 def param_info(
-    model: nn.Module, measured: dict[str, torch.Tensor] | None = None
+    model: nn.Module, measured: dict[str, torch.Tensor] | None = None, own_init: bool = True
 ) -> dict[str, ParamInfo]:
     """Kind and expected init variance of every parameter (paper Eq. 3 and appendix B.3).
 
@@ -70,10 +70,11 @@ def param_info(
     scale of the weights of the layer that follows them (in module order); a bias of the last
     layer, with no layer after it, takes its own layer's scale.
 
-    ``measured``: θ0 of a model that keeps its own initialisation (a user's model). Each weight
-    then takes its tensor's mean square at θ0 as its init variance (2/fan_in if it starts at
-    zero), and parameters outside known layers are classified by shape: 1-D ones named
-    ``*bias`` are biases, everything else a weight with its measured variance.
+    ``measured``: θ0. Parameters outside known layers are then classified by shape: 1-D ones
+    named ``*bias`` are biases, everything else a weight with its mean square at θ0 as its
+    variance. With ``own_init`` (a model that keeps its own initialisation,
+    ``ModelConfig.keeps_own_init``), the weights of known layers also take their mean square
+    at θ0 (2/fan_in if one starts at zero) instead of He's 2/fan_in.
     """
     modules = list(model.named_modules())
     # A model may fix one init variance for all its weights (HF: initializer_range^2).
@@ -83,7 +84,7 @@ def param_info(
     def own_var(m: nn.Module) -> float:
         if fixed_var is not None:
             return fixed_var
-        if measured is not None:
+        if measured is not None and own_init:
             v = mean_square(measured[prefixes[id(m)] + "weight"])
             if v > 0:
                 return v

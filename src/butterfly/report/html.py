@@ -9,6 +9,7 @@ import base64
 import html
 import json
 import numbers
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,24 +18,16 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from butterfly.experiment.measure import check_control
+from butterfly.atomic import write_atomic
 from butterfly.experiment.rows import PRETRAIN_STEPS, children
+from butterfly.experiment.verdict import verdict
 from butterfly.report.figures import (
-    FINETUNE,
-    RUNS_COMPARED,
-    SETTINGS,
-    SIGMA_STAR_COMPARED,
-    TRAINING,
     FigureSpec,
     Palette,
+    RunData,
     all_figures,
-    finetune_figure,
-    has_stability_map,
-    runs_side_by_side,
-    save_figure,
-    settings_figure,
-    sigma_star_compared,
-    training_figure,
+    compared_figures,
+    finetune_figures,
 )
 from butterfly.report.summary import (
     PRETRAIN_LABEL,
@@ -48,6 +41,8 @@ from butterfly.report.summary import (
     summary_table,
     table1,
 )
+from butterfly.safepath import inside
+from butterfly.sweep.rundir import PAGE, check_no_links, figures_dir, store_path
 from butterfly.sweep.store import Store, pipeline_runs
 
 TABLE_COLUMNS = [
@@ -133,18 +128,11 @@ def _table(df: pd.DataFrame, sortable: bool = False, cls: str = "") -> str:
 
 
 def _control_check(df: pd.DataFrame) -> str:
-    n = int((df["control"] == 1).sum())
-    problems = check_control(df)
-    if problems:
-        items = "".join(f"<li>{html.escape(p)}</li>" for p in problems)
-        return (
-            f'<p class="bad">DETERMINISM FAILURE in {len(problems)} of {n} controls</p>'
-            f"<ul>{items}</ul>"
-        )
-    return (
-        f'<p class="ok">Determinism check passed: all {n} σ = 0 controls ended bit-identical to '
-        "their original (L2 = 0.0 and barrier = 0.0 exactly).</p>"
-    )
+    exact, text = verdict(df)
+    head, *items = text.splitlines()
+    listed = "".join(f"<li>{html.escape(p.strip())}</li>" for p in items)
+    return (f'<p class="{"ok" if exact else "bad"}">{html.escape(head)}</p>'
+            + (f"<ul>{listed}</ul>" if listed else ""))  # fmt: skip
 
 
 def _pivot_html(t: pd.DataFrame, row_label: Callable[[tuple], str], first: str, cls: str) -> str:
@@ -184,7 +172,7 @@ def _summary(df: pd.DataFrame) -> str:
 
 def read_run(run_dir: Path) -> dict:
     """Everything the report needs from one run's store."""
-    with Store(Path(run_dir) / "results.db") as s:
+    with Store(store_path(Path(run_dir))) as s:
         return {
             "results": s.results(),
             "trajectories": s.trajectories(),
@@ -197,12 +185,17 @@ def read_run(run_dir: Path) -> dict:
         }
 
 
+def run_data(run: dict) -> RunData:
+    """What a run's figures read, from :func:`read_run`'s tables."""
+    return RunData(run["results"], run["trajectories"], run["proxy"], run["thresholds"],
+                   run["training"])  # fmt: skip
+
+
 def _run_section(
     name: str,
     run: dict,
     figures: list[tuple[FigureSpec, Path]],
     heading: bool,
-    training: Path | None = None,
 ) -> str:
     df, units, env = run["results"], run["units"], run["environment"]
     parts = [f"<h2>Run {html.escape(name)}</h2>"] if heading else []
@@ -213,8 +206,6 @@ def _run_section(
         f"{int(df['diverged'].sum())} diverged), {len(units)} population units.</p>"
     )
     parts.append(_summary(df))
-    if training is not None:  # first: did the recipe train well?
-        parts.append(_figure_html(TRAINING, training))
     parts.extend(_figure_html(spec, path) for spec, path in figures)
     cols = [c for c in TABLE_COLUMNS if c in df.columns]
     parts.append("<h2>Results (click a column to sort)</h2>")
@@ -264,9 +255,11 @@ def build_report(run_dirs: list[Path], out: Path | None = None) -> Path:
     run_dirs = [Path(r) for r in run_dirs]
     if not run_dirs:
         raise ValueError("give at least one run folder")
-    default = run_dirs[0] / "report.html" if len(run_dirs) == 1 else Path("report.html")
+    for r in run_dirs:
+        check_no_links(r)
+    default = inside(run_dirs[0], PAGE) if len(run_dirs) == 1 else Path(PAGE)
     page = out or default
-    fig_dir = page.parent / "figures"
+    fig_dir = figures_dir(page.parent)
     sections = []
     # A fine-tuning run folder stands for its sweeps, one per pre-training checkpoint.
     named: dict[str, Path] = {}
@@ -280,7 +273,7 @@ def build_report(run_dirs: list[Path], out: Path | None = None) -> Path:
         else:
             named[r.name if r.name else str(r)] = r
     for r in named.values():
-        if not (r / "results.db").is_file():
+        if not store_path(r).is_file():
             raise FileNotFoundError(f"{r} has no results.db: is it a butterfly run folder?")
     runs = {name: read_run(r) for name, r in named.items()}
     finetune = None
@@ -298,9 +291,9 @@ def build_report(run_dirs: list[Path], out: Path | None = None) -> Path:
     if len(runs) > 1:
         sections.append(_config_differences(runs))
     if finetune is not None:
-        fig = save_figure(finetune_figure(finetune, palette), fig_dir / FINETUNE.file)
+        sections += [_figure_html(spec, path)
+                     for spec, path in finetune_figures(finetune, palette, fig_dir)]  # fmt: skip
         table = finetune_table(finetune)
-        sections.append(_figure_html(FINETUNE, fig))
         name = pretrain_labels(finetune)
         label = lambda i: f"{name(i[0])}, {i[1]}, t = {fmt_t(i[2])}"  # noqa: E731
         if not table.empty:
@@ -321,25 +314,15 @@ def build_report(run_dirs: list[Path], out: Path | None = None) -> Path:
             "over seeds of each seed's mean over its children (all t, σ and kinds).</p>"
             + _table(t1, cls="table1")
         )
-        side = runs_side_by_side({n: r["results"] for n, r in runs.items()}, palette)
-        sections.append(
-            _figure_html(RUNS_COMPARED, save_figure(side, fig_dir / RUNS_COMPARED.file))
-        )
-        both = settings_figure({n: r["results"] for n, r in runs.items()})
-        sections.append(_figure_html(SETTINGS, save_figure(both, fig_dir / SETTINGS.file)))
-        if any(has_stability_map(r["results"], r["thresholds"]) for r in runs.values()):
-            edge = sigma_star_compared({n: (r["results"], r["thresholds"]) for n, r in runs.items()})
-            sections.append(_figure_html(
-                SIGMA_STAR_COMPARED, save_figure(edge, fig_dir / SIGMA_STAR_COMPARED.file)
-            ))  # fmt: skip
+        data = {n: run_data(r) for n, r in runs.items()}
+        sections += [_figure_html(spec, path)
+                     for spec, path in compared_figures(data, palette, fig_dir)]  # fmt: skip
     for i, (name, run) in enumerate(runs.items()):
-        sub = fig_dir if len(runs) == 1 else fig_dir / f"run{i}-{name}"
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.")[:80] or "run"
+        sub = fig_dir if len(runs) == 1 else inside(fig_dir, f"run{i}-{slug}")
         figs = all_figures(run["results"], run["trajectories"], run["proxy"], sub, palette,
-                           run["thresholds"])  # fmt: skip
-        curve = run["training"]
-        trained = (save_figure(training_figure(curve), sub / TRAINING.file)
-                   if curve["train_loss"].notna().any() else None)  # fmt: skip
-        sections.append(_run_section(name, run, figs, heading=len(runs) > 1, training=trained))
+                           run["thresholds"], run["training"])  # fmt: skip
+        sections.append(_run_section(name, run, figs, heading=len(runs) > 1))
     title = "butterfly report: " + ", ".join(html.escape(r.name) for r in run_dirs)
     stamp = time.strftime("%Y-%m-%d %H:%M")
     meta = json.dumps({"runs": [str(r) for r in run_dirs]})
@@ -356,11 +339,5 @@ Generated {stamp} from the run's results.db.</p>
 {"".join(sections)}
 </main><script>{SORT_JS}</script></body></html>
 """
-    page.parent.mkdir(parents=True, exist_ok=True)
-    tmp = page.with_suffix(".html.tmp")
-    try:
-        tmp.write_text(doc, encoding="utf-8")
-        tmp.replace(page)
-    finally:
-        tmp.unlink(missing_ok=True)  # a full disk leaves no half-written page behind
+    write_atomic(page, doc)  # a full disk leaves no half-written page behind
     return page

@@ -17,9 +17,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from butterfly.config import RunConfig
-from butterfly.experiment import make_setup
-from butterfly.experiment.setup import configure_torch, resolve_device, resolve_epochs
+from butterfly.experiment import Comparer, Resolved, make_setup
+from butterfly.experiment.setup import configure_torch
 from butterfly.experiment.spawn import log_spaced_steps
 from butterfly.sweep.plan import minimum_steps, plan
 from butterfly.train import Population
@@ -27,6 +26,7 @@ from butterfly.train.population import Lane, clone
 from butterfly.train.recipe import init_state
 
 PROCESS_START_S = 3.0  # importing torch and building the data set, per worker process
+PROBE = 128  # examples of each split a measurement is timed on (then scaled by the count)
 
 
 @dataclass
@@ -47,20 +47,44 @@ class Projection:
     units_s: float = 0.0
     wall_s: float = 0.0
     timed_steps: int = 0
+    preview: int | None = None  # the data set was read up to this many examples per split
 
     def lines(self) -> list[str]:
+        return [plan_line(self.seeds, self.parent_steps, self.units, self.population,
+                          self.member_steps, self.measurements, self.trajectory_points),
+                *self.timing_lines()]  # fmt: skip
+
+    def timing_lines(self) -> list[str]:
         per = ", ".join(f"P = {p}: {s * 1e3:.2f} ms/step ({p / s:,.0f} member-steps/s)"
                         for p, s in sorted(self.step_s.items()))  # fmt: skip
         return [
-            f"plan: {self.seeds} parents ({self.parent_steps:,} steps), {self.units} population "
-            f"units of {self.population} members, {self.member_steps:,} member-steps, "
-            f"{self.measurements} children measured, {self.trajectory_points} trajectory points",
             f"timed on {self.device} ({self.timed_steps} real steps each): {per}; one child's "
             f"measurement {self.measure_s:.2f} s; one trajectory point {self.trajectory_s:.3f} s",
             f"projected wall time with {self.workers} worker{'s' if self.workers > 1 else ''}: "
             f"{fmt_duration(self.wall_s)} (parents {fmt_duration(self.parents_s)}, units "
             f"{fmt_duration(self.units_s)} of work)",
-        ]
+        ] + ([f"(the data set was read up to its first {self.preview:,} examples of each split; "
+              "a measurement over more examples takes longer than projected)"]
+             if self.preview else [])  # fmt: skip
+
+
+def plan_line(seeds: int, parent_steps: int, units: int, population: int, member_steps: int,
+              measurements: int, points: int) -> str:  # fmt: skip
+    return (f"plan: {seeds} parents ({parent_steps:,} steps), {units} population units of "
+            f"{population} members, {member_steps:,} member-steps, {measurements} children "
+            f"measured, {points} trajectory points")  # fmt: skip
+
+
+def the_plan(resolved: Resolved) -> str:
+    """The plan in one line, before anything is timed."""
+    cfg = resolved.cfg
+    units = plan(cfg)
+    P = len(units[0].members) if units else 2
+    ts = cfg.perturbation_steps()
+    points = sum(len(log_spaced_steps(u.t, cfg.child_end(u.t), cfg.eval.trajectory_points))
+                 for u in units)  # fmt: skip
+    return plan_line(len(cfg.seeds), len(cfg.seeds) * max(ts, default=0), len(units), P,
+                     minimum_steps(cfg), len(units) * (P - 1), points)  # fmt: skip
 
 
 def fmt_duration(seconds: float) -> str:
@@ -88,30 +112,42 @@ def _time_steps(setup, P: int, steps: int) -> float:  # type: ignore[no-untyped-
     return (time.perf_counter() - start) / steps
 
 
-def project(cfg: RunConfig, workers: int, timed_steps: int = 10) -> Projection:
-    """Time a few real steps of ``cfg`` and project the whole sweep on ``workers`` workers."""
-    cfg = resolve_epochs(cfg)
+def project(resolved: Resolved, workers: int, timed_steps: int = 10) -> Projection:
+    """Time a few real steps of a resolved config and project the whole sweep on ``workers``
+    workers."""
+    cfg = resolved.cfg
     configure_torch(cfg.runtime.threads, cfg.runtime.tf32)
     units = plan(cfg)
     T = cfg.recipe.steps
     ts = cfg.perturbation_steps()
     parent_steps = len(cfg.seeds) * max(ts, default=0)
     P = len(units[0].members) if units else 2
-    setup = make_setup(cfg, cfg.seeds[0])
+    setup = make_setup(resolved, cfg.seeds[0])
     step_s = {P: _time_steps(setup, P, timed_steps)}
     parent_s = _time_steps(setup, 1, timed_steps)
     step_s.setdefault(1, parent_s)
-    # one child's measurement: every measure the config asks for, on two networks
+    # one child's measurement: every measure the config asks for, on two networks, timed on
+    # at most PROBE examples of each split and scaled to the examples a run evaluates
     a = clone(setup.init)
     b = {k: v + 1e-3 * torch.randn_like(v) for k, v in a.items()}
+    ev = cfg.eval
+    n_train = min(ev.max_train_examples or len(setup.data.y_train), len(setup.data.y_train))
+    n_test = min(ev.max_test_examples or len(setup.data.y_test), len(setup.data.y_test))
+    probe = ev.model_copy(update={"max_train_examples": min(n_train, PROBE),
+                                  "max_test_examples": min(n_test, PROBE)})  # fmt: skip
+    cmp = Comparer(setup.model, setup.data, probe, setup.seed, resolved.loss_fn())
+    scale_both = (n_train + n_test) / (min(n_train, PROBE) + min(n_test, PROBE))
     start = time.perf_counter()
-    setup.comparer.compare(a, b)
-    measure_s = time.perf_counter() - start
+    cmp.compare(a, b)
+    probe_s = time.perf_counter() - start
+    start = time.perf_counter()  # the part that grows with the examples: endpoints, barriers
+    cmp.barriers(a, b, cmp.endpoint(a), cmp.endpoint(b))
+    measure_s = probe_s + (time.perf_counter() - start) * (scale_both - 1.0)
     marks = {t: log_spaced_steps(t, cfg.child_end(t), cfg.eval.trajectory_points) for t in ts}
     start = time.perf_counter()
     if cfg.eval.trajectory_barriers and cfg.eval.trajectory_points:
-        setup.comparer.train_loss_barrier(a, b)
-    traj_s = time.perf_counter() - start
+        cmp.train_loss_barrier(a, b)
+    traj_s = (time.perf_counter() - start) * n_train / min(n_train, PROBE)
     n_children = P - 1
     unit_work = 0.0
     points = 0
@@ -128,9 +164,10 @@ def project(cfg: RunConfig, workers: int, timed_steps: int = 10) -> Projection:
     return Projection(
         units=len(units), seeds=len(cfg.seeds), population=P, parent_steps=parent_steps,
         member_steps=minimum_steps(cfg), measurements=len(units) * n_children,
-        trajectory_points=points, workers=workers, device=resolve_device(cfg.runtime.device),
+        trajectory_points=points, workers=workers, device=resolved.device,
         step_s=step_s, measure_s=measure_s, trajectory_s=traj_s, parents_s=parents * len(cfg.seeds),
         units_s=unit_work, wall_s=wall, timed_steps=timed_steps,
+        preview=resolved.preview if len(setup.data.y_train) >= (resolved.preview or 0) else None,
     )  # fmt: skip
 
 

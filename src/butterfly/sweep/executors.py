@@ -3,6 +3,13 @@
 Every executor returns ``concurrent.futures.Future`` objects, so one scheduling loop
 (:func:`butterfly.sweep.runner.schedule`) drives them all. Workers only compute and return
 rows; the driver alone writes the store.
+
+A new executor plugs in here: a class with the :class:`Executor` interface (``slots``,
+``reporter``, ``submit``, ``drain``, ``restart``, ``shutdown``), a constructor
+``(resolved, n_workers, address, report)`` and a ``check(address)`` class method that refuses,
+before anything is written, an executor that cannot start; then one entry in
+:data:`EXECUTORS`. The run session (:mod:`butterfly.sweep.session`) checks it, makes it and
+shuts it down; the scheduler submits the two tasks of :mod:`butterfly.sweep.tasks` to it.
 """
 
 from __future__ import annotations
@@ -13,11 +20,12 @@ import queue
 import socket
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
-from butterfly.config import ConfigError, RunConfig
-from butterfly.experiment import configure_torch
+from butterfly.config import ConfigError
+from butterfly.experiment import Resolved, configure_torch
 from butterfly.sweep.progress import Progress
+from butterfly.sweep.slurm import check_slurm, make_slurm
 from butterfly.sweep.worker import init_worker
 
 
@@ -82,12 +90,12 @@ class PoolExecutor:
 
     reporter = None  # workers report progress through the queue they were given at start
 
-    def __init__(self, cfg: RunConfig, n: int, report: bool):
+    def __init__(self, resolved: Resolved, n: int, report: bool):
         self._ctx = mp.get_context("spawn")
         self.slots = n
-        self._threads = cfg.runtime.threads
-        self._tf32 = cfg.runtime.tf32
-        self._gpus = gpu_count(cfg)
+        self._threads = resolved.cfg.runtime.threads
+        self._tf32 = resolved.cfg.runtime.tf32
+        self._gpus = resolved.gpus()
         self._counter = self._ctx.Value("i", 0) if self._gpus else None
         self._queue = self._ctx.Queue() if report else None
         self._pool = self._start()
@@ -136,14 +144,15 @@ class PoolExecutor:
 class RayExecutor:
     """Units as Ray tasks (``pip install 'butterfly[ray]'``), retried when a worker is lost."""
 
-    def __init__(self, cfg: RunConfig, n: int, address: str | None):
+    def __init__(self, resolved: Resolved, n: int, address: str | None, report: bool = False):
+        cfg = resolved.cfg
         try:
             import ray
         except ImportError:
             raise ConfigError("the ray executor needs Ray: pip install 'butterfly[ray]'") from None
         self._ray = ray
         self._started = False
-        self.options = ray_resources(cfg)
+        self.options = ray_resources(resolved)
         if not ray.is_initialized():
             try:
                 ray.init(
@@ -185,35 +194,20 @@ class RayExecutor:
             self._ray.shutdown()
 
 
-def gpu_count(cfg: RunConfig) -> int:
-    """How many GPUs ``runtime.gpus`` asks for (0: none; ``all``: every visible one)."""
-    g = cfg.runtime.gpus
-    if g is None:
-        return 0
-    if g == "all":
-        import torch
-
-        return torch.cuda.device_count() if torch.cuda.is_available() else 0
-    return int(g)
-
-
-def ray_resources(cfg: RunConfig) -> dict[str, float]:
+def ray_resources(resolved: Resolved) -> dict[str, float]:
     """What each unit asks Ray for: ``runtime.ray_cpus`` CPUs and ``runtime.ray_gpus`` GPUs
     (default: one GPU when the run is on CUDA, none on CPU), so a GPU cluster places one unit
     per GPU."""
-    gpus = cfg.runtime.ray_gpus
+    rt = resolved.cfg.runtime
+    gpus = rt.ray_gpus
     if gpus is None:
-        gpus = 1.0 if cfg.runtime.device.startswith("cuda") else 0.0
-    return {"num_cpus": float(cfg.runtime.ray_cpus), "num_gpus": float(gpus)}
+        gpus = 1.0 if resolved.cuda else 0.0
+    return {"num_cpus": float(rt.ray_cpus), "num_gpus": float(gpus)}
 
 
-def check_executor(kind: str, address: str | None, timeout: float = 5.0) -> None:
-    """Refuse, before anything is written, an executor that cannot start: an unknown kind, Ray
-    not installed, or a Ray address nothing answers at (Ray itself would wait for minutes)."""
-    if kind == "local":
-        return
-    if kind != "ray":
-        raise ConfigError(f"unknown executor '{kind}'; choose local or ray")
+def check_ray(address: str | None, timeout: float = 5.0) -> None:
+    """Refuse Ray when it is not installed, or an address nothing answers at (Ray itself would
+    wait for minutes)."""
     try:
         import ray  # noqa: F401
     except ImportError:
@@ -237,13 +231,47 @@ def check_executor(kind: str, address: str | None, timeout: float = 5.0) -> None
         ) from None
 
 
-def make_executor(
-    kind: str, cfg: RunConfig, n_workers: int, address: str | None, report: bool
-) -> Executor:
-    if kind == "ray":
-        return RayExecutor(cfg, n_workers, address)
-    if kind != "local":
-        raise ConfigError(f"unknown executor '{kind}'; choose local or ray")
-    if n_workers == 1:
-        return InlineExecutor(report)
-    return PoolExecutor(cfg, n_workers, report)
+def local_executor(resolved: Resolved, execution: Any, n: int, report: bool) -> Executor:
+    """This process (one worker) or a pool of worker processes."""
+    return InlineExecutor(report) if n == 1 else PoolExecutor(resolved, n, report)
+
+
+def ray_executor(resolved: Resolved, execution: Any, n: int, report: bool) -> Executor:
+    return RayExecutor(resolved, n, execution.address, report)
+
+
+def _no_check(execution: Any, resolved: Resolved) -> None:
+    pass
+
+
+class ExecutorKind(NamedTuple):
+    """An executor: how to make one (from the resolved run, the :class:`Execution`, the
+    number of workers and whether to report progress), how to check before anything is
+    written that it can start, and whether its workers run elsewhere (objects defined only in
+    this process cannot run there)."""
+
+    make: Callable[[Resolved, Any, int, bool], Executor]
+    check: Callable[[Any, Resolved], None]
+    remote: bool
+
+
+EXECUTORS: dict[str, ExecutorKind] = {
+    "local": ExecutorKind(local_executor, _no_check, remote=False),
+    "ray": ExecutorKind(ray_executor, lambda ex, r: check_ray(ex.address), remote=True),
+    "slurm": ExecutorKind(make_slurm, lambda ex, r: check_slurm(r.cfg.runtime.slurm), remote=True),
+}
+
+
+def executor_kind(kind: str) -> ExecutorKind:
+    if kind not in EXECUTORS:
+        raise ConfigError(f"unknown executor '{kind}'; choose {', '.join(EXECUTORS)}")
+    return EXECUTORS[kind]
+
+
+def check_executor(execution: Any, resolved: Resolved) -> None:
+    """Refuse, before anything is written, an executor that cannot start."""
+    executor_kind(execution.executor).check(execution, resolved)
+
+
+def make_executor(resolved: Resolved, execution: Any, n_workers: int, report: bool) -> Executor:
+    return executor_kind(execution.executor).make(resolved, execution, n_workers, report)

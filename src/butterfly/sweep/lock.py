@@ -15,6 +15,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
+from butterfly.safepath import inside
+
+LOCK = ".lock"
+
 
 class RunLockedError(RuntimeError):
     """Another process is writing to the run folder."""
@@ -22,7 +26,7 @@ class RunLockedError(RuntimeError):
 
 class RunLock:
     def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / ".lock"
+        self.path = inside(run_dir, LOCK)
         self._fh: IO[str] | None = None
 
     def acquire(self) -> RunLock:
@@ -75,7 +79,7 @@ class RunLock:
 
 def is_locked(run_dir: Path) -> bool:
     """Whether some process holds the run folder's lock right now."""
-    path = Path(run_dir) / ".lock"
+    path = inside(run_dir, LOCK)
     if not path.is_file():
         return False
     with open(path) as fh:

@@ -23,15 +23,17 @@ from pathlib import Path
 from typing import Any
 
 from butterfly.checkpoint import CheckpointError, load_checkpoint
-from butterfly.config import ConfigError, RunConfig, build_config, parse_yaml
-from butterfly.experiment import check_control, make_setup
+from butterfly.config import ConfigError, build_config, parse_yaml
+from butterfly.experiment import Resolved, TrainedMember, make_setup
 from butterfly.experiment.measure import measure_children, permutation_proxy_rows
 from butterfly.experiment.perturb import Perturber
-from butterfly.experiment.setup import resolve_device
+from butterfly.experiment.resolve import resolve
+from butterfly.experiment.verdict import verdict
 from butterfly.metrics import is_finite, l2_norm
 from butterfly.sweep import rundir
 from butterfly.sweep.lock import RunLock
 from butterfly.sweep.plan import Unit, plan
+from butterfly.sweep.session import write_csv
 from butterfly.sweep.store import Store, StoreDamaged
 
 TABLES = (
@@ -59,8 +61,9 @@ def _salvage(db: Path) -> tuple[dict[str, list[dict[str, Any]]], list[str]]:
     return got, lost
 
 
-def _remeasure(cfg: RunConfig, unit: Unit, run_dir: Path) -> tuple[list, list, int] | None:
+def _remeasure(resolved: Resolved, unit: Unit, run_dir: Path) -> tuple[list, list, int] | None:
     """The result and proxy rows of a finished unit, from its members' final checkpoints."""
+    cfg = resolved.cfg
     finals = []
     for m in unit.members:
         try:
@@ -72,23 +75,21 @@ def _remeasure(cfg: RunConfig, unit: Unit, run_dir: Path) -> tuple[list, list, i
         params_t, state_t, _ = load_checkpoint(rundir.parent_path(run_dir, unit.seed, unit.t))
     except CheckpointError:
         return None
-    setup = make_setup(cfg, unit.seed, run_dir)
-    device = resolve_device(cfg.runtime.device)
-    finals = [{k: v.to(device) for k, v in f.items()} for f in finals]
+    setup = make_setup(resolved, unit.seed, run_dir)
+    finals = [{k: v.to(setup.device) for k, v in f.items()} for f in finals]
     perturber = Perturber(setup, params_t, state_t, unit.t)
-    noise = []
-    for m in unit.members:
+    trained = []
+    for m, final in zip(unit.members, finals, strict=True):
+        noise, n = 0.0, 0
         if m.kind in ("batch", "gaussian"):
             pert = perturber.perturbation(m.kind, m.fraction, m.direction)
-            noise.append((m.sigma * l2_norm(pert.eps), pert.n_masked))
-        else:
-            noise.append((0.0, 0))
-    diverged = [not is_finite(f) for f in finals]
-    results = measure_children(setup.comparer, setup.init, unit.seed, cfg.recipe.steps,
-                               unit.members, unit.t, finals, diverged, noise)  # fmt: skip
+            noise, n = m.sigma * l2_norm(pert.eps), pert.n_masked
+        trained.append(TrainedMember(m, final, not is_finite(final), noise, n))
+    results = measure_children(setup.comparer, setup.init, unit.seed, cfg.recipe.steps, unit.t,
+                               trained)  # fmt: skip
     proxy = []
     first = unit.t == cfg.perturbation_steps()[0]
-    if cfg.eval.proxy_fractions and first and not diverged[0] and setup.comparer.aligns:
+    if cfg.eval.proxy_fractions and first and not trained[0].diverged and setup.comparer.aligns:
         proxy = permutation_proxy_rows(setup.comparer, unit.seed, finals[0])
     steps = sum(cfg.child_end(unit.t) - unit.t if m.kind not in ("original", "control")
                 else cfg.recipe.steps - unit.t for m in unit.members)  # fmt: skip
@@ -98,8 +99,9 @@ def _remeasure(cfg: RunConfig, unit: Unit, run_dir: Path) -> tuple[list, list, i
 def repair(run_dir: Path) -> tuple[str, bool]:
     """Repair the store of ``run_dir``; (a summary, whether the store is whole again)."""
     run_dir = Path(run_dir)
-    db = run_dir / rundir.STORE
-    cfg_path = run_dir / rundir.CONFIG
+    rundir.check_no_links(run_dir)
+    db = rundir.store_path(run_dir)
+    cfg_path = rundir.config_path(run_dir)
     if not db.is_file() or not cfg_path.is_file():
         raise ConfigError(f"{run_dir} is not a butterfly run folder (no config.yaml/results.db)")
     cfg = build_config(parse_yaml(cfg_path.read_text()))
@@ -111,10 +113,10 @@ def repair(run_dir: Path) -> tuple[str, bool]:
     with RunLock(run_dir):
         try:
             with Store(db) as s:
-                verdict = s.integrity()
+                integrity = s.integrity()
         except StoreDamaged:
-            verdict = "damaged"
-        if verdict == "ok":
+            integrity = "damaged"
+        if integrity == "ok":
             return f"{db} is intact (SQLite integrity check: ok); nothing to repair", True
         got, lost = _salvage(db)
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -151,11 +153,13 @@ def repair(run_dir: Path) -> tuple[str, bool]:
                 store.record_failure(f["seed"], f["t"], f["error"], f["time"])
             lines.append(f"kept {len(units_kept)} finished units as they were")
             remeasured, left = [], []
+            code = [f"{k} = {v}" for k, v in cfg.code_named()]  # a folder is data: not imported
+            resolved = None if code else resolve(cfg, run_dir, check=False)
             for unit in plan(cfg):
                 key = (unit.seed, unit.t)
                 if key in units_kept:
                     continue
-                out = _remeasure(cfg, unit, run_dir)
+                out = None if resolved is None else _remeasure(resolved, unit, run_dir)
                 if out is None:
                     left.append(key)
                     continue
@@ -171,13 +175,15 @@ def repair(run_dir: Path) -> tuple[str, bool]:
                 f"measured {len(remeasured)} units again from their checkpoints (their result "
                 "rows equal the lost ones; their trajectories were lost)"
             )
-        if left:
+        if left and code:
+            lines.append(f"{len(left)} units were not measured again: the folder's config names "
+                         f"code ({', '.join(code)}), which repair does not import; `butterfly "
+                         "run` on the folder trains them again from the saved parent states, "
+                         "if you trust that code")  # fmt: skip
+        elif left:
             lines.append(f"{len(left)} units have no complete checkpoints: `butterfly run` "
                          "trains them again from the saved parent states")  # fmt: skip
-        df.to_csv(run_dir / rundir.CSV, index=False)
-        problems = check_control(df)
-        lines.append(
-            "determinism check: " + (f"{len(problems)} controls not exactly zero" if problems
-                                     else "every control in the rebuilt store is exactly zero")
-        )  # fmt: skip
-        return "\n".join(lines), not problems
+        write_csv(df, rundir.csv_path(run_dir))
+        exact, text = verdict(df)
+        lines.append(text)
+        return "\n".join(lines), exact

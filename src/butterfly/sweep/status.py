@@ -7,10 +7,11 @@ from pathlib import Path
 import pandas as pd
 
 from butterfly.config import ConfigError, build_config, parse_yaml
-from butterfly.experiment import check_control
+from butterfly.experiment.verdict import verdict
 from butterfly.sweep import rundir
 from butterfly.sweep.lock import is_locked
 from butterfly.sweep.plan import plan
+from butterfly.sweep.slurm import status_lines as slurm_status
 from butterfly.sweep.store import Store, pipeline_runs
 
 
@@ -18,12 +19,13 @@ def run_status(run_dir: Path) -> tuple[str, bool]:
     """(a summary, healthy?) for a run folder; a fine-tuning folder summarises each of its
     sweeps."""
     run_dir = Path(run_dir)
-    subs = pipeline_runs(run_dir) if (run_dir / rundir.STORE).is_file() else None
+    rundir.check_no_links(run_dir)
+    subs = pipeline_runs(run_dir) if rundir.store_path(run_dir).is_file() else None
     if subs is not None:
         parts = [f"fine-tuning run {run_dir}: {len(subs)} sweeps, one per pre-training checkpoint"]
         healthy = True
         for _, sub, label in subs:
-            if not (sub / rundir.STORE).is_file():
+            if not rundir.store_path(sub).is_file():
                 parts.append(f"[{label}] {sub}: not started")
                 healthy = False
                 continue
@@ -31,8 +33,8 @@ def run_status(run_dir: Path) -> tuple[str, bool]:
             healthy &= ok
             parts.append(f"[{label}] " + text.replace("\n", "\n    "))
         return "\n".join(parts), healthy
-    cfg_path = run_dir / rundir.CONFIG
-    db = run_dir / rundir.STORE
+    cfg_path = rundir.config_path(run_dir)
+    db = rundir.store_path(run_dir)
     if not cfg_path.is_file() or not db.is_file():
         raise ConfigError(f"{run_dir} is not a butterfly run folder (no config.yaml/results.db)")
     cfg = build_config(parse_yaml(cfg_path.read_text()))
@@ -60,19 +62,16 @@ def run_status(run_dir: Path) -> tuple[str, bool]:
             f"compute: {int(unit_rows.steps.sum())} member-steps in "
             f"{unit_rows.wall_s.fillna(0).sum():.1f} s of unit time"
         )
+    lines += slurm_status(run_dir, done)
     if failed_keys:
         lines.append(f"failed units ({len(failed_keys)}), retried by running the same command:")
         for r in failures.itertuples():
             where = f"seed {int(r.seed)}" + (" (parent)" if pd.isna(r.t) else f" t={int(r.t)}")
             lines.append(f"  {where}: {r.error}")
-    problems = check_control(df) if len(df) else []
-    n_ctrl = int((df["control"] == 1).sum()) if len(df) else 0
-    if problems:
-        lines.append(f"DETERMINISM FAILURE in {len(problems)} of {n_ctrl} controls:")
-        lines += [f"  {p}" for p in problems]
-    elif n_ctrl:
-        lines.append(f"determinism check: all {n_ctrl} sigma = 0 controls exactly zero")
-    healthy = not problems and not (failed_keys and not running)
+    exact, text = verdict(df)
+    if len(df):
+        lines.append(text)
+    healthy = exact and not (failed_keys and not running)
     return "\n".join(lines), healthy
 
 
@@ -80,7 +79,7 @@ def threshold_status(run_dir: Path, cfg: object) -> tuple[str, bool]:
     """A threshold search's folder: populations measured per round, the answers so far."""
     from butterfly.sweep.pipelines.threshold import threshold_table
 
-    with Store(run_dir / rundir.STORE) as store:
+    with Store(rundir.store_path(run_dir)) as store:
         rounds = pd.read_sql_query("SELECT round, COUNT(*) AS n FROM rounds GROUP BY round",
                                    store.conn)  # fmt: skip
         df = store.results()
@@ -95,10 +94,7 @@ def threshold_status(run_dir: Path, cfg: object) -> tuple[str, bool]:
     for r in failures.itertuples():
         where = f"seed {int(r.seed)}" + (" (parent)" if pd.isna(r.t) else f" t={int(r.t)}")
         lines.append(f"  failed: {where}: {r.error}")
-    problems = check_control(df) if len(df) else []
-    if problems:
-        lines.append(f"DETERMINISM FAILURE in {len(problems)} controls")
-    elif len(df):
-        lines.append(f"determinism check: all {int((df.control == 1).sum())} sigma = 0 controls "
-                     "exactly zero")  # fmt: skip
-    return "\n".join(lines), not problems and not (len(failures) and not running)
+    exact, text = verdict(df)
+    if len(df):
+        lines.append(text)
+    return "\n".join(lines), exact and not (len(failures) and not running)

@@ -18,7 +18,10 @@ from typing import Any, NamedTuple, TypeVar
 
 import pandas as pd
 
+from butterfly.config import ConfigError
 from butterfly.experiment import rows
+from butterfly.safepath import inside, plain_name
+from butterfly.sweep.rundir import STORE, store_path
 
 T = TypeVar("T")
 
@@ -62,6 +65,8 @@ class Store:
     @guarded
     def __init__(self, path: Path):
         self.path = Path(path)
+        for companion in ("", "-wal", "-shm", "-journal"):  # SQLite follows links: never here
+            inside(self.path.parent, self.path.name + companion)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.conn = sqlite3.connect(self.path, timeout=30.0)
         self.conn.execute("PRAGMA journal_mode=WAL")
@@ -249,9 +254,9 @@ class Store:
 
 def read_results(run_dir: Path) -> pd.DataFrame:
     """The ``results`` table of a run folder as a DataFrame."""
-    path = Path(run_dir) / "results.db"
+    path = store_path(Path(run_dir))
     if not path.is_file():
-        raise FileNotFoundError(f"{run_dir} has no results.db: is it a butterfly run folder?")
+        raise FileNotFoundError(f"{run_dir} has no {STORE}: is it a butterfly run folder?")
     with Store(path) as s:
         return s.results()
 
@@ -279,10 +284,13 @@ def pipeline_runs(run_dir: Path) -> list[PipelineSweep] | None:
     from its store's ``runs``), or None for a plain run folder. A fine-tuning folder of an older
     version (a ``finetune.json`` manifest, no store) is upgraded to a store here."""
     run_dir = Path(run_dir)
-    db = run_dir / "results.db"
-    legacy = run_dir / LEGACY_MANIFEST
+    db = store_path(run_dir)
+    legacy = inside(run_dir, LEGACY_MANIFEST)
     if not db.is_file() and legacy.is_file():
-        runs = json.loads(legacy.read_text())["runs"]
+        try:
+            runs = json.loads(legacy.read_text(encoding="utf-8"))["runs"]
+        except (ValueError, KeyError, TypeError):
+            raise ConfigError(f"{legacy} is not a fine-tuning manifest (JSON with 'runs')") from None
         with Store(db) as s:
             s.set_meta("pipeline", "finetune")
             s.set_meta("runs", runs)
@@ -291,7 +299,16 @@ def pipeline_runs(run_dir: Path) -> list[PipelineSweep] | None:
     with Store(db) as s:
         if s.get_meta("pipeline") != "finetune":
             return None
-        return [
-            PipelineSweep(int(steps), run_dir / name, rest[0] if rest else start_label(int(steps)))
-            for steps, name, *rest in s.get_meta("runs") or []
-        ]
+        runs = s.get_meta("runs") or []
+    out = []
+    for entry in runs if isinstance(runs, list) else [runs]:
+        ok = (isinstance(entry, list) and len(entry) in (2, 3) and isinstance(entry[0], int)
+              and not isinstance(entry[0], bool) and isinstance(entry[1], str)
+              and all(isinstance(x, str) for x in entry[2:]))  # fmt: skip
+        if not ok:
+            raise ConfigError(f"{db}: its list of sweeps ('runs') holds {str(entry)[:80]!r}, not "
+                              "[pre-training steps, folder name, label]")  # fmt: skip
+        steps, name, *rest = entry
+        folder = inside(run_dir, plain_name(name, "a fine-tuning sweep's folder name"))
+        out.append(PipelineSweep(steps, folder, rest[0][:200] if rest else start_label(steps)))
+    return out

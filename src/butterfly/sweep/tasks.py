@@ -10,18 +10,16 @@ from pathlib import Path
 from typing import Any
 
 from butterfly.checkpoint import damaged, load_checkpoint, save_checkpoint, set_aside
-from butterfly.config import RunConfig
-from butterfly.experiment import make_setup, run_population, train_parent
+from butterfly.experiment import Resolved, make_setup, run_population, train_parent
 from butterfly.experiment.lyapunov import linearised, lyapunov_exponent
 from butterfly.experiment.measure import measure_children, permutation_proxy_rows
-from butterfly.experiment.setup import resolve_device
 from butterfly.sweep.plan import Unit
 from butterfly.sweep.rundir import member_path, parent_path
 from butterfly.sweep.worker import may_write, progress_queue
 
 
 def run_parent(
-    cfg: RunConfig, seed: int, run_dir: Path, steps: list[int] | None = None
+    resolved: Resolved, seed: int, run_dir: Path, steps: list[int] | None = None
 ) -> dict[str, Any]:
     """Train the parent of ``seed`` once, saving its full state at every perturbation time t
     (or at ``steps``, e.g. pre-training checkpoints; the last may be the final step T).
@@ -29,7 +27,7 @@ def run_parent(
     Resumes from the latest saved state; never retrains past what is saved.
     """
     start = time.perf_counter()
-    ts = sorted(steps) if steps is not None else cfg.perturbation_steps()
+    ts = sorted(steps) if steps is not None else resolved.cfg.perturbation_steps()
     for t in ts:  # a damaged saved state is set aside and made again, bit for bit
         path = parent_path(run_dir, seed, t)
         if path.is_file() and damaged(path) is not None:
@@ -37,7 +35,7 @@ def run_parent(
     missing = [t for t in ts if not parent_path(run_dir, seed, t).is_file()]
     if not missing:
         return {"seed": seed, "steps": 0, "wall_s": time.perf_counter() - start}
-    setup = make_setup(cfg, seed, run_dir)
+    setup = make_setup(resolved, seed, run_dir)
     saved = [t for t in ts if t < missing[0]]
     resume = None
     if saved:
@@ -78,14 +76,16 @@ class UnitResult:
     training: list[dict[str, Any]]
 
 
-def run_unit(cfg: RunConfig, unit: Unit, run_dir: Path, reporter: Any = None) -> UnitResult:
+def run_unit(
+    resolved: Resolved, unit: Unit, run_dir: Path, reporter: Any = None
+) -> UnitResult:
     """Train one population from the parent's state at t and measure every child."""
     start = time.perf_counter()
-    setup = make_setup(cfg, unit.seed, run_dir)
+    cfg = resolved.cfg
+    setup = make_setup(resolved, unit.seed, run_dir)
     params_t, state_t, _ = load_checkpoint(parent_path(run_dir, unit.seed, unit.t))
-    device = resolve_device(cfg.runtime.device)
-    params_t = {k: v.to(device) for k, v in params_t.items()}
-    state_t = {s: {k: v.to(device) for k, v in d.items()} for s, d in state_t.items()}
+    params_t = {k: v.to(setup.device) for k, v in params_t.items()}
+    state_t = {s: {k: v.to(setup.device) for k, v in d.items()} for s, d in state_t.items()}
 
     reporter = reporter if reporter is not None else progress_queue()
     on_step = None
@@ -99,31 +99,29 @@ def run_unit(cfg: RunConfig, unit: Unit, run_dir: Path, reporter: Any = None) ->
     run = run_population(setup, unit.members, unit.t, params_t, state_t, on_step)
     guard_write(run_dir)
     if cfg.runtime.checkpoints:
-        for i, m in enumerate(unit.members):
-            if run.finals[i] is None:  # not trained: its perturbation was undefined
+        for tm in run.members:
+            if tm.final is None:  # not trained: its perturbation was undefined
                 continue
+            m = tm.member
             meta = {
                 "model_spec": setup.model_spec, "seed": unit.seed, "t": unit.t,
-                "step": run.end_steps[i], "member": m.name, "kind": m.kind, "sigma": m.sigma,
+                "step": tm.end_step, "member": m.name, "kind": m.kind, "sigma": m.sigma,
                 "fraction": m.fraction, "direction": m.direction,
                 "data": cfg.data.model_dump(), "eval": cfg.eval.model_dump(),
             }  # fmt: skip
-            save_checkpoint(member_path(run_dir, unit.seed, unit.t, m.name), run.finals[i], None,
-                            meta)  # fmt: skip
-    rows = measure_children(
-        setup.comparer, setup.init, unit.seed, cfg.recipe.steps, unit.members, unit.t,
-        run.finals, run.diverged, run.noise, run.undefined, run.originals, run.anchors,
-    )  # fmt: skip
-    if cfg.eval.lyapunov and not run.diverged[0]:
+            save_checkpoint(member_path(run_dir, unit.seed, unit.t, m.name), tm.final, None, meta)
+    rows = measure_children(setup.comparer, setup.init, unit.seed, cfg.recipe.steps, unit.t,
+                            run.members, run.originals)  # fmt: skip
+    original = run.original
+    if cfg.eval.lyapunov and not original.diverged:
         result = lyapunov_exponent(setup, params_t, state_t, unit.t, until=cfg.recipe.steps,
                                    every=cfg.eval.lyapunov_every, seed=unit.seed)  # fmt: skip
         linearised(rows, run.trajectory, result)
     proxy: list[dict[str, Any]] = []
     first_t = unit.t == cfg.perturbation_steps()[0]
-    original = run.finals[0]
-    if cfg.eval.proxy_fractions and first_t and not run.diverged[0] and setup.comparer.aligns:
-        assert original is not None
-        proxy = permutation_proxy_rows(setup.comparer, unit.seed, original)
+    if cfg.eval.proxy_fractions and first_t and not original.diverged and setup.comparer.aligns:
+        assert original.final is not None
+        proxy = permutation_proxy_rows(setup.comparer, unit.seed, original.final)
     wall = time.perf_counter() - start
     for r in rows:
         r["unit_wall_s"] = wall

@@ -44,6 +44,12 @@ def init_state(cfg: RecipeConfig, params: Tensors) -> OptState:
     }
 
 
+def clip_coefficient(squared_norm: torch.Tensor, max_norm: float) -> torch.Tensor:
+    """``torch.nn.utils.clip_grad_norm_``'s factor for a gradient of squared global norm
+    ``squared_norm``: min(1, max_norm / (norm + 1e-6))."""
+    return (max_norm / (squared_norm.sqrt() + 1e-6)).clamp(max=1.0)
+
+
 @torch.no_grad()
 def clip_per_member(grads: Tensors, max_norm: float) -> None:
     """``torch.nn.utils.clip_grad_norm_`` for every member separately, in place.
@@ -56,9 +62,37 @@ def clip_per_member(grads: Tensors, max_norm: float) -> None:
         sq = g.flatten(1).square().sum(1)
         total = sq if total is None else total + sq
     assert total is not None
-    coef = (max_norm / (total.sqrt() + 1e-6)).clamp(max=1.0)
+    coef = clip_coefficient(total, max_norm)
     for g in grads.values():
         g.mul_(coef.view(-1, *([1] * (g.dim() - 1))))
+
+
+def clipped(grads: Tensors, max_norm: float | None) -> Tensors:
+    """One model's gradient clipped as :func:`clip_per_member` clips each member, out of place
+    (usable under ``torch.func`` transforms)."""
+    if max_norm is None:
+        return grads
+    total = sum(v.square().sum() for v in grads.values())
+    coef = clip_coefficient(total, max_norm)  # type: ignore[arg-type]
+    return {k: v * coef for k, v in grads.items()}
+
+
+def sgd_step(
+    cfg: RecipeConfig, lr: float, theta: Tensors, momentum: Tensors | None, grads: Tensors
+) -> tuple[Tensors, Tensors | None]:
+    """``torch.optim.SGD``'s update, out of place: g += wd θ; m' = μ m + g; θ' = θ − lr m'
+    (without momentum buffer: θ' = θ − lr g). The pure twin of :func:`apply_update`'s SGD
+    branch (the same operations in the same order; a test keeps them bit-identical), for
+    code that differentiates through a step or pushes tangents through it: the step is linear
+    in (θ, m, g), so the same function maps tangent vectors."""
+    g = grads
+    if cfg.weight_decay:
+        g = {k: torch.add(g[k], theta[k], alpha=cfg.weight_decay) for k in theta}
+    if momentum is not None:
+        g = {k: torch.add(momentum[k] * cfg.momentum, g[k]) for k in theta}
+    return {k: torch.add(theta[k], g[k], alpha=-lr) for k in theta}, (
+        g if momentum is not None else None
+    )
 
 
 @torch.no_grad()

@@ -1,67 +1,56 @@
-"""Pipelines: what ``butterfly run`` runs for a config, above the sweep runner.
+"""Pipelines: what ``butterfly run`` runs for a config, each on the one run session.
 
-* a plain config is one sweep (:func:`butterfly.sweep.runner.run_sweep`);
+* a plain config is one sweep (:func:`butterfly.sweep.runner.sweep`);
 * a config with a ``pretrain`` section is the fine-tuning pipeline
   (:func:`butterfly.sweep.pipelines.finetune.run_finetune`): pre-training, then one sweep per
   pre-training checkpoint, in one run folder;
 * a config with a ``threshold`` section searches the edge of stability
   (:func:`butterfly.sweep.pipelines.threshold.run_threshold`): σ*(t) or t*(σ) by rounds of
   populations.
+
+:func:`run_pipeline` resolves the config once (:func:`butterfly.experiment.resolve`), picks
+the folder (``force_new``) and hands the resolved config to the pipeline.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from butterfly.config import RunConfig
-from butterfly.experiment.setup import resolve_epochs
-from butterfly.sweep import rundir
+from butterfly.experiment import Resolved
+from butterfly.experiment.resolve import resolve
 from butterfly.sweep.pipelines.finetune import run_finetune
 from butterfly.sweep.pipelines.threshold import run_threshold
-from butterfly.sweep.runner import SweepOutcome, log, run_sweep
-
-
-def epochs_resolved(cfg: RunConfig, run_dir: Path | None, quiet: bool = True) -> RunConfig:
-    """``cfg`` with epoch-based recipes turned into steps, saying what they became."""
-    if not cfg.needs_epochs:
-        return cfg
-    out = resolve_epochs(cfg, run_dir)
-    for what, before, after in (("recipe", cfg.recipe, out.recipe),
-                                ("pretrain.recipe", cfg.pretrain and cfg.pretrain.recipe,
-                                 out.pretrain and out.pretrain.recipe)):  # fmt: skip
-        if before is not None and after is not None and before.epochs is not None:
-            log(f"{what}.epochs = {before.epochs:g} at batch {after.batch_size}: "
-                f"{after.steps:,} steps", quiet)  # fmt: skip
-    return out
+from butterfly.sweep.runner import sweep
+from butterfly.sweep.session import Execution, SweepOutcome, fresh_folder
+from butterfly.sweep.tasks import UnitResult
 
 
 def run_pipeline(
-    cfg: RunConfig,
+    cfg: RunConfig | Resolved,
     run_dir: str | Path,
-    workers: int | None = None,
-    quiet: bool = False,
-    executor: str = "local",
-    address: str | None = None,
-    force_new: bool = False,
-    progress: bool | None = None,
-    **kwargs: Any,
+    execution: Execution | None = None,
+    on_unit: Callable[[UnitResult], None] | None = None,
+    **options: Any,
 ) -> SweepOutcome:
     """Run (or resume) whatever ``cfg`` describes in ``run_dir``; returns its outcome.
 
-    ``force_new``: if ``run_dir`` holds a run with another config, use a fresh ``run_dir-N``.
+    ``execution`` (or its fields as keywords: ``workers``, ``quiet``, ``executor``,
+    ``address``, ``progress``, ``force_new``) says how it runs, never what it computes.
     """
+    execution = execution or Execution(**options)
     run_dir = Path(run_dir)
-    cfg = epochs_resolved(cfg, run_dir, quiet)
-    if force_new and rundir.config_differs(cfg, run_dir):
-        run_dir = rundir.fresh_run_dir(run_dir)
-        log(f"config differs from the existing run: starting a fresh run in {run_dir}", quiet)
-    if cfg.pretrain is not None:
-        return run_finetune(cfg, run_dir, workers, quiet, executor, address, progress)
-    if cfg.threshold is not None:
-        return run_threshold(cfg, run_dir, workers, quiet, executor, address, progress)
-    return run_sweep(cfg, run_dir, workers=workers, quiet=quiet, executor=executor,
-                     address=address, progress=progress, **kwargs)  # fmt: skip
+    resolved = cfg if isinstance(cfg, Resolved) else resolve(cfg, run_dir)
+    for note in resolved.notes:
+        execution.log(note)
+    run_dir = fresh_folder(resolved, run_dir, execution)
+    if resolved.cfg.pretrain is not None:
+        return run_finetune(resolved, run_dir, execution)
+    if resolved.cfg.threshold is not None:
+        return run_threshold(resolved, run_dir, execution)
+    return sweep(resolved, run_dir, execution, on_unit)
 
 
-__all__ = ["epochs_resolved", "run_finetune", "run_pipeline", "run_threshold"]
+__all__ = ["Execution", "run_finetune", "run_pipeline", "run_threshold"]

@@ -29,10 +29,9 @@ from typing import Any
 
 import pandas as pd
 
-from butterfly.config import ConfigError, RunConfig
-from butterfly.experiment import check_control, configure_torch, rows
+from butterfly.config import RunConfig, build_config, deep_merge
+from butterfly.experiment import Resolved, rows
 from butterfly.experiment.members import ORIGINAL, Member
-from butterfly.experiment.setup import environment
 from butterfly.experiment.threshold import (
     BracketSearch,
     Criterion,
@@ -41,20 +40,10 @@ from butterfly.experiment.threshold import (
     TimeSearch,
     key,
 )
-from butterfly.sweep import rundir
-from butterfly.sweep.executors import check_executor, make_executor
-from butterfly.sweep.lock import RunLock
+from butterfly.experiment.verdict import check_control
 from butterfly.sweep.plan import Unit
 from butterfly.sweep.progress import Progress
-from butterfly.sweep.runner import (
-    SweepFailed,
-    SweepOutcome,
-    log,
-    preflight,
-    resolve_workers,
-    schedule,
-)
-from butterfly.sweep.store import Store
+from butterfly.sweep.session import Execution, RunSession, SweepOutcome
 from butterfly.sweep.tasks import UnitResult
 
 PIPELINE = "threshold"
@@ -63,6 +52,23 @@ LEAN_EVAL = {
     "weight_matching": False, "activation_matching": False, "cka": False, "ensemble": False,
     "proxy_fractions": [], "trajectory_points": 0,
 }  # fmt: skip
+
+
+def search_config(
+    raw: dict[str, Any], options: dict[str, Any], overrides: list[str] | None = None
+) -> tuple[RunConfig, str]:
+    """``butterfly threshold``'s config: ``raw`` (a config or preset) with the lean evaluation
+    a search reads, a ``threshold`` section with ``options`` (None: the config's, else the
+    section's defaults), and ``overrides`` on top; and the folder name under ``runs/``
+    (``threshold``, or ``NAME-threshold`` for a named config)."""
+    named = "name" in raw
+    raw = deep_merge({"eval": LEAN_EVAL, "threshold": {}}, raw)
+    given = {k: v for k, v in options.items() if v is not None}
+    raw["threshold"] = {**(raw["threshold"] or {}), **given}
+    if not named:
+        raw["name"] = "threshold"
+    cfg = build_config(raw, overrides)
+    return cfg, (f"{cfg.name}-threshold" if named else cfg.name)
 
 
 def searches_of(cfg: RunConfig) -> dict[tuple[int, str, float], BracketSearch]:
@@ -168,105 +174,65 @@ def with_times(cfg: RunConfig, steps: list[int]) -> RunConfig:
 
 
 def run_threshold(
-    cfg: RunConfig,
+    resolved: Resolved,
     run_dir: Path,
-    workers: int | None = None,
-    quiet: bool = False,
-    executor: str = "local",
-    address: str | None = None,
-    progress: bool | None = None,
+    execution: Execution,
     on_round: Callable[[int], None] | None = None,
 ) -> SweepOutcome:
-    """Run (or resume) the threshold searches of ``cfg`` in ``run_dir``."""
+    """Run (or resume) the threshold searches of a resolved config in ``run_dir``: its round
+    loop; the run session does the rest."""
+    cfg = resolved.cfg
     th = cfg.threshold
     assert th is not None
-    start = time.perf_counter()
-    if th.metric not in rows.names("results"):
-        raise ConfigError(
-            f"threshold.metric '{th.metric}' is not a result column; e.g. barrier_train_loss, "
-            "barrier_test_error, l2"
-        )
-    for w in preflight(cfg, run_dir):
-        log(f"note: {w}", quiet)
-    check_executor(executor, address)
+    for w in resolved.warnings:
+        execution.log(f"note: {w}")
     steps_run = 0
-    failures: list[str] = []
-    with RunLock(run_dir):
-        rundir.prepare_run_dir(cfg, run_dir, "a threshold search")
-        configure_torch(cfg.runtime.threads, cfg.runtime.tf32)
-        n_workers = resolve_workers(cfg, workers)
-        store = Store(run_dir / rundir.STORE)
-        try:
-            store.set_meta("config", cfg.to_dict())
-            store.set_meta("pipeline", PIPELINE)
-            store.set_meta("environment", {**environment(cfg), "workers": n_workers,
-                                           "executor": executor})  # fmt: skip
-            pool = None
-            units_run = 0
-            resumed = len(store.finished_rounds())
-            if resumed:
-                log(f"resuming: {resumed} populations already measured", quiet)
-            try:
-                while True:
-                    df = store.results()
-                    rnd = next_round(cfg, df, store.finished_rounds())
-                    if not rnd.units:
-                        break
-                    if pool is None:
-                        pool = make_executor(executor, cfg, n_workers, address, False)
-                    numbers = sorted(set(rnd.number.values()))
-                    log(f"threshold round {'/'.join(map(str, numbers))}: {len(rnd.units)} "
-                        f"populations, {sum(len(u.members) - 2 for u in rnd.units)} children",
-                        quiet)  # fmt: skip
-                    # the parent's states: the sweep's times, or (over t) every t asked so far
-                    asked = sorted(set(cfg.perturbation_steps() if th.over == "sigma" else
-                                       [int(x) for x in df["t"].unique()] + rnd.steps))  # fmt: skip
-                    round_cfg = with_times(cfg, asked)
-                    T = cfg.recipe.steps
-                    bar = Progress(len(rnd.units), 0, sum(T - u.t for u in rnd.units), T,
-                                   enabled=False)  # fmt: skip
-
-                    def commit(res: UnitResult, rnd: Round = rnd) -> None:
-                        nonlocal steps_run, units_run
-                        store.commit_round(res.seed, res.t, rnd.number[(res.seed, res.t)],
-                                           res.rows, res.population, res.steps, res.wall_s,
-                                           time.time())  # fmt: skip
-                        steps_run += res.steps
-                        units_run += 1
-
-                    def fail(seed: int, t: int | None, err: BaseException) -> None:
-                        store.record_failure(seed, t, f"{type(err).__name__}: {err}", time.time())
-                        where = f"seed {seed}" + (f" t={t}" if t is not None else " (parent)")
-                        failures.append(f"{where}: {err}")
-                        log(f"FAILED {where}: {type(err).__name__}: {err}", quiet)
-
-                    # (not `steps_run += schedule(...)`: commit() adds to it while it runs)
-                    parent_steps = schedule(round_cfg, rnd.units, run_dir, pool, commit, fail, bar)
-                    steps_run += parent_steps
-                    if failures:
-                        break
-                    if on_round is not None:
-                        on_round(max(numbers))
-            finally:
-                if pool is not None:
-                    pool.shutdown()
+    units_run = 0
+    with RunSession(resolved, run_dir, execution, what="a threshold search", pipeline=PIPELINE,
+                    saved="rounds") as session:  # fmt: skip
+        store = session.store
+        resumed = len(store.finished_rounds())
+        if resumed:
+            session.log(f"resuming: {resumed} populations already measured")
+        while True:
             df = store.results()
-            table, results = results_of(cfg, df)
-            store.set_thresholds(table)
-        finally:
-            store.close()
-        df.to_csv(run_dir / rundir.CSV, index=False)
-    if failures:
-        raise SweepFailed(
-            f"{len(failures)} unit{'s' if len(failures) > 1 else ''} failed (first: "
-            f"{failures[0]}); finished rounds are saved in {run_dir}, run the same command to "
-            "retry"
-        )
+            rnd = next_round(cfg, df, store.finished_rounds())
+            if not rnd.units:
+                break
+            numbers = sorted(set(rnd.number.values()))
+            session.log(f"threshold round {'/'.join(map(str, numbers))}: {len(rnd.units)} "
+                        f"populations, {sum(len(u.members) - 2 for u in rnd.units)} children")  # fmt: skip
+            # the parent's states: the sweep's times, or (over t) every t asked so far
+            asked = sorted(set(cfg.perturbation_steps() if th.over == "sigma" else
+                               [int(x) for x in df["t"].unique()] + rnd.steps))  # fmt: skip
+            T = cfg.recipe.steps
+            bar = Progress(len(rnd.units), 0, sum(T - u.t for u in rnd.units), T, enabled=False)
+
+            def commit(res: UnitResult, rnd: Round = rnd) -> None:
+                nonlocal steps_run, units_run
+                store.commit_round(res.seed, res.t, rnd.number[(res.seed, res.t)], res.rows,
+                                   res.population, res.steps, res.wall_s, time.time())  # fmt: skip
+                steps_run += res.steps
+                units_run += 1
+
+            # (not `steps_run += ...`: commit() adds to it while it runs)
+            parent_steps = session.schedule(resolved.derive(with_times(cfg, asked)), rnd.units,
+                                            commit, bar)  # fmt: skip
+            steps_run += parent_steps
+            if session.failures:
+                break
+            if on_round is not None:
+                on_round(max(numbers))
+        df = store.results()
+        table, results = results_of(cfg, df)
+        store.set_thresholds(table)
+        session.results = df
     for (seed, kind, at), res in results:
         where = f"t={int(at)}" if th.over == "sigma" else f"σ={at:g}"
-        log(f"seed {seed} {kind} {where}: {describe(res, th.over)}", quiet)
-    return SweepOutcome(run_dir, df, time.perf_counter() - start, steps_run, steps_run,
-                        units_run, resumed, not check_control(df))  # fmt: skip
+        execution.log(f"seed {seed} {kind} {where}: {describe(res, th.over)}")
+    return session.outcome(results=df, steps=steps_run, minimum_steps=steps_run,
+                           units_run=units_run, units_skipped=resumed,
+                           control_ok=not check_control(df))  # fmt: skip
 
 
 def describe(res: ThresholdResult, over: str) -> str:

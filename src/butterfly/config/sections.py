@@ -1,45 +1,43 @@
-"""Typed sweep configuration: YAML + ``--set key=value`` overrides, validated before any training.
+"""The sections of a config, field by field: each field's default and one line of meaning.
 
-Every field has a default, so an empty config is the default sweep: the paper's standard recipe
-(Table 1 'Standard': SGD with momentum, lr 0.1, 2% warm-up then linear decay) and perturbation
-times (0, 0.1%, 0.5%, 2%, 10%, 50% of T) on a CPU stand-in (an MLP-64 on MNIST-1D, T = 3000). Validation errors are raised as :class:`ConfigError` with one clear
-sentence that names the field and the allowed values.
+Read it like a block of commented defaults: an empty config is the default sweep, the paper's
+standard recipe (Table 1 'Standard': SGD with momentum, lr 0.1, 2% warm-up then linear decay)
+and perturbation times (0, 0.1%, 0.5%, 2%, 10%, 50% of T) on a CPU stand-in (an MLP-64 on
+MNIST-1D, T = 3000). A field's own checks live beside it; rules that join sections live in
+:mod:`butterfly.config.rules`. Validators check and never write.
 """
 
 from __future__ import annotations
 
-import difflib
-import json
-import math
 import re
 import types
 import typing
-from collections.abc import Iterable
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
     field_validator,
     model_serializer,
     model_validator,
 )
 
+from butterfly.config.errors import did_you_mean, shown
 from butterfly.imports import LOCAL, is_import_path
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-
-
-class ConfigError(ValueError):
-    """A configuration value a user can fix. The message names the field."""
-
-
 INT64 = 2**63 - 1
 MAX_STEPS = 100_000_000
+
+BUILTIN_DATA = (
+    "mnist1d", "digits", "synthetic", "cifar10", "cifar100", "mnist", "glue", "sentiment",
+    "pairs", "gsm8k", "arithmetic",
+)  # fmt: skip
+CAUSAL_DATA = ("gsm8k", "arithmetic")  # question/answer text for causal language models
+TEXT_DATA = ("glue", "sentiment", "pairs", *CAUSAL_DATA)
+BUILTIN_MODELS = ("mlp", "cnn", "resnet", "resnet50", "vit", "gpt", "hf")
+STORED = "stored"  # in-memory data given through Python, written once into the run folder
 
 
 def _bounded(v: Any, where: str) -> Any:
@@ -51,7 +49,7 @@ def _bounded(v: Any, where: str) -> Any:
     return v
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
     """Strict types: an integer field takes integers only (not booleans, floats or strings),
     every number must be finite, unknown keys are refused."""
 
@@ -83,7 +81,19 @@ class _Strict(BaseModel):
         return out
 
 
-class AugmentConfig(_Strict):
+def _named(kind: str, v: str, builtin: tuple[str, ...]) -> str:
+    if v in builtin or is_import_path(v) or v.startswith(LOCAL):
+        return v
+    raise ValueError(
+        f"{kind}.name must be one of {', '.join(builtin)} or an import path "
+        f"package.module:name; got {shown(v)}{did_you_mean(v, builtin)}"
+    )
+
+
+# ---- data -----------------------------------------------------------------------------------
+
+
+class AugmentConfig(Strict):
     """Step-indexed augmentations of image batches (appendix A.2); all off by default."""
 
     flip: bool = Field(False, description="random horizontal flip")
@@ -99,31 +109,7 @@ class AugmentConfig(_Strict):
         )
 
 
-BUILTIN_DATA = (
-    "mnist1d", "digits", "synthetic", "cifar10", "cifar100", "mnist", "glue", "sentiment",
-    "pairs", "gsm8k", "arithmetic",
-)  # fmt: skip
-CAUSAL_DATA = ("gsm8k", "arithmetic")  # question/answer text for causal language models
-BUILTIN_MODELS = ("mlp", "cnn", "resnet", "resnet50", "vit", "gpt", "hf")
-STORED = "stored"  # in-memory data given through Python, written once into the run folder
-
-
-def did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
-    """`` (did you mean X?)`` for the closest of ``choices`` to a misspelt ``word``, or ``""``."""
-    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]}?)" if close else ""
-
-
-def _named(kind: str, v: str, builtin: tuple[str, ...]) -> str:
-    if v in builtin or is_import_path(v) or v.startswith(LOCAL):
-        return v
-    raise ValueError(
-        f"{kind}.name must be one of {', '.join(builtin)} or an import path "
-        f"package.module:name; got {v!r}{did_you_mean(v, builtin)}"
-    )
-
-
-class DataConfig(_Strict):
+class DataConfig(Strict):
     """Which data set to train on. ``seed`` fixes how a generated data set is drawn.
 
     ``name`` is a built-in data set or the import path of the user's loader
@@ -155,7 +141,9 @@ class DataConfig(_Strict):
         64, ge=2, description="text only: tokens per example (padded/truncated)"
     )
     max_train: int | None = Field(None, ge=2, description="use at most this many train examples")
-    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    augment: AugmentConfig = Field(
+        default_factory=AugmentConfig, description="image augmentations, the same for every member"
+    )
     seed: int = Field(0, ge=0, description="seed of a generated data set (mnist1d, synthetic)")
     n_train: int = Field(4000, ge=2, description="synthetic only: training examples")
     n_test: int = Field(1000, ge=1, description="synthetic only: test examples")
@@ -164,7 +152,7 @@ class DataConfig(_Strict):
 
     @property
     def text(self) -> bool:
-        return self.name in ("glue", "sentiment", "pairs", *CAUSAL_DATA)
+        return self.name in TEXT_DATA
 
     @property
     def causal(self) -> bool:
@@ -188,7 +176,18 @@ class DataConfig(_Strict):
         return v
 
 
-class ModelConfig(_Strict):
+def keeps_own_init(init: str, builtin: bool) -> bool:
+    """The one rule for whether a model keeps its own initialisation (``init = own``, or
+    ``auto`` for a model butterfly did not write) rather than He-normal weights drawn from the
+    seed. A model that keeps its own has Eq. 6 take each tensor's variance from θ0 itself
+    (its mean square), not from He's 2/fan_in."""
+    return init == "own" or (init == "auto" and not builtin)
+
+
+# ---- model ----------------------------------------------------------------------------------
+
+
+class ModelConfig(Strict):
     """Architecture. ``width`` is the hidden width (MLP, ViT) or base channel count (CNN,
     ResNet, ResNet-50); ``hf`` loads a Hugging Face classifier from ``path``; an import path
     ``package.module:make`` names the user's ``nn.Module`` class or factory (called with
@@ -204,11 +203,11 @@ class ModelConfig(_Strict):
     )
     init: Literal["auto", "kaiming", "own"] = Field(
         "auto",
-        description="kaiming: He-normal from the seed (built-ins); own: keep the user model's "
+        description="kaiming: He-normal from the seed (built-ins); own: keep the model's own "
         "initialisation (Eq. 6 then uses each tensor's mean square at θ0); auto: kaiming for "
         "built-ins, own for user models",
     )
-    width: int = Field(64, ge=1)
+    width: int = Field(64, ge=1, description="hidden width (mlp, vit, gpt) or base channels")
     depth: int = Field(
         2, ge=1, description="hidden layers (mlp), conv layers (cnn), 6n+2 (resnet), blocks (vit, "
         "gpt)"
@@ -237,6 +236,11 @@ class ModelConfig(_Strict):
     def builtin(self) -> bool:
         return self.name in BUILTIN_MODELS
 
+    @property
+    def keeps_own_init(self) -> bool:
+        """Whether θ0 is the model's own initialisation (see :func:`keeps_own_init`)."""
+        return keeps_own_init(self.init, self.builtin)
+
     @field_validator("resize", mode="before")
     @classmethod
     def _resize(cls, v: Any) -> Any:
@@ -250,7 +254,7 @@ class ModelConfig(_Strict):
         ):  # fmt: skip
             raise ValueError(
                 f"model.resize must be one size or [height, width], whole numbers in [1, 4096]; "
-                f"got {v!r}"
+                f"got {shown(v)}"
             )
         return v
 
@@ -272,17 +276,28 @@ class ModelConfig(_Strict):
         return self
 
 
-class RecipeConfig(_Strict):
+# ---- recipe ---------------------------------------------------------------------------------
+
+
+class RecipeConfig(Strict):
     """Optimizer and schedule, all as functions of the step so a run can resume anywhere."""
 
-    optimizer: Literal["sgd", "adamw"] = "sgd"
-    lr: float = Field(0.1, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    betas: tuple[float, float] = Field((0.9, 0.999), strict=False)
-    eps: float = Field(1e-8, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
+    optimizer: Literal["sgd", "adamw"] = Field(
+        "sgd", description="sgd (torch.optim.SGD) or adamw (torch.optim.AdamW)"
+    )
+    lr: float = Field(0.1, gt=0, description="peak learning rate, reached after the warm-up")
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd: momentum")
+    betas: tuple[float, float] = Field(
+        (0.9, 0.999), strict=False, description="adamw: the moments' decay rates"
+    )
+    eps: float = Field(1e-8, gt=0, description="adamw: added to the denominator")
+    weight_decay: float = Field(
+        0.0, ge=0, description="sgd: L2 added to the gradient; adamw: decoupled decay"
+    )
     warmup: float = Field(0.02, ge=0, lt=1, description="warm-up length as a fraction of steps")
-    schedule: Literal["cosine", "linear", "constant"] = "linear"
+    schedule: Literal["cosine", "linear", "constant"] = Field(
+        "linear", description="decay after the warm-up: linear to 0, cosine to 0, or constant"
+    )
     steps: int = Field(
         3000, ge=1, le=MAX_STEPS, description=f"total training steps T (at most {MAX_STEPS:,})"
     )
@@ -290,7 +305,7 @@ class RecipeConfig(_Strict):
         None, gt=0, description="T in epochs instead: steps = ceil(epochs x training examples / "
         "batch_size), set when the run starts"
     )
-    batch_size: int = Field(128, ge=1)
+    batch_size: int = Field(128, ge=1, description="examples per training step")
     grad_clip: float | None = Field(
         None, gt=0, description="clip each member's global gradient norm to this value"
     )
@@ -306,7 +321,7 @@ class RecipeConfig(_Strict):
         if v == "cross_entropy" or is_import_path(v) or v.startswith(LOCAL):
             return v
         raise ValueError(
-            f"recipe.loss must be cross_entropy or an import path package.module:loss_fn; got {v!r}"
+            f"recipe.loss must be cross_entropy or an import path package.module:loss_fn; got {shown(v)}"
         )
 
     @field_validator("betas")
@@ -332,24 +347,14 @@ class RecipeConfig(_Strict):
             )
         return self
 
-    def with_epochs_resolved(self, n_train: int) -> dict[str, Any]:
-        """This recipe as a dict with ``epochs`` turned into ``steps`` for ``n_train`` training
-        examples: ceil(epochs x (n_train // batch_size)). An epoch is what the batch stream
-        draws in one pass: its n_train // batch_size full batches (the rest is left out of
-        that pass, in a new random subset each epoch)."""
-        raw = self.model_dump()
-        if self.epochs is not None:
-            per_epoch = max(1, n_train // self.batch_size)
-            raw["steps"] = max(1, math.ceil(self.epochs * per_epoch - 1e-9))
-            raw["epochs"] = None
-        return raw
 
+# ---- perturbation ---------------------------------------------------------------------------
 
 Kind = Literal["batch", "gaussian", "spawn"]
 Mask = Literal["weights", "weights+biases", "norm", "biases", "biases+norm", "all"]
 
 
-class PerturbConfig(_Strict):
+class PerturbConfig(Strict):
     """The perturbation grid: times t, sizes sigma, kinds, masks (paper Eq. 2, 3, 6)."""
 
     times: list[float] = Field(
@@ -357,15 +362,26 @@ class PerturbConfig(_Strict):
         description="perturbation times as fractions of T, in [0, 1)",
     )
     steps: list[int] = Field(default_factory=list, description="perturbation times as steps")
-    sigmas: list[float] = Field(default_factory=lambda: [1e-4, 1e-3, 1e-2, 1e-1])
-    kinds: list[Kind] = Field(default_factory=lambda: ["batch", "gaussian"])
-    mask: Mask = "weights"
+    sigmas: list[float] = Field(
+        default_factory=lambda: [1e-4, 1e-3, 1e-2, 1e-1],
+        description="perturbation sizes σ (the σ = 0 control is always added)",
+    )
+    kinds: list[Kind] = Field(
+        default_factory=lambda: ["batch", "gaussian"],
+        description="batch (a batch gradient, Eq. 2), gaussian (Eq. 3), spawn (no perturbation, "
+        "an independent batch stream after t)",
+    )
+    mask: Mask = Field(
+        "weights", description="which parameters are perturbed: weights, biases, norm, or sums"
+    )
     fractions: list[float] = Field(
         default_factory=lambda: [1.0], description="fraction of the masked weights perturbed"
     )
     normalize: bool = Field(True, description="scale the masked direction by Eq. 6")
     directions: int = Field(1, ge=1, description="independent directions per (kind, sigma)")
-    batch_size: int | None = Field(None, ge=1, description="batch perturbation batch size")
+    batch_size: int | None = Field(
+        None, ge=1, description="batch perturbation: its batch size (default recipe.batch_size)"
+    )
     scale: Literal["init", "sgd_noise"] = Field(
         "init",
         description="what sigma = 1 means: the init scale of Eq. 6, or the expected distance "
@@ -416,7 +432,10 @@ class PerturbConfig(_Strict):
         return v
 
 
-class EvalConfig(_Strict):
+# ---- measurement ----------------------------------------------------------------------------
+
+
+class EvalConfig(Strict):
     """How the end-of-training metrics are computed (paper section 3.4, appendix B.1)."""
 
     alphas: int = Field(11, ge=3, description="points on the linear path, endpoints included")
@@ -457,7 +476,77 @@ class EvalConfig(_Strict):
     lyapunov_every: int = Field(10, ge=1, description="lyapunov: renormalise every k steps")
 
 
-class RuntimeConfig(_Strict):
+# ---- where it runs --------------------------------------------------------------------------
+
+
+SLURM_TIME = re.compile(
+    r"(\d+)|(\d+):(\d+)|(\d+):(\d+):(\d+)|(\d+)-(\d+)|(\d+)-(\d+):(\d+)|(\d+)-(\d+):(\d+):(\d+)"
+)
+
+
+class SlurmConfig(Strict):
+    """``--executor slurm``: how each array task is submitted (``sbatch``). Tasks run the units
+    of the sweep and write each finished unit's rows into the run folder; only the driver that
+    holds the folder's lock writes ``results.db``."""
+
+    partition: str | None = Field(None, description="sbatch --partition (default: the cluster's)")
+    account: str | None = Field(None, description="sbatch --account")
+    qos: str | None = Field(None, description="sbatch --qos")
+    time: str = Field(
+        "1:00:00", description="time limit of each task, as sbatch reads it (MM, HH:MM:SS, "
+        "D-HH:MM, ...)"
+    )
+    cpus_per_task: int = Field(1, ge=1, le=4096, description="sbatch --cpus-per-task")
+    mem: str | None = Field(None, description="memory per task, as sbatch reads it (e.g. 8G)")
+    gpus_per_task: int = Field(0, ge=0, le=64, description="GPUs per task (sbatch --gres=gpu:N)")
+    extra: list[str] = Field(
+        default_factory=list, description="further sbatch options, one per item (#SBATCH lines)"
+    )
+    setup: list[str] = Field(
+        default_factory=list, description="shell lines each task runs first (module load ...)"
+    )
+    array_cap: int = Field(
+        100, ge=1, le=100_000, description="at most this many array tasks queued at once "
+        "(clusters cap a user's queued jobs)"
+    )
+    units_per_task: int = Field(
+        1, ge=0, description="units one task runs before it ends (0: until none is left)"
+    )
+    max_attempts: int = Field(
+        3, ge=1, le=100, description="a unit whose task is killed, times out or is pre-empted "
+        "is tried again up to this many times in all, then recorded as failed"
+    )
+    poll: float = Field(5.0, gt=0, le=3600, description="seconds between looks at the queue")
+    python: str | None = Field(
+        None, description="the Python that runs butterfly on the compute nodes (default: this one)"
+    )
+
+    @field_validator("time")
+    @classmethod
+    def _time(cls, v: str) -> str:
+        if not SLURM_TIME.fullmatch(v.strip()):
+            raise ValueError(
+                f"runtime.slurm.time {shown(v)} is not a SLURM time limit: give minutes, MM:SS, "
+                "HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS"
+            )
+        return v.strip()
+
+    @field_validator("mem")
+    @classmethod
+    def _mem(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"\d+[KMGT]?", v.strip()):
+            raise ValueError(f"runtime.slurm.mem {shown(v)} is not a size like 8000M or 8G")
+        return v
+
+    @field_validator("partition", "account", "qos")
+    @classmethod
+    def _word(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z0-9._,-]{1,100}", v):
+            raise ValueError(f"a SLURM name must be letters, digits, '.', '_', ',' or '-'; got {shown(v)}")
+        return v
+
+
+class RuntimeConfig(Strict):
     """Where and how to run. Does not change results except through ``device``/``threads``."""
 
     device: str = Field(
@@ -466,7 +555,7 @@ class RuntimeConfig(_Strict):
     threads: int = Field(1, ge=1, description="torch intra-op threads per process")
     workers: int = Field(0, ge=0, description="worker processes; 0 = one per core")
     mode: Literal["auto", "vmap", "batched", "loop"] = Field(
-        "auto", description="population training mode"
+        "auto", description="population training mode: vmap, batched (MLPs), loop, or auto"
     )
     checkpoints: bool = Field(True, description="save final weights of every member")
     tf32: bool = Field(
@@ -484,6 +573,9 @@ class RuntimeConfig(_Strict):
     ray_gpus: float | None = Field(
         None, ge=0, description="ray: GPUs each unit asks for (default 1 on CUDA, 0 on CPU)"
     )
+    slurm: SlurmConfig = Field(
+        default_factory=SlurmConfig, description="--executor slurm: how tasks are submitted"
+    )
 
     @field_validator("gpus")
     @classmethod
@@ -496,11 +588,14 @@ class RuntimeConfig(_Strict):
     @classmethod
     def _device(cls, v: str) -> str:
         if not re.fullmatch(r"cpu|auto|cuda(:\d+)?", v):
-            raise ValueError(f"runtime.device must be cpu, cuda, cuda:N or auto; got {v!r}")
+            raise ValueError(f"runtime.device must be cpu, cuda, cuda:N or auto; got {shown(v)}")
         return v
 
 
-class FolderCheckpoint(_Strict):
+# ---- fine-tuning ----------------------------------------------------------------------------
+
+
+class FolderCheckpoint(Strict):
     """A checkpoint made elsewhere: its path and the pre-training step it was saved at."""
 
     path: str = Field(description="a Hugging Face model folder, or a safetensors file")
@@ -534,13 +629,15 @@ def step_in_name(path: str) -> int:
     return step
 
 
-class PretrainConfig(_Strict):
+class PretrainConfig(Strict):
     """Fine-tuning experiments (paper section 4.4): pre-train on ``data`` with ``recipe`` and
     fine-tune the sweep's task from the weights after each of ``checkpoints`` steps (0 = from
     random initialisation, the baseline)."""
 
-    data: DataConfig = Field(default_factory=DataConfig)
-    recipe: RecipeConfig = Field(default_factory=RecipeConfig)
+    data: DataConfig = Field(default_factory=DataConfig, description="the pre-training data")
+    recipe: RecipeConfig = Field(
+        default_factory=RecipeConfig, description="the pre-training recipe"
+    )
     checkpoints: list[int | str | FolderCheckpoint] = Field(
         default_factory=lambda: [0],
         description="pre-training steps to fine-tune from; or, instead of pre-training here, "
@@ -595,10 +692,14 @@ class PretrainConfig(_Strict):
         return self
 
 
-class ThresholdConfig(_Strict):
+# ---- the edge of stability ------------------------------------------------------------------
+
+
+class ThresholdConfig(Strict):
     """The edge of stability (``butterfly threshold``): for each perturbation time t (seed,
     kind), the smallest σ whose ``metric`` reaches ε, by an adaptive search in log σ; or, with
-    ``over: t``, for the size ``sigma``, the earliest t after which it stays below ε."""
+    ``over: t``, for the size ``sigma``, the earliest t after which it stays below ε. These
+    defaults are the search's, the report's and the command line's."""
 
     over: Literal["sigma", "t"] = Field("sigma", description="search σ*(t), or t*(σ)")
     metric: str = Field("barrier_train_loss", description="the result column compared with ε")
@@ -611,7 +712,7 @@ class ThresholdConfig(_Strict):
     sigma_max: float = Field(1.0, gt=0, description="the bracket's largest σ")
     per_round: int = Field(6, ge=2, le=64, description="values measured per round")
     resolution: float = Field(1.25, gt=1, description="stop when the bracket is this narrow")
-    max_rounds: int = Field(8, ge=1, le=100)
+    max_rounds: int = Field(8, ge=1, le=100, description="stop after this many rounds")
     sigma: float | None = Field(
         None, gt=0, description="over t: the size whose t* is searched (default perturb.sigmas[0])"
     )
@@ -626,412 +727,6 @@ class ThresholdConfig(_Strict):
         return self
 
 
-class RunConfig(_Strict):
-    """A whole sweep. ``seeds`` repeat the experiment: each seed fixes init, batches and noise."""
-
-    name: str = Field(
-        "default", description="the run's name; the default run folder is runs/<name>"
-    )
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
-    data: DataConfig = Field(default_factory=DataConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    recipe: RecipeConfig = Field(default_factory=RecipeConfig)
-    perturb: PerturbConfig = Field(default_factory=PerturbConfig)
-    eval: EvalConfig = Field(default_factory=EvalConfig)
-    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
-    pretrain: PretrainConfig | None = Field(
-        None, description="pre-train first and fine-tune from several checkpoints (section 4.4)"
-    )
-    threshold: ThresholdConfig | None = Field(
-        None, description="search the edge of stability instead of a grid (butterfly threshold)"
-    )
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not NAME_PATTERN.fullmatch(v):
-            raise ValueError(
-                f"name {v!r} must be one folder name: letters, digits, '.', '_' or '-', starting "
-                "with a letter or digit, at most 100 characters"
-            )
-        return v
-
-    @model_validator(mode="after")
-    def _grid(self) -> RunConfig:
-        if not self.seeds:
-            raise ValueError("seeds is empty: give at least one seed")
-        if len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds has duplicates: {self.seeds}")
-        p = self.perturb
-        if not p.times and not p.steps:
-            raise ValueError("perturb.times and perturb.steps are both empty: no perturbation time")
-        if not p.sigmas:
-            raise ValueError("perturb.sigmas is empty: give at least one perturbation size")
-        if not p.kinds:
-            raise ValueError("perturb.kinds is empty: choose from batch, gaussian, spawn")
-        if self.data.augment.active and self.data.text:
-            raise ValueError(f"data.augment is for images; data.name = {self.data.name} is text")
-        if self.data.causal and self.model.name not in ("hf", "gpt"):
-            raise ValueError(
-                f"data.name = {self.data.name} is text for a causal language model: it needs "
-                "model.name = gpt or hf"
-            )
-        if self.data.text and not self.data.causal and self.model.name != "hf":
-            raise ValueError(
-                f"data.name = {self.data.name} is text (token ids): it needs model.name = hf"
-            )
-        given = self.pretrain.folders if self.pretrain is not None else None
-        if self.model.name == "hf" and not self.model.path and not given:
-            raise ValueError(
-                "model.path is required for model.name = hf: a saved model folder, a model id "
-                "in the Hugging Face cache, or 'minilm'"
-            )
-        if self.model.name == "hf" and self.model.task == "auto":
-            self.model.task = "causal_lm" if self.data.causal else "classify"
-        if not p.fractions:
-            raise ValueError("perturb.fractions is empty: use [1.0] to perturb every masked weight")
-        if self.runtime.mode == "batched" and self.model.name != "mlp":
-            raise ValueError(
-                f"runtime.mode = batched is for MLPs; model.name = {self.model.name} trains with "
-                "auto, vmap or loop"
-            )
-        if self.threshold is not None and "spawn" in p.kinds:
-            raise ValueError("threshold searches perturbation sizes: perturb.kinds cannot hold spawn")
-        for s in p.steps:
-            if self.recipe.epochs is None and s >= self.recipe.steps:
-                raise ValueError(
-                    f"perturb.steps contains {s}, beyond the last step; it must be < recipe.steps "
-                    f"= {self.recipe.steps}"
-                )
-        return self
-
-    # ---- derived quantities -------------------------------------------------------------
-    def tokenizer_path(self, data: DataConfig | None = None) -> str | None:
-        """The tokenizer of a text data set (``data``, default the sweep's own; e.g. the
-        pre-training data): data.tokenizer, else the hf model's path, else bytes."""
-        data = data or self.data
-        if not data.text:
-            return None
-        if data.tokenizer:
-            return data.tokenizer
-        if self.model.name != "hf":
-            return "bytes"
-        given = self.pretrain.folders if self.pretrain is not None else None
-        return self.model.path or (str(Path(given[0][1]).expanduser()) if given else None)
-
-    def child_end(self, t: int) -> int:
-        """The step at which perturbed children perturbed at ``t`` stop training."""
-        T = self.recipe.steps
-        return t + T if self.perturb.child_steps == "T_after_t" else T
-
-    def perturbation_steps(self) -> list[int]:
-        """All perturbation times t in steps, sorted and unique."""
-        T = self.recipe.steps
-        ts = {round(f * T) for f in self.perturb.times} | set(self.perturb.steps)
-        return sorted(t for t in ts if t < T)
-
-    def to_dict(self) -> dict[str, Any]:
-        return json.loads(self.model_dump_json())
-
-    @property
-    def needs_epochs(self) -> bool:
-        """Whether ``recipe.epochs`` (or ``pretrain.recipe.epochs``) still has to become steps."""
-        pre = self.pretrain is not None and self.pretrain.recipe.epochs is not None
-        return self.recipe.epochs is not None or pre
-
-    def with_epochs(self, n_train: int, n_pretrain: int | None = None) -> RunConfig:
-        """The config with every ``epochs`` turned into ``steps`` (``n_train``: training
-        examples of ``data``; ``n_pretrain``: of ``pretrain.data``); validated again."""
-        raw = self.to_dict()
-        raw["recipe"] = self.recipe.with_epochs_resolved(n_train)
-        if self.pretrain is not None and self.pretrain.recipe.epochs is not None:
-            assert n_pretrain is not None
-            raw["pretrain"]["recipe"] = self.pretrain.recipe.with_epochs_resolved(n_pretrain)
-        return build_config(raw)
-
-
-# ---- loading, overrides, errors -------------------------------------------------------------
-
-
-class ConfigLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` for configs: refuses aliases (an alias bomb of a few hundred bytes
-    expands to gigabytes) and duplicate keys (a silent last-one-wins), and reads 1e-3 as a
-    float (YAML 1.2; YAML 1.1 reads it as a string)."""
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise yaml.composer.ComposerError(
-                None, None, "aliases (*name) are not allowed in a config", event.start_mark
-            )
-        return super().compose_node(parent, index)
-
-    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"found duplicate key {key!r}", key_node.start_mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep)
-
-
-ConfigLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(
-        r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
-        r"|[0-9][0-9_]*[eE][-+]?[0-9]+|\.(?:inf|Inf|INF)|[-+]\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
-    ),
-    list("-+0123456789."),
-)
-
-
-def parse_yaml(text: str) -> Any:
-    """A YAML document read with :class:`ConfigLoader`."""
-    return yaml.load(text, Loader=ConfigLoader)
-
-
-def _section(loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The config class at ``loc`` (a path of field names from RunConfig)."""
-    model: Any = RunConfig
-    for part in loc:
-        f = model.model_fields.get(part) if isinstance(part, str) else None
-        if f is None:
-            return None
-        ann = f.annotation
-        candidates = [ann, *typing.get_args(ann)]
-        model = next((a for a in candidates if isinstance(a, type) and issubclass(a, BaseModel)),
-                     None)  # fmt: skip
-        if model is None:
-            return None
-    return model
-
-
-def _union_tag(part: object) -> bool:
-    """Whether a location part names a branch of a union (``int``, ``str``, a model class),
-    not a config key (keys are lower-case identifiers)."""
-    return isinstance(part, str) and (
-        part in ("int", "str", "float", "bool") or "[" in part or part[:1].isupper()
-    )
-
-
-def _format_error(err: ValidationError) -> str:
-    errors = err.errors()
-    e = errors[0]
-    msg = e["msg"]
-    if e["loc"] and _union_tag(e["loc"][-1]):  # a value no branch of a union took: report
-        parent = e["loc"][:-1]  # the branch that got furthest (a dict: the model's own error),
-        branches = [x for x in errors if x["loc"][: len(parent)] == parent]
-        e = max(branches, key=lambda x: len(x["loc"]))  # or, if none did, what each wants
-        msg = e["msg"]
-        if len(e["loc"]) == len(parent) + 1:
-            wants = dict.fromkeys(x["msg"].removeprefix("Input should be ") for x in branches
-                                  if len(x["loc"]) == len(parent) + 1)  # fmt: skip
-            msg = "Input should be " + ", or ".join(wants)
-    field = ".".join(str(p) for p in e["loc"] if not _union_tag(p)) or "config"
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, ") :]
-    if e["type"] == "extra_forbidden":
-        section = _section(tuple(e["loc"][:-1]))
-        hint = ""
-        if section is not None:
-            prefix = ".".join(str(p) for p in e["loc"][:-1])
-            names = [f"{prefix}.{n}" if prefix else n for n in section.model_fields]
-            hint = did_you_mean(field, names)
-        return f"unknown config key '{field}'{hint}: check its spelling (README, 'Configuration')"
-    if e["type"] == "literal_error":
-        expected = re.findall(r"'([^']*)'", msg)
-        return (f"config field '{field}': {msg}, got {e.get('input')!r}"
-                f"{did_you_mean(str(e.get('input')), expected)}")  # fmt: skip
-    if msg.startswith(
-        ("seeds", "perturb.", "model.", "recipe.", "runtime.", "data.", "pretrain.", "name ",
-         "threshold")
-    ):
-        return msg
-    return f"config field '{field}': {msg} (got {e.get('input')!r})"
-
-
-def _parse_value(text: str) -> Any:
-    """Parse an override value as YAML, so ``1e-3``, ``[0, 0.5]`` and ``true`` work."""
-    try:
-        return parse_yaml(text)
-    except yaml.YAMLError as err:
-        if isinstance(err, yaml.composer.ComposerError):
-            raise ConfigError(f"--set value {text!r}: aliases are not allowed") from None
-        return text
-
-
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``key.sub=value`` overrides to a raw config dict (a copy is returned)."""
-    out = json.loads(json.dumps(raw))
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set expects key=value, got '{item}'")
-        key, text = item.split("=", 1)
-        parts = key.strip().split(".")
-        node = out
-        for p in parts[:-1]:
-            child = node.setdefault(p, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"--set {key}: '{p}' is not a section")
-            node = child
-        node[parts[-1]] = _parse_value(text)
-    return out
-
-
-def build_config(
-    raw: dict[str, Any] | None = None, overrides: list[str] | None = None
-) -> RunConfig:
-    """Validate a raw dict (plus overrides) into a :class:`RunConfig`, or raise ConfigError."""
-    data = apply_overrides(raw or {}, overrides or [])
-    try:
-        return RunConfig.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(_format_error(err)) from None
-
-
-PRESET_DIR = Path(__file__).parent / "presets"
-SCALES = ("cpu", "full")
-SCALE_KEYS = ("expected_runtime", "data", "note", "config")
-
-
-def is_preset(doc: dict[str, Any]) -> bool:
-    """A preset document: a ``description``, one section per scale (``cpu``, ``full``) and an
-    optional shared ``config`` (no sweep config has any of these keys)."""
-    return any(k in doc for k in ("description", "config", *SCALES))
-
-
-def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """``over`` on top of ``base``: mappings merge key by key, anything else (lists included)
-    replaces."""
-    out = dict(base)
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = deep_merge(out[k], v)
-        else:
-            out[k] = v
-    return out
-
-
-def resolve_path(path: str | Path, relative_to: Path | None = None) -> Path:
-    """A config path as given (relative to ``relative_to``'s folder when that is set and the
-    path is relative), or a packaged preset by name (``NAME``, ``presets/NAME.yaml``)."""
-    p = Path(path).expanduser()
-    if relative_to is not None and not p.is_absolute() and (relative_to.parent / p).is_file():
-        return relative_to.parent / p
-    if p.is_file():
-        return p
-    packaged = PRESET_DIR / (p.stem + ".yaml")
-    if p.suffix in ("", ".yaml") and packaged.is_file():
-        return packaged
-    return p
-
-
-def unknown_preset(name: str | Path) -> ConfigError:
-    """The error for a config path that is neither a file nor a packaged preset."""
-    stem = Path(name).stem
-    presets = [q.stem for q in sorted(PRESET_DIR.glob("*.yaml"))]
-    hint = did_you_mean(stem, presets)
-    return ConfigError(
-        f"config file '{name}' does not exist and is not a preset{hint}; "
-        "`butterfly presets` lists the presets"
-    )
-
-
-def _read_yaml(p: Path) -> dict[str, Any]:
-    if p.is_dir():
-        raise ConfigError(f"config file '{p}' is a folder; give a YAML file or a preset name")
-    if not p.is_file():
-        raise unknown_preset(p)
-    try:
-        loaded = parse_yaml(p.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(err, "problem", None) or "parse error"
-        raise ConfigError(f"config file '{p}' is not valid YAML{where}: {problem}") from None
-    if loaded is None:
-        return {}
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"config file '{p}' must hold a mapping of keys to values")
-    return loaded
-
-
-def read_document(path: str | Path, scale: str = "cpu", _seen: tuple[Path, ...] = ()) -> dict:
-    """A config or preset file with its ``extends:`` chain resolved.
-
-    ``extends: BASE`` (a packaged preset name or a file, relative to this one) starts from
-    BASE and applies this document on top (:func:`deep_merge`). A preset may extend a preset
-    (both scales, and the shared top-level ``config``, merge); a plain config may extend a
-    preset, which then contributes its config at ``scale``.
-    """
-    p = resolve_path(path, _seen[-1] if _seen else None)
-    if p.resolve() in [q.resolve() for q in _seen]:
-        chain = " -> ".join(q.stem for q in (*_seen, p))
-        raise ConfigError(f"config file '{p}' extends itself ({chain})")
-    doc = _read_yaml(p)
-    base_ref = doc.pop("extends", None)
-    if base_ref is None:
-        return _fold(doc, SCALES) if is_preset(doc) else doc
-    if not isinstance(base_ref, str):
-        raise ConfigError(f"config file '{p}': extends must name one preset or file")
-    base = read_document(base_ref, scale, (*_seen, p))
-    if is_preset(base) and not is_preset(doc):
-        base = preset_config(base, scale, Path(base_ref).stem, name=False)
-    elif is_preset(doc):
-        doc = _fold(doc, [s for s in SCALES if s in base or s in doc])
-    return deep_merge(base, doc)
-
-
-def _fold(doc: dict[str, Any], scales: Iterable[str]) -> dict[str, Any]:
-    """A preset with its shared top-level ``config`` folded into each scale's ``config`` (the
-    scale's own keys win), so that a preset extending another overrides both of its scales."""
-    shared = doc.get("config") or {}
-    out = {k: v for k, v in doc.items() if k != "config"}
-    for s in scales:
-        if s in doc or shared:
-            section = dict(doc.get(s) or {})
-            section["config"] = deep_merge(shared, section.get("config") or {})
-            out[s] = section
-    return out
-
-
-def preset_config(doc: dict[str, Any], scale: str, stem: str, name: bool = True) -> dict:
-    """The config of a (folded) preset at ``scale``, named ``STEM`` (full) or ``STEM-cpu``
-    unless the preset names it."""
-    if scale not in SCALES:
-        raise ConfigError(f"--scale must be one of {', '.join(SCALES)}; got '{scale}'")
-    if scale not in doc:
-        raise ConfigError(f"preset '{stem}' has no '{scale}' scale")
-    cfg = dict(doc[scale].get("config") or {})
-    if name and "name" not in cfg:
-        cfg["name"] = stem if scale == "full" else f"{stem}-{scale}"
-    return cfg
-
-
-def list_presets() -> list[tuple[str, dict[str, Any]]]:
-    """(name, preset document with its ``extends`` resolved) of every packaged preset."""
-    return [(p.stem, read_document(p)) for p in sorted(PRESET_DIR.glob("*.yaml"))]
-
-
-def load_raw(path: str | Path | None, scale: str = "cpu") -> dict[str, Any]:
-    """The raw config mapping of a YAML file or preset (none: the default sweep, ``{}``)."""
-    if path is None:
-        return {}
-    doc = read_document(path, scale)
-    if is_preset(doc):
-        return preset_config(doc, scale, resolve_path(path).stem)
-    return doc
-
-
-def load_config(
-    path: str | Path | None = None, overrides: list[str] | None = None, scale: str = "cpu"
-) -> RunConfig:
-    """Read a YAML config or preset (or none: the default sweep) and apply ``--set`` overrides.
-
-    A preset holds one config per scale (``cpu``: minutes on a laptop; ``full``: the paper's
-    setting); ``scale`` picks one. ``extends:`` is resolved first (:func:`read_document`).
-    """
-    return build_config(load_raw(path, scale), overrides)
+def default_of(section: type[BaseModel], name: str) -> Any:
+    """A field's default, as the schema states it (for help texts that must not drift)."""
+    return section.model_fields[name].get_default(call_default_factory=True)

@@ -1,0 +1,425 @@
+"""Resolving a run: a validated config plus the facts of this machine and this data set,
+settled once into one frozen :class:`Resolved` before anything is written or trained.
+
+What a config cannot know by itself is decided here and nowhere else:
+
+* ``recipe.epochs`` (and ``pretrain.recipe.epochs``) become ``steps``, from the number of
+  training examples: ceil(epochs x (n_train // batch_size));
+* ``runtime.device`` becomes a concrete torch device (``auto``: CUDA when available);
+* the tokenizer of a text data set (:func:`tokenizer_for`, the one rule);
+* ``model.task`` becomes ``classify`` or ``causal_lm`` for a Hugging Face model;
+* the loss: cross-entropy, or the user's function named by ``recipe.loss``;
+* what the method needs of the model (:func:`check_model`): it takes the data's inputs and
+  gives a score per class (or per token), checked on two training examples;
+* warnings: measures that will be left empty, and why.
+
+A pipeline calls :func:`resolve` once at the top; everything below takes the resolved object
+(and its ``cfg``) and never asks again. The data set is loaded once per process
+(:func:`dataset`) and the model is built once for the checks.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from butterfly.config import ConfigError, DataConfig, RunConfig, build_config
+from butterfly.config.sections import PretrainConfig, RecipeConfig
+from butterfly.data import DataError, Dataset, load_dataset
+from butterfly.experiment import rows
+from butterfly.experiment.comparer import Comparer
+from butterfly.imports import ImportPathError, check_allowed, is_import_path
+from butterfly.imports import resolve as import_object
+from butterfly.metrics.evaluate import Bound, LossFn
+from butterfly.models import build_model
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A run's config with every derived value settled (``cfg``: epochs as steps, the model's
+    task concrete), the concrete ``device``, the text ``tokenizer``, the number of training
+    examples, and what the checks found (``warnings``: measures left empty; ``notes``: what
+    was derived, e.g. the steps of an epoch-based recipe).
+
+    A fine-tuning config also holds its two runs, resolved: ``pretrain`` (pre-training here;
+    None for checkpoints made elsewhere) and ``finetune`` (the first fine-tuning sweep)."""
+
+    cfg: RunConfig
+    device: str
+    tokenizer: str | None
+    n_train: int
+    warnings: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+    pretrain: Resolved | None = field(default=None, repr=False)
+    finetune: Resolved | None = field(default=None, repr=False)
+    preview: int | None = None  # the data is a preview of this many examples per split
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.startswith("cuda")
+
+    def loss_fn(self) -> LossFn | None:
+        """The user's loss function named by ``recipe.loss`` (None: cross-entropy)."""
+        return loss_function(self.cfg.recipe.loss)
+
+    def gpus(self) -> int:
+        """How many GPUs ``runtime.gpus`` asks for (0: none; ``all``: every visible one)."""
+        g = self.cfg.runtime.gpus
+        if g is None:
+            return 0
+        if g == "all":
+            return torch.cuda.device_count() if torch.cuda.is_available() else 0
+        return int(g)
+
+    def derive(self, cfg: RunConfig) -> Resolved:
+        """The same facts for a sub-run whose config differs only in where its weights start
+        and its name (a fine-tuning sweep from another checkpoint of one pre-training run)."""
+        return replace(self, cfg=cfg, pretrain=None, finetune=None)
+
+
+# ---- the facts of this machine and this data set ---------------------------------------------
+
+
+def concrete_device(name: str) -> str:
+    """The torch device of ``runtime.device``: ``auto`` is CUDA when available, else CPU."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def tokenizer_for(
+    data: DataConfig, model_name: str, model_path: str | None, pretrain: PretrainConfig | None
+) -> str | None:
+    """The tokenizer of a text data set (the one rule): ``data.tokenizer``; else the Hugging
+    Face model's own (``model.path``, or the first checkpoint folder given to fine-tune from);
+    else ``bytes``, the built-in byte tokenizer (for ``gpt`` and user models)."""
+    if not data.text:
+        return None
+    if data.tokenizer:
+        return data.tokenizer
+    if model_name != "hf":
+        return "bytes"
+    given = pretrain.folders if pretrain is not None else None
+    return model_path or (str(Path(given[0][1]).expanduser()) if given else None)
+
+
+@lru_cache(maxsize=4)
+def _cached(
+    data_json: str, tokenizer: str | None, run_dir: str | None, max_rows: int | None
+) -> Dataset:
+    return load_dataset(DataConfig.model_validate_json(data_json), tokenizer,
+                        Path(run_dir) if run_dir else None, max_rows=max_rows)  # fmt: skip
+
+
+@lru_cache(maxsize=4)
+def _on_device(
+    data_json: str, tokenizer: str | None, run_dir: str | None, max_rows: int | None, device: str
+) -> Dataset:
+    return _cached(data_json, tokenizer, run_dir, max_rows).to(device)
+
+
+def dataset(
+    cfg: DataConfig,
+    tokenizer: str | None,
+    run_dir: Path | None = None,
+    device: str = "cpu",
+    max_rows: int | None = None,
+) -> Dataset:
+    """The data set ``cfg`` names, loaded once per process (and moved to ``device`` once);
+    ``max_rows``: a preview of the first examples of each split of a file-based text data set
+    (for planning). A loading error becomes a :class:`ConfigError`."""
+    key = (cfg.model_dump_json(), tokenizer, str(run_dir) if run_dir else None, max_rows)
+    try:
+        return _cached(*key) if device == "cpu" else _on_device(*key, device)
+    except DataError as err:
+        raise ConfigError(str(err)) from None
+
+
+@lru_cache(maxsize=8)
+def loss_function(name: str) -> LossFn | None:
+    """The loss named by ``recipe.loss``: None for cross-entropy, else the user's function."""
+    if name == "cross_entropy":
+        return None
+    try:
+        fn = import_object(name, "recipe.loss")
+    except ImportPathError as err:
+        raise ConfigError(str(err)) from None
+    if not callable(fn):
+        raise ConfigError(f"recipe.loss '{name}' is not a function")
+    return fn
+
+
+def epochs_as_steps(recipe: RecipeConfig, n_train: int) -> int:
+    """ceil(epochs x (n_train // batch_size)): an epoch is what the batch stream draws in one
+    pass, its n_train // batch_size full batches (the rest is left out of that pass, in a new
+    random subset each epoch)."""
+    assert recipe.epochs is not None
+    per_epoch = max(1, n_train // recipe.batch_size)
+    return max(1, math.ceil(recipe.epochs * per_epoch - 1e-9))
+
+
+# ---- the checks ------------------------------------------------------------------------------
+
+
+def check_given(cfg: RunConfig) -> None:
+    """Checkpoints made elsewhere must exist, as folders (hf) or files (built-in models)."""
+    assert cfg.pretrain is not None
+    for step, path in cfg.pretrain.folders or []:
+        p = Path(path).expanduser()
+        hf = cfg.model.name == "hf"
+        if not (p.is_dir() if hf else p.is_file()):
+            raise ConfigError(
+                f"pretrain.checkpoints: {path} (step {step}) is not a "
+                + ("model folder" if hf else "checkpoint file")
+                + (" (model.name = hf loads Hugging Face folders)" if hf else
+                   " (built-in models start from safetensors files; hf models from folders)")
+            )  # fmt: skip
+
+
+
+def check_device(cfg: RunConfig, device: str, gpus: int) -> None:
+    """The device the config asks for exists on this machine."""
+    rt = cfg.runtime
+    if rt.gpus is not None and not device.startswith("cuda"):
+        raise ConfigError(
+            f"runtime.gpus = {rt.gpus} needs CUDA, but runtime.device = {rt.device} runs on "
+            f"{device}"
+        )
+    if isinstance(rt.gpus, int) and ":" in rt.device:
+        raise ConfigError("runtime.gpus picks each worker's GPU: use runtime.device = cuda")
+    if device.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(device.split(":")[1]) if ":" in device else 0
+        wanted = max(index + 1, gpus)
+        if wanted > count or count == 0:
+            raise ConfigError(
+                f"runtime.device = {device} (runtime.gpus = {rt.gpus}), but this machine has "
+                f"{count} CUDA device{'' if count == 1 else 's'} (torch {torch.__version__}); use "
+                "cpu or auto"
+            )
+
+
+def check_recipe(cfg: RunConfig, data: Dataset) -> None:
+    """Batches the data can fill; measures the recipe supports."""
+    n = len(data.y_train)
+    if cfg.recipe.batch_size > n:
+        raise ConfigError(
+            f"recipe.batch_size = {cfg.recipe.batch_size} exceeds the {n} training examples of "
+            f"'{cfg.data.name}'"
+        )
+    if cfg.eval.lyapunov and cfg.recipe.optimizer != "sgd":
+        raise ConfigError(
+            f"eval.lyapunov follows the SGD training map; recipe.optimizer = "
+            f"{cfg.recipe.optimizer} is not supported (set eval.lyapunov: false)"
+        )
+    pb = cfg.perturb.batch_size
+    if pb is not None and pb > n and "batch" in cfg.perturb.kinds:
+        raise ConfigError(
+            f"perturb.batch_size = {pb} exceeds the {n} training examples of '{cfg.data.name}'"
+        )
+    th = cfg.threshold
+    if th is not None and th.metric not in rows.names("results"):
+        raise ConfigError(
+            f"threshold.metric '{th.metric}' is not a result column; e.g. barrier_train_loss, "
+            "barrier_test_error, l2"
+        )
+
+
+def check_model(
+    model: nn.Module, data: Dataset, loss_fn: LossFn | None, name: str, causal: bool = False
+) -> None:
+    """What the trainer needs of a model, checked on two training examples. ``causal``: the
+    data are a causal language model's token targets (the only integer targets of more than
+    one axis that the built-in loss reads, as next-token targets)."""
+    for mname, m in model.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+            raise ConfigError(
+                f"model '{name}' has BatchNorm running statistics ('{mname}'), which training "
+                "would update outside the parameters butterfly tracks per member; use LayerNorm "
+                "or GroupNorm, or BatchNorm with track_running_stats=False"
+            )
+    x, y = data.x_train[:2], data.y_train[:2]
+    try:
+        with torch.no_grad():
+            if loss_fn is None:
+                out = model(x)
+            else:
+                loss = loss_fn(Bound(model, dict(model.named_parameters())), (x, y))
+    except Exception as err:
+        raise ConfigError(
+            f"model '{name}' fails on two training examples of shape {tuple(x.shape[1:])}: "
+            f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        ) from None
+    if loss_fn is not None:
+        if not (isinstance(loss, torch.Tensor) and loss.dim() == 0):
+            raise ConfigError("recipe.loss must return a scalar tensor (the batch's mean loss)")
+        return
+    if data.n_classes < 2:
+        raise ConfigError(
+            f"data '{data.name}' has no class labels (float targets): cross-entropy needs them; "
+            "give a loss function (recipe.loss, or loss_fn= in Python)"
+        )
+    shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+    if y.dim() > 1 and not y.is_floating_point() and not causal:
+        raise ConfigError(
+            f"data '{data.name}' has integer targets of shape {tuple(y.shape[1:])} per example: "
+            "the built-in cross-entropy reads one class per example (or next-token targets of "
+            "the causal-LM data sets gsm8k and arithmetic); for per-token labels give a loss "
+            "function (recipe.loss, or loss_fn= in Python)"
+        )
+    if causal:  # token targets: next-token scores over a vocabulary at least the tokenizer's
+        # (a model may pad its embedding beyond the tokenizer, as OLMo and Pythia do)
+        ok = isinstance(out, torch.Tensor) and out.dim() == 3
+        if not (ok and shape[:2] == tuple(y.shape) and shape[2] >= data.n_classes):
+            raise ConfigError(
+                f"model '{name}' outputs {shape} for 2 examples, but next-token cross-entropy on "
+                f"'{data.name}' needs {(*y.shape, data.n_classes)} (or a wider vocabulary): a "
+                "score per token and vocabulary entry"
+            )
+        return
+    if shape != (2, data.n_classes):
+        raise ConfigError(
+            f"model '{name}' outputs {shape} for 2 examples, but cross-entropy on "
+            f"'{data.name}' needs (2, {data.n_classes}): one score per class"
+        )
+
+
+SKIPPED = {"alignment": "weight matching, activation matching and the permutation proxy",
+           "cka": "CKA", "ensemble": "the ensemble accuracy"}  # fmt: skip
+
+
+def model_warnings(cfg: RunConfig, data: Dataset, loss_fn: LossFn | None) -> tuple[str, ...]:
+    """Build the model once (seed ``seeds[0]``), check it, and say which asked-for measures
+    it cannot give."""
+    try:
+        model = build_model(cfg.model, data.input_shape, data.n_classes, cfg.seeds[0])
+    except ValueError as err:  # HFUnavailable, a bad init_from checkpoint, a shape mismatch
+        if not cfg.model.builtin or cfg.model.name == "hf" or cfg.model.init_from:
+            raise ConfigError(str(err)) from None
+        raise ConfigError(
+            f"model '{cfg.model.name}' cannot take '{cfg.data.name}' inputs: {err}"
+        ) from None
+    check_model(model, data, loss_fn, cfg.model.name, causal=cfg.data.causal)
+    cmp = Comparer(model, data, cfg.eval, cfg.seeds[0], loss_fn)
+    ev = cfg.eval
+    wanted = {
+        "alignment": ev.weight_matching or ev.activation_matching or bool(ev.proxy_fractions),
+        "cka": ev.cka,
+        "ensemble": ev.ensemble,
+    }
+    return tuple(f"{SKIPPED[key]} will be left empty: {why}"
+                 for key, why in cmp.skipped.items() if wanted.get(key))  # fmt: skip
+
+
+# ---- resolving -------------------------------------------------------------------------------
+
+
+def settled(cfg: RunConfig, n_train: int, n_pretrain: int | None) -> tuple[RunConfig, list[str]]:
+    """``cfg`` with epochs turned into steps and a Hugging Face model's task chosen, and what
+    was derived (one line each)."""
+    raw = cfg.to_dict()
+    notes = []
+    recipes: list[tuple[str, RecipeConfig, dict[str, Any], int | None]] = [
+        ("recipe", cfg.recipe, raw["recipe"], n_train)
+    ]
+    if cfg.pretrain is not None:
+        recipes.append(("pretrain.recipe", cfg.pretrain.recipe, raw["pretrain"]["recipe"],
+                        n_pretrain))  # fmt: skip
+    for what, recipe, out, n in recipes:
+        if recipe.epochs is not None:
+            assert n is not None
+            out["steps"] = epochs_as_steps(recipe, n)
+            out["epochs"] = None
+            notes.append(f"{what}.epochs = {recipe.epochs:g} at batch {recipe.batch_size}: "
+                         f"{out['steps']:,} steps")  # fmt: skip
+    if cfg.model.name == "hf" and cfg.model.task == "auto":
+        raw["model"]["task"] = "causal_lm" if cfg.data.causal else "classify"
+    changed = bool(notes) or raw["model"]["task"] != cfg.model.task
+    return (build_config(raw) if changed else cfg), notes
+
+
+def resolve(
+    cfg: RunConfig, run_dir: Path | None = None, check: bool = True, preview: int | None = None
+) -> Resolved:
+    """Settle ``cfg`` for this machine and its data set (``run_dir``: the run folder, which
+    holds data given from Python). ``check``: also check the model against the data (off for
+    a run folder that is only being read). ``preview``: read only the first ``preview``
+    examples of each split of a file-based data set (``--dry-run``; an epoch-based recipe still
+    counts the whole training split). Raises :class:`ConfigError` (one sentence)."""
+    for what, name in cfg.code_named():
+        if is_import_path(name):  # refused before anything is read or imported
+            try:
+                check_allowed(name, what)
+            except ImportPathError as err:
+                raise ConfigError(str(err)) from None
+    if cfg.pretrain is not None and cfg.pretrain.folders is not None:
+        check_given(cfg)  # before their tokenizer is looked for in them
+    device = concrete_device(cfg.runtime.device)
+    tokenizer = tokenizer_for(cfg.data, cfg.model.name, cfg.model.path, cfg.pretrain)
+    data = dataset(cfg.data, tokenizer, run_dir, max_rows=preview)
+    n_train = len(data.y_train)
+    if preview is not None and cfg.recipe.epochs is not None:
+        n_train = len(dataset(cfg.data, tokenizer, run_dir).y_train)
+    n_pretrain = None
+    pre_tok = None
+    if cfg.pretrain is not None:
+        pre_tok = tokenizer_for(cfg.pretrain.data, cfg.model.name, cfg.model.path, cfg.pretrain)
+        if cfg.pretrain.recipe.epochs is not None:
+            n_pretrain = len(dataset(cfg.pretrain.data, pre_tok, run_dir).y_train)
+    cfg, notes = settled(cfg, n_train, n_pretrain)
+    out = Resolved(cfg, device, tokenizer, n_train, (), tuple(notes), preview=preview)
+    if not check:
+        return out
+    if cfg.pretrain is not None:  # a fine-tuning config is two runs: each is checked
+        from_here = cfg.pretrain.folders is None
+        pre = resolve(pretrain_config(cfg), run_dir) if from_here else None
+        first = cfg.pretrain.folders[0] if not from_here else (0, None)  # type: ignore[index]
+        fine = resolve(finetune_config(cfg, *first), run_dir)
+        return replace(out, warnings=fine.warnings, pretrain=pre, finetune=fine)
+    check_device(cfg, device, out.gpus())
+    check_recipe(cfg, data)
+    return replace(out, warnings=model_warnings(cfg, data, out.loss_fn()))
+
+
+# ---- the two runs of a fine-tuning config (paper section 4.4) -------------------------------
+
+
+def pretrain_config(cfg: RunConfig) -> RunConfig:
+    """The pre-training run: the sweep's model on ``pretrain.data`` with ``pretrain.recipe``,
+    one parent per seed (its saved states are the checkpoints)."""
+    assert cfg.pretrain is not None
+    raw = cfg.to_dict()
+    raw["data"] = cfg.pretrain.data.model_dump()
+    raw["recipe"] = cfg.pretrain.recipe.model_dump()
+    raw["pretrain"] = None
+    raw["threshold"] = None  # pre-training is one parent per seed; only fine-tuning searches
+    raw["model"]["init_from"] = None
+    raw["perturb"] = {"times": [0.0], "steps": []}
+    raw["name"] = f"{cfg.name}-pretrain"
+    return build_config(raw)
+
+
+def finetune_config(cfg: RunConfig, step: int, start: str | None) -> RunConfig:
+    """The sweep that fine-tunes from the checkpoint of pre-training step ``step``, whose
+    weights are at ``start`` (None: random initialisation, or a Hugging Face model as
+    loaded). A Hugging Face folder becomes ``model.path``; any other checkpoint
+    ``model.init_from`` (a template with ``{seed}`` when each seed has its own)."""
+    assert cfg.pretrain is not None
+    raw = cfg.to_dict()
+    raw["pretrain"] = None
+    raw["name"] = f"{cfg.name}-from{step}"
+    given = dict(cfg.pretrain.folders or [])
+    if step in given and cfg.model.name == "hf":
+        raw["model"]["path"] = str(Path(given[step]).expanduser())
+    elif step in given:
+        raw["model"]["init_from"] = str(Path(given[step]).expanduser())
+    else:
+        raw["model"]["init_from"] = start
+    return build_config(raw)
+
