@@ -73,6 +73,11 @@ def test_own_initialisation_takes_eq6s_variance_from_theta0_on_a_builtin_too() -
     assert own.info[w].init_var == pytest.approx(1 / (3 * fan_in), rel=0.25)
     assert he.info[w].init_var == pytest.approx(2 / fan_in, rel=1e-12)
     assert he.info[w].init_var / own.info[w].init_var == pytest.approx(6, rel=0.25)
+    # the model's own initialisation is drawn from the seed, whatever ran before in the process
+    torch.randn(1000)
+    again = make_setup(resolve(tiny_config(model={"init": "own"}), check=False), 0)
+    other = make_setup(resolve(tiny_config(model={"init": "own"}), check=False), 1)
+    assert torch.equal(again.init[w], own.init[w]) and not torch.equal(other.init[w], own.init[w])
     # butterfly.perturb follows the same rule: a perturbation of size 1 has ‖ε‖² = Σ variances
     net = own.model
     child = butterfly.perturb(net, 1.0, init="own")

@@ -159,7 +159,9 @@ def build_model(
     ``kaiming``. With ``cfg.init_from`` the weights come from that butterfly checkpoint,
     except the head (the last Linear layer), which is freshly initialised for the new task.
     """
-    model = build_from_spec(model_spec(cfg, input_shape, n_classes), seed)
+    with torch.random.fork_rng(devices=[]):  # torch's own initialisers draw from the seed
+        torch.manual_seed(derive_seed("init", seed))
+        model = build_from_spec(model_spec(cfg, input_shape, n_classes), seed)
     init_fresh = getattr(model, "init_fresh_", None)
     if init_fresh is not None:
         init_fresh(seed)
