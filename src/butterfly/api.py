@@ -86,6 +86,25 @@ class Run:
                 f"{len(self.results)} rows, {check}; {link}</p>")  # fmt: skip
 
 
+# where a config takes an import path, Python takes the object itself
+NAMED = {"model": ("name",), "data": ("name",), "recipe": ("optimizer", "schedule", "loss")}
+
+
+def named(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """``raw`` with every Python object where the config takes an import path (a model class,
+    an optimizer class, a schedule or loss function) replaced by its name: its import path, or
+    a name registered in this process (then the run stays in this process; see README)."""
+    out = dict(raw)
+    for section, keys in NAMED.items():
+        if isinstance(out.get(section), Mapping):
+            sec = dict(out[section])
+            for key in keys:
+                if key in sec and not isinstance(sec[key], str) and callable(sec[key]):
+                    sec[key] = name_of(sec[key])
+            out[section] = sec
+    return out
+
+
 def resolve_config(
     config: RunConfig | dict[str, Any] | str | Path | None = None,
     overrides: list[str] | None = None,
@@ -94,7 +113,7 @@ def resolve_config(
     if isinstance(config, RunConfig):
         return build_config(config.to_dict(), overrides) if overrides else config
     if isinstance(config, dict):
-        return build_config(config, overrides)
+        return build_config(named(config), overrides)
     return build_config(load_raw(config, scale), overrides)
 
 
@@ -205,7 +224,7 @@ class Experiment:
         elif config is None:
             label = model_section.get("name", "experiment").split(":")[-1].split(".")[-1]
             raw["name"] = _safe_name(label.lower())
-        self.config = build_config(raw, overrides)
+        self.config = build_config(named(raw), overrides)
 
     @staticmethod
     def _model(model: Any) -> dict[str, Any]:

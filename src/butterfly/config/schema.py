@@ -12,6 +12,8 @@ from pydantic import Field, field_validator, model_validator
 from butterfly.config import rules
 from butterfly.config.errors import shown
 from butterfly.config.sections import (
+    BUILTIN_OPTIMIZERS,
+    BUILTIN_SCHEDULES,
     NAME_PATTERN,
     STORED,
     DataConfig,
@@ -84,7 +86,11 @@ class RunConfig(Strict):
         them; reading it does not."""
         named = [("model.name", self.model.name, self.model.builtin),
                  ("data.name", self.data.name, self.data.builtin or self.data.name == STORED),
-                 ("recipe.loss", self.recipe.loss, self.recipe.loss == "cross_entropy")]  # fmt: skip
+                 ("recipe.loss", self.recipe.loss, self.recipe.loss == "cross_entropy"),
+                 ("recipe.optimizer", self.recipe.optimizer,
+                  self.recipe.optimizer in BUILTIN_OPTIMIZERS),
+                 ("recipe.schedule", self.recipe.schedule,
+                  self.recipe.schedule in BUILTIN_SCHEDULES)]  # fmt: skip
         return [(key, value) for key, value, ours in named if not ours]
 
     @property

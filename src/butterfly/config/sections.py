@@ -279,24 +279,79 @@ class ModelConfig(Strict):
 # ---- recipe ---------------------------------------------------------------------------------
 
 
+BUILTIN_OPTIMIZERS = ("sgd", "adamw", "adam", "lion", "muon")
+BUILTIN_SCHEDULES = ("linear", "cosine", "constant", "step", "multistep", "wsd")
+GROUP_KINDS = ("weights", "biases", "norm")
+
+
+class GroupConfig(Strict):
+    """A parameter group: the parameters it takes (name patterns and kinds) and what differs
+    for them (learning rate, weight decay, the optimizer's own settings)."""
+
+    params: list[str] = Field(
+        default_factory=list, description="name patterns (fnmatch: 'embed.*', '*.bias')"
+    )
+    kinds: list[Literal["weights", "biases", "norm"]] = Field(
+        default_factory=list, description="parameter kinds: weights, biases, norm (or both ways)"
+    )
+    lr_scale: float = Field(1.0, gt=0, description="the group's learning rate: recipe.lr x this")
+    weight_decay: float | None = Field(None, ge=0, description="the group's weight decay")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="further optimizer settings of the group (momentum...)"
+    )
+
+    @model_validator(mode="after")
+    def _something(self) -> GroupConfig:
+        if not self.params and not self.kinds:
+            raise ValueError("a recipe.groups entry needs params (name patterns) or kinds")
+        return self
+
+
 class RecipeConfig(Strict):
     """Optimizer and schedule, all as functions of the step so a run can resume anywhere."""
 
-    optimizer: Literal["sgd", "adamw"] = Field(
-        "sgd", description="sgd (torch.optim.SGD) or adamw (torch.optim.AdamW)"
+    optimizer: str = Field(
+        "sgd", description="sgd | adamw | adam | lion | muon (orthogonalised momentum for "
+        "matrices) | any torch.optim.Optimizer by import path (torch.optim:NAdam)"
+    )
+    optimizer_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="an optimizer by import path: its keyword arguments"
     )
     lr: float = Field(0.1, gt=0, description="peak learning rate, reached after the warm-up")
-    momentum: float = Field(0.9, ge=0, lt=1, description="sgd: momentum")
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd, muon: momentum")
+    nesterov: bool = Field(False, description="sgd: Nesterov momentum (muon: always)")
+    dampening: float = Field(0.0, ge=0, lt=1, description="sgd: dampening of the momentum")
     betas: tuple[float, float] = Field(
-        (0.9, 0.999), strict=False, description="adamw: the moments' decay rates"
+        (0.9, 0.999), strict=False, description="adam, adamw, lion: the moments' decay rates"
     )
-    eps: float = Field(1e-8, gt=0, description="adamw: added to the denominator")
+    eps: float = Field(1e-8, gt=0, description="adam, adamw: added to the denominator")
     weight_decay: float = Field(
-        0.0, ge=0, description="sgd: L2 added to the gradient; adamw: decoupled decay"
+        0.0, ge=0, description="sgd, adam: L2 added to the gradient; adamw, lion, muon: "
+        "decoupled decay; an optimizer by import path: its weight_decay"
+    )
+    groups: list[GroupConfig] = Field(
+        default_factory=list, description="parameter groups, e.g. no weight decay on biases and "
+        "norms (each parameter in at most one; the rest: the recipe's settings)"
     )
     warmup: float = Field(0.02, ge=0, lt=1, description="warm-up length as a fraction of steps")
-    schedule: Literal["cosine", "linear", "constant"] = Field(
-        "linear", description="decay after the warm-up: linear to 0, cosine to 0, or constant"
+    schedule: str = Field(
+        "linear", description="decay after the warm-up: linear, cosine (both to min_lr), "
+        "constant, step (x gamma at each milestone), multistep, wsd (warm-up, stable, decay), or "
+        "lr_factor(step, T) by import path"
+    )
+    min_lr: float = Field(0.0, ge=0, description="linear, cosine, wsd: the learning rate at T")
+    milestones: list[float] = Field(
+        default_factory=lambda: [0.5, 0.75],
+        description="step, multistep: fractions of T where the rate is multiplied by gamma",
+    )
+    gamma: float = Field(0.1, gt=0, le=1, description="step, multistep: the factor")
+    decay: float = Field(0.2, gt=0, le=1, description="wsd: the last fraction of T that decays")
+    precision: Literal["float32", "bf16", "fp16"] = Field(
+        "float32", description="training forward and backward under autocast (measured in "
+        "float32)"
+    )
+    accumulation: int = Field(
+        1, ge=1, le=4096, description="micro-batches per step (the step's batch split in k)"
     )
     steps: int = Field(
         3000, ge=1, le=MAX_STEPS, description=f"total training steps T (at most {MAX_STEPS:,})"
@@ -312,8 +367,44 @@ class RecipeConfig(Strict):
     loss: str = Field(
         "cross_entropy",
         description="cross_entropy, or the import path package.module:loss_fn of a function "
-        "loss_fn(model, batch) -> scalar, batch = (inputs, targets)",
+        "loss_fn(model, batch[, step]) -> scalar, batch = (inputs, targets)",
     )
+
+    @field_validator("optimizer")
+    @classmethod
+    def _optimizer(cls, v: str) -> str:
+        if v in BUILTIN_OPTIMIZERS or is_import_path(v) or v.startswith(LOCAL):
+            return v
+        raise ValueError(
+            f"recipe.optimizer must be one of {', '.join(BUILTIN_OPTIMIZERS)} or an import path "
+            f"package.module:Optimizer; got {shown(v)}{did_you_mean(v, BUILTIN_OPTIMIZERS)}"
+        )
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, v: str) -> str:
+        if v in BUILTIN_SCHEDULES or is_import_path(v) or v.startswith(LOCAL):
+            return v
+        raise ValueError(
+            f"recipe.schedule must be one of {', '.join(BUILTIN_SCHEDULES)} or an import path "
+            f"package.module:lr_factor; got {shown(v)}{did_you_mean(v, BUILTIN_SCHEDULES)}"
+        )
+
+    @field_validator("milestones")
+    @classmethod
+    def _milestones(cls, v: list[float]) -> list[float]:
+        if any(not 0 < x < 1 for x in v) or sorted(v) != v:
+            raise ValueError(f"recipe.milestones are increasing fractions of T in (0, 1); got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _accumulation(self) -> RecipeConfig:
+        if self.batch_size % self.accumulation:
+            raise ValueError(
+                f"recipe.accumulation = {self.accumulation} does not divide recipe.batch_size = "
+                f"{self.batch_size}: each micro-batch must hold the same number of examples"
+            )
+        return self
 
     @field_validator("loss")
     @classmethod

@@ -39,7 +39,7 @@ from butterfly.metrics import Bound, l2_norm
 from butterfly.metrics.evaluate import LossFn
 from butterfly.models import ParamInfo, is_builtin, param_info
 from butterfly.rng import generator
-from butterfly.train.recipe import OptState, apply_update, clip_per_member
+from butterfly.train.recipe import OptState, apply_update, clip_per_member, lr_at
 
 if TYPE_CHECKING:
     from butterfly.experiment.setup import Setup
@@ -171,7 +171,7 @@ def sgd_noise_size(
             grads = {k: v.detach().unsqueeze(0) for k, v in g.items()}
             if cfg.recipe.grad_clip is not None:
                 clip_per_member(grads, cfg.recipe.grad_clip)
-            apply_update(cfg.recipe, p, grads, st, t)
+            apply_update(setup.trainer.update, p, grads, st, t, lr_at(cfg.recipe, t))
             stepped.append(p)
         d2 = sum(
             float(

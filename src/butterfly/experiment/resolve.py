@@ -30,14 +30,17 @@ import torch
 from torch import nn
 
 from butterfly.config import ConfigError, DataConfig, RunConfig, build_config
-from butterfly.config.sections import PretrainConfig, RecipeConfig
+from butterfly.config.sections import BUILTIN_SCHEDULES, PretrainConfig, RecipeConfig
 from butterfly.data import DataError, Dataset, load_dataset
 from butterfly.experiment import rows
 from butterfly.experiment.comparer import Comparer
 from butterfly.imports import ImportPathError, check_allowed, is_import_path
 from butterfly.imports import resolve as import_object
 from butterfly.metrics.evaluate import Bound, LossFn
-from butterfly.models import build_model
+from butterfly.models import build_model, param_info
+from butterfly.train.optim import TorchUpdate
+from butterfly.train.population import takes_step
+from butterfly.train.recipe import lr_at, update_for
 
 
 @dataclass(frozen=True)
@@ -213,11 +216,15 @@ def check_recipe(cfg: RunConfig, data: Dataset) -> None:
             f"recipe.batch_size = {cfg.recipe.batch_size} exceeds the {n} training examples of "
             f"'{cfg.data.name}'"
         )
-    if cfg.eval.lyapunov and cfg.recipe.optimizer != "sgd":
+    r = cfg.recipe
+    if cfg.eval.lyapunov and (r.optimizer != "sgd" or r.nesterov or r.dampening or r.groups
+                              or r.accumulation > 1 or r.precision != "float32"):  # fmt: skip
         raise ConfigError(
-            f"eval.lyapunov follows the SGD training map; recipe.optimizer = "
-            f"{cfg.recipe.optimizer} is not supported (set eval.lyapunov: false)"
+            f"eval.lyapunov follows the plain SGD training map (momentum, weight decay, "
+            f"clipping); recipe.optimizer = {r.optimizer} with Nesterov, dampening, groups, "
+            "accumulation or reduced precision is not supported (set eval.lyapunov: false)"
         )
+    check_schedule(r)
     pb = cfg.perturb.batch_size
     if pb is not None and pb > n and "batch" in cfg.perturb.kinds:
         raise ConfigError(
@@ -250,7 +257,9 @@ def check_model(
             if loss_fn is None:
                 out = model(x)
             else:
-                loss = loss_fn(Bound(model, dict(model.named_parameters())), (x, y))
+                bound = Bound(model, dict(model.named_parameters()))
+                loss = (loss_fn(bound, (x, y), 0) if takes_step(loss_fn)  # type: ignore[call-arg]
+                        else loss_fn(bound, (x, y)))  # fmt: skip
     except Exception as err:
         raise ConfigError(
             f"model '{name}' fails on two training examples of shape {tuple(x.shape[1:])}: "
@@ -290,6 +299,28 @@ def check_model(
         )
 
 
+def check_schedule(recipe: RecipeConfig) -> None:
+    """A schedule function must give a finite learning rate >= 0 at every step (checked at
+    every step up to 10^5 steps, and at 10^5 evenly spread steps beyond)."""
+    if recipe.schedule in BUILTIN_SCHEDULES:
+        return
+    T = recipe.steps
+    steps = range(T) if T <= 100_000 else sorted({round(i * (T - 1) / 99_999) for i in range(100_000)})
+    for s in steps:
+        try:
+            lr = lr_at(recipe, s)
+        except ConfigError:
+            raise
+        except Exception as err:
+            raise ConfigError(f"recipe.schedule {recipe.schedule} fails at step {s}: "
+                              f"{type(err).__name__}: {err}") from None  # fmt: skip
+        if not (isinstance(lr, float) and math.isfinite(lr) and lr >= 0):
+            raise ConfigError(
+                f"recipe.schedule {recipe.schedule} gives the learning rate {lr:.6g} at step {s} "
+                "(recipe.lr x lr_factor(step, T)): it must be a finite number >= 0"
+            )
+
+
 SKIPPED = {"alignment": "weight matching, activation matching and the permutation proxy",
            "cka": "CKA", "ensemble": "the ensemble accuracy"}  # fmt: skip
 
@@ -306,6 +337,9 @@ def model_warnings(cfg: RunConfig, data: Dataset, loss_fn: LossFn | None) -> tup
             f"model '{cfg.model.name}' cannot take '{cfg.data.name}' inputs: {err}"
         ) from None
     check_model(model, data, loss_fn, cfg.model.name, causal=cfg.data.causal)
+    init = {k: v.detach().clone() for k, v in model.named_parameters()}
+    info = param_info(model, init, own_init=cfg.model.keeps_own_init)
+    update = update_for(cfg.recipe, init, info)  # groups matched, the optimizer made, checked
     cmp = Comparer(model, data, cfg.eval, cfg.seeds[0], loss_fn)
     ev = cfg.eval
     wanted = {
@@ -313,8 +347,16 @@ def model_warnings(cfg: RunConfig, data: Dataset, loss_fn: LossFn | None) -> tup
         "cka": ev.cka,
         "ensemble": ev.ensemble,
     }
-    return tuple(f"{SKIPPED[key]} will be left empty: {why}"
-                 for key, why in cmp.skipped.items() if wanted.get(key))  # fmt: skip
+    notes = [f"{SKIPPED[key]} will be left empty: {why}"
+             for key, why in cmp.skipped.items() if wanted.get(key)]  # fmt: skip
+    if isinstance(update, TorchUpdate):
+        notes.append(
+            f"recipe.optimizer {update.label} couples members (its update of one member depends "
+            "on another's): each member gets its own optimizer, in a loop" if update.per_member
+            else f"recipe.optimizer {update.label} updates the members as one (checked on two "
+            "members: a member's update does not depend on the other's)"
+        )
+    return tuple(notes)
 
 
 # ---- resolving -------------------------------------------------------------------------------

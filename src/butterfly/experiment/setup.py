@@ -24,6 +24,8 @@ from butterfly.experiment.comparer import Comparer
 from butterfly.experiment.resolve import Resolved, dataset
 from butterfly.models import ParamInfo, build_model, model_spec, param_info
 from butterfly.train import PopulationTrainer
+from butterfly.train.population import at_step
+from butterfly.train.recipe import update_for
 from butterfly.version import __version__
 
 Tensors = dict[str, torch.Tensor]
@@ -121,10 +123,11 @@ def make_setup(resolved: Resolved, seed: int, run_dir: Path | None = None) -> Se
     init = {k: v.detach().clone() for k, v in model.named_parameters()}
     stream = BatchStream(len(data.y_train), cfg.recipe.batch_size, seed)
     loss_fn = resolved.loss_fn()
-    trainer = PopulationTrainer(
-        model, data, stream, cfg.recipe, cfg.runtime.mode, cfg.data.augment, loss_fn
-    )
     info = param_info(model, init, own_init=cfg.model.keeps_own_init)
+    update = update_for(cfg.recipe, init, info)
+    trainer = PopulationTrainer(
+        model, data, stream, cfg.recipe, cfg.runtime.mode, cfg.data.augment, loss_fn, update
+    )
     return Setup(
         cfg,
         seed,
@@ -135,5 +138,5 @@ def make_setup(resolved: Resolved, seed: int, run_dir: Path | None = None) -> Se
         info,
         trainer,
         model_spec(cfg.model, data.input_shape, data.n_classes),
-        Comparer(model, data, cfg.eval, seed, loss_fn),
+        Comparer(model, data, cfg.eval, seed, at_step(loss_fn, cfg.recipe.steps)),
     )

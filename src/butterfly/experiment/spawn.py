@@ -52,7 +52,7 @@ def train_parent(
     last step of ``record``, handing its full state at every step of ``record`` to
     ``on_state``. Returns the steps trained."""
     if start is None:
-        pop = Population.fresh(setup.cfg.recipe, setup.init)
+        pop = Population.fresh(setup.trainer.update, setup.init)
     else:
         params, state, step = start
         pop = Population.from_members(["parent"], [params], [state], step)

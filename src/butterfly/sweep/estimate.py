@@ -98,10 +98,9 @@ def fmt_duration(seconds: float) -> str:
 
 def _time_steps(setup, P: int, steps: int) -> float:  # type: ignore[no-untyped-def]
     """Seconds per training step of a population of ``P`` members (after 2 warm-up steps)."""
-    recipe = setup.cfg.recipe
     params = [clone(setup.init) for _ in range(P)]
     pop = Population.from_members([f"m{i}" for i in range(P)], params,
-                                  [init_state(recipe, p) for p in params], 0)  # fmt: skip
+                                  [init_state(setup.trainer.update, p) for p in params], 0)  # fmt: skip
     trainer = setup.trainer
     trainer.train_lanes([Lane(pop, 2)])
     sync = torch.cuda.synchronize if setup.data.x_train.is_cuda else (lambda: None)

@@ -18,9 +18,11 @@ stays bit-identical to the original within a population (checked by the control)
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -35,10 +37,11 @@ from butterfly.train.batched_mlp import BatchedMLP
 from butterfly.train.recipe import (
     OptState,
     Tensors,
-    apply_update,
+    Update,
     clip_per_member,
     init_state,
     lr_at,
+    plain_update,
 )
 
 MODES = ("auto", "vmap", "batched", "loop")
@@ -91,8 +94,11 @@ class Population:
         return cls(list(names), stack(params), stack_state(states), step)
 
     @classmethod
-    def fresh(cls, recipe: RecipeConfig, params: Tensors, name: str = "parent") -> Population:
-        """A population of one member at step 0 with zero optimizer state."""
+    def fresh(
+        cls, recipe: RecipeConfig | Update, params: Tensors, name: str = "parent"
+    ) -> Population:
+        """A population of one member at step 0 with zero optimizer state (``recipe``: the
+        recipe, or the optimizer update itself)."""
         p = clone(params)
         return cls.from_members([name], [p], [init_state(recipe, p)], 0)
 
@@ -137,13 +143,35 @@ def cross_entropy_loss(
     return loss
 
 
+def takes_step(fn: Callable[..., Any]) -> bool:
+    """Whether a loss function takes the step: ``loss_fn(model, batch, step)``."""
+    try:
+        params = [p for p in inspect.signature(fn).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]  # fmt: skip
+    except (TypeError, ValueError):
+        return False
+    return len(params) >= 3 or "step" in inspect.signature(fn).parameters
+
+
+def at_step(loss_fn: LossFn | None, step: int) -> LossFn | None:
+    """A loss that takes the step, fixed at ``step`` (what measurement evaluates: the loss of
+    the end of training); any other loss as it is."""
+    if loss_fn is None or not takes_step(loss_fn):
+        return loss_fn
+    return lambda model, batch: loss_fn(model, batch, step)  # type: ignore[call-arg]
+
+
 def user_loss(
-    model: nn.Module, loss_fn: LossFn
+    model: nn.Module, loss_fn: LossFn, step: Callable[[], int] = lambda: 0
 ) -> Callable[[Tensors, torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The user's ``loss_fn(model, (x, y))`` as a function of the parameters: the model it
-    receives runs with the (possibly stacked, vmapped) parameters being trained."""
+    """The user's ``loss_fn(model, (x, y)[, step])`` as a function of the parameters: the
+    model it receives runs with the (possibly stacked, vmapped) parameters being trained;
+    ``step()`` is the step being trained (for step-dependent training)."""
+    with_step = takes_step(loss_fn)
 
     def loss(params: Tensors, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if with_step:
+            return loss_fn(Bound(model, params), (x, y), step())  # type: ignore[call-arg]
         return loss_fn(Bound(model, params), (x, y))
 
     return loss
@@ -161,13 +189,18 @@ class PopulationTrainer:
         mode: str = "auto",
         augment: AugmentConfig | None = None,
         loss_fn: LossFn | None = None,
+        update: Update | None = None,
     ):
         self.model = model
         self.data = data
         self.stream = stream
         self.recipe = recipe
         self.augment = augment
-        self.loss = cross_entropy_loss(model) if loss_fn is None else user_loss(model, loss_fn)
+        self.update = update or plain_update(recipe, [n for n, _ in model.named_parameters()])
+        self.current_step = 0  # the step being trained, for a loss that takes it
+        self.loss = (cross_entropy_loss(model) if loss_fn is None else
+                     user_loss(model, loss_fn, lambda: self.current_step))  # fmt: skip
+        self.autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(recipe.precision)
         self._single = grad_and_value(self.loss)
         self._vmapped = vmap(self._single, in_dims=(0, None, None), randomness="same")
         self.dropout = has_dropout(model)
@@ -177,6 +210,8 @@ class PopulationTrainer:
             raise ValueError(f"runtime.mode must be one of {', '.join(MODES)}; got '{mode}'")
         hand_batched = loss_fn is None and BatchedMLP.supports(model)  # it writes out the CE
         self.batched = BatchedMLP(model) if hand_batched else None  # type: ignore[arg-type]
+        if self.autocast is not None and self.batched is not None and mode != "batched":
+            self.batched = None  # the hand-written MLP has no autocast: vmap under autocast
         if mode == "batched" and self.batched is None:
             raise ValueError(
                 f"runtime.mode = batched needs an MLP; {type(model).__name__} trains with vmap or loop"
@@ -217,8 +252,49 @@ class PopulationTrainer:
         """Per-member gradients and losses of stacked ``params`` on one batch.
 
         ``key`` (e.g. (stream seed, step)) seeds dropout: every member sees the same masks,
-        in every mode and whatever the population's size.
+        in every mode and whatever the population's size. With ``recipe.accumulation = k`` the
+        batch is split into k equal micro-batches (each with its own masks) and their gradients
+        and losses are averaged: one batch's mean-loss gradient, up to rounding, in k passes.
         """
+        k = self.recipe.accumulation
+        if k == 1:
+            return self._gradients(params, x, y, key)
+        size = x.shape[0] // k
+        total: Tensors | None = None
+        losses = None
+        for i in range(k):
+            part = slice(i * size, (i + 1) * size)
+            g, loss = self._gradients(params, x[part], y[part],
+                                      None if key is None else (*key, "micro", i))  # fmt: skip
+            if total is None:
+                total, losses = g, loss
+            else:
+                torch._foreach_add_(list(total.values()), list(g.values()))
+                losses = losses + loss
+        assert total is not None and losses is not None
+        torch._foreach_div_(list(total.values()), float(k))
+        return total, losses / k
+
+    def _gradients(
+        self,
+        params: Tensors,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        key: tuple[object, ...] | None = None,
+    ) -> tuple[Tensors, torch.Tensor]:
+        if self.autocast is None:
+            return self._compute(params, x, y, key)
+        with torch.autocast(x.device.type, dtype=self.autocast):
+            grads, losses = self._compute(params, x, y, key)
+        return {n: g.float() for n, g in grads.items()}, losses.float()
+
+    def _compute(
+        self,
+        params: Tensors,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        key: tuple[object, ...] | None = None,
+    ) -> tuple[Tensors, torch.Tensor]:
         P = next(iter(params.values())).shape[0]
         mode = self.mode_for(P)
         if mode == "batched":
@@ -301,6 +377,7 @@ class PopulationTrainer:
                     batches[id(stream)] = self.batch(step, stream)
                 x, y = batches[id(stream)]
                 pop = lane.pop
+                self.current_step = step
                 grads, losses = self.gradients(pop.params, x, y, (stream.seed, stream.name, step))
                 losses = losses.detach()
                 # stays on the device: no host round trip per step
@@ -310,7 +387,7 @@ class PopulationTrainer:
                 if self.recipe.grad_clip is not None:
                     clip_per_member(grads, self.recipe.grad_clip)
                 lr = lane.lr(step) if lane.lr is not None else lr_at(self.recipe, step)
-                apply_update(self.recipe, pop.params, grads, pop.state, step, lr)
+                self.update.step(pop.params, grads, pop.state, step, lr)
                 pop.step = step + 1
             step += 1
             if on_step is not None:
