@@ -28,7 +28,7 @@ def test_defaults_are_the_documented_default_sweep() -> None:
         ({"recipe": {"lr": "fast"}}, "recipe.lr"),
         ({"recipe": {"lr": -0.1}}, "recipe.lr"),
         ({"recipe": {"steps": 0}}, "recipe.steps"),
-        ({"recipe": {"optimizer": "lion"}}, "recipe.optimizer"),
+        ({"recipe": {"optimizer": "lamb"}}, "recipe.optimizer"),
         ({"perturb": {"sigmas": [-1e-3]}}, "perturb.sigmas must be positive"),
         ({"perturb": {"sigmas": []}}, "perturb.sigmas is empty"),
         ({"perturb": {"times": [1.5]}}, "perturb.times are fractions of T"),

@@ -94,6 +94,7 @@ def test_dry_run_prints_the_plan_and_a_projection_and_writes_nothing(
                              f"{minimum_steps(cfg):,} member-steps, 14 children measured")  # fmt: skip
     assert out[1].startswith("timed on cpu (10 real steps each): P = 1: ") and "P = 8: " in out[1]
     assert out[2].startswith("projected wall time with 1 worker: ")
+    assert out[-1] == "parameters: weights 3 tensors / 512 numbers; biases 3 tensors / 36 numbers"
 
 
 def test_each_worker_is_pinned_to_its_own_gpu(monkeypatch: pytest.MonkeyPatch) -> None:

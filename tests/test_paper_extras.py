@@ -207,7 +207,7 @@ def test_gsm8k_examples_mask_the_prompt_and_padding(tmp_path: Path) -> None:
 
     with pytest.raises(DataError, match="1 of 1 examples have no answer token within"):
         load_dataset(short.data, "bytes")
-    with pytest.raises(ConfigError, match=r"needs model\.name = gpt or hf"):
+    with pytest.raises(ConfigError, match=r"needs model\.name = gpt, hf or your own model"):
         build_config({"data": {"name": "gsm8k", "path": str(folder)}, "model": {"name": "mlp"}})
 
 

@@ -106,7 +106,6 @@ def test_dropout_masks_are_step_seeded_and_shared_by_members() -> None:
     )
     ctx = make_setup(resolve(cfg, check=False), 0)
     tr = ctx.trainer
-    assert tr.dropout
     x, y = tr.batch(0)
     p = {k: v.unsqueeze(0).repeat(3, *[1] * v.dim()) for k, v in ctx.init.items()}
     for mode in ("vmap", "loop"):

@@ -276,6 +276,8 @@ def dry_run(cfg: RunConfig, execution: Execution) -> int:
     print(the_plan(resolved), flush=True)  # the plan first; then a few steps are timed
     projection = project(resolved, resolve_workers(resolved, execution.workers))
     print("\n".join(projection.timing_lines()))
+    if resolved.census:
+        print(resolved.census)
     return 0
 
 
@@ -470,6 +472,8 @@ def _dispatch(args: argparse.Namespace, debug: bool) -> int:
         return EXIT_TERMINATED if isinstance(err, Terminated) else EXIT_INTERRUPTED
     except Exception as err:
         if debug:
+            for text in getattr(err, "tracebacks", []):  # a failed unit: where it failed
+                print(f"butterfly: failed in {text}", file=sys.stderr)
             raise
         print(f"butterfly: error: {describe(err)}", file=sys.stderr)
         return EXIT_FAILED

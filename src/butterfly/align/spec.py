@@ -148,10 +148,15 @@ def analyse(model: nn.Module) -> GraphAnalysis:
     space: dict[str, int] = {}
     members: dict[int, list[Axis]] = defaultdict(list)
 
+    shapes: set[str] = set()  # nodes that are sizes, not tensors (x.size(0), x.shape)
+
     def src(arg: object) -> int:
         if not isinstance(arg, torch.fx.Node) or arg.name not in space:
             raise NoPermutationSpec(f"cannot follow the channels of {arg} through the graph")
         return space[arg.name]
+
+    def is_size(arg: object) -> bool:
+        return isinstance(arg, int) or (isinstance(arg, torch.fx.Node) and arg.name in shapes)
 
     def flattened(node: torch.fx.Node, start: object) -> None:
         s_in = src(node.args[0])
@@ -177,6 +182,8 @@ def analyse(model: nn.Module) -> GraphAnalysis:
             elif isinstance(m, NORM_TYPES):
                 for pname, _ in m.named_parameters(recurse=False):
                     members[s_in].append((f"{node.target}.{pname}", 0))
+                if isinstance(m, nn.GroupNorm) and 1 < m.num_groups < m.num_channels:
+                    fixed.add(s_in)  # statistics per group: only permutations within groups
                 space[node.name] = s_in
             elif isinstance(m, _PASSTHROUGH_MODULES):
                 space[node.name] = s_in
@@ -197,8 +204,20 @@ def analyse(model: nn.Module) -> GraphAnalysis:
             space[node.name] = spaces[0]
         elif node.op == "call_method" and node.target == "flatten":
             flattened(node, node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0))
+        elif (node.op == "call_method" and node.target == "size") or (
+            node.op == "call_function" and node.target is getattr
+            and node.args[1] == "shape"
+        ):  # fmt: skip
+            shapes.add(node.name)
+        elif node.op == "call_function" and node.target is operator.getitem and \
+                is_size(node.args[0]):  # fmt: skip
+            shapes.add(node.name)  # x.shape[0]
         elif node.op == "call_method" and node.target in ("view", "reshape"):
-            flattened(node, 0)
+            dims = list(node.args[1:])
+            dims = list(dims[0]) if len(dims) == 1 and isinstance(dims[0], (tuple, list)) else dims
+            # x.view(x.size(0), -1): channels flattened with positions, as flatten(1)
+            keeps_batch = len(dims) == 2 and is_size(dims[0]) and dims[1] == -1
+            flattened(node, 1 if keeps_batch else 0)
         elif node.op == "call_method" and node.target in ("relu", "tanh", "sigmoid"):
             space[node.name] = src(node.args[0])
         elif node.op == "call_method" and node.target in ("mean", "sum", "amax"):

@@ -39,13 +39,28 @@ def data_and_model(data: DataConfig, model: ModelConfig, pretrain: PretrainConfi
     """Text needs a model that reads tokens; a Hugging Face model needs weights to load."""
     if data.augment.active and data.text:
         raise ValueError(f"data.augment is for images; data.name = {data.name} is text")
-    if data.causal and model.name not in ("hf", "gpt"):
+    # text is token ids: a built-in model must read them; a user's model may read anything
+    if data.causal and model.builtin and model.name not in ("hf", "gpt"):
         raise ValueError(
             f"data.name = {data.name} is text for a causal language model: it needs "
-            "model.name = gpt or hf"
+            "model.name = gpt, hf or your own model"
         )
-    if data.text and not data.causal and model.name != "hf":
-        raise ValueError(f"data.name = {data.name} is text (token ids): it needs model.name = hf")
+    if data.text and not data.causal and model.builtin and model.name != "hf":
+        raise ValueError(
+            f"data.name = {data.name} is text (token ids): it needs model.name = hf or your "
+            "own model"
+        )
+    if model.name == "hf" and model.init == "kaiming":
+        raise ValueError(
+            "model.init = kaiming is not for a Hugging Face model (its layers have their own "
+            "scheme): use fresh for new weights drawn from its config with the seed, or "
+            "auto/own to start from the saved weights"
+        )
+    if model.init == "fresh" and model.name != "hf":
+        raise ValueError(
+            f"model.init = fresh draws a Hugging Face model's weights from its config; "
+            f"model.name = {model.name} takes auto, kaiming or own"
+        )
     given = pretrain.folders if pretrain is not None else None
     if model.name == "hf" and not model.path and not given:
         raise ValueError(

@@ -181,7 +181,7 @@ def keeps_own_init(init: str, builtin: bool) -> bool:
     ``auto`` for a model butterfly did not write) rather than He-normal weights drawn from the
     seed. A model that keeps its own has Eq. 6 take each tensor's variance from θ0 itself
     (its mean square), not from He's 2/fan_in."""
-    return init == "own" or (init == "auto" and not builtin)
+    return init in ("own", "fresh") or (init == "auto" and not builtin)
 
 
 # ---- model ----------------------------------------------------------------------------------
@@ -201,11 +201,12 @@ class ModelConfig(Strict):
     kwargs: dict[str, Any] = Field(
         default_factory=dict, description="user model only: keyword arguments of the factory"
     )
-    init: Literal["auto", "kaiming", "own"] = Field(
+    init: Literal["auto", "kaiming", "own", "fresh"] = Field(
         "auto",
-        description="kaiming: He-normal from the seed (built-ins); own: keep the model's own "
-        "initialisation (Eq. 6 then uses each tensor's mean square at θ0); auto: kaiming for "
-        "built-ins, own for user models",
+        description="kaiming: He-normal from the seed (built-ins and user models); own: keep "
+        "the model's own initialisation (Eq. 6 then uses each tensor's mean square at θ0); "
+        "fresh (hf): new weights drawn from the model's config by its own scheme with the "
+        "seed, instead of the saved ones; auto: kaiming for built-ins, own otherwise",
     )
     width: int = Field(64, ge=1, description="hidden width (mlp, vit, gpt) or base channels")
     depth: int = Field(

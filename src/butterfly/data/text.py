@@ -19,6 +19,7 @@ import csv
 import random
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -120,6 +121,29 @@ def tokenize(split: TextSplit, tokenizer: object, max_length: int) -> torch.Tens
     return torch.stack([ids, types], dim=1).contiguous()
 
 
+class ByteTextTokenizer:
+    """``data.tokenizer = bytes`` for classification text (any model of your own): the UTF-8
+    bytes of each text as ids 0-255, padding 256, a separator 257 between the two texts of a
+    pair, token types 0 and 1; called as a Hugging Face tokenizer is."""
+
+    pad_id, sep_id, vocab_size = 256, 257, 258
+
+    def __call__(self, texts: list[str], pairs: list[str] | None = None, *, max_length: int,
+                 **_: Any) -> dict[str, torch.Tensor]:  # fmt: skip
+        ids = torch.full((len(texts), max_length), self.pad_id, dtype=torch.int64)
+        types = torch.zeros_like(ids)
+        for i, a in enumerate(texts):
+            row = list(a.encode("utf-8"))
+            kinds = [0] * len(row)
+            if pairs is not None:
+                b = [self.sep_id, *pairs[i].encode("utf-8")]
+                row, kinds = row + b, kinds + [1] * len(b)
+            row, kinds = row[:max_length], kinds[:max_length]
+            ids[i, : len(row)] = torch.tensor(row, dtype=torch.int64)
+            types[i, : len(kinds)] = torch.tensor(kinds, dtype=torch.int64)
+        return {"input_ids": ids, "token_type_ids": types}
+
+
 def text_dataset(text: TextDataset, tokenizer: object, max_length: int) -> Dataset:
     return Dataset(
         text.name,
@@ -150,6 +174,8 @@ def load_text(
         if path is None:
             raise DataError("data.name = glue needs data.path: the folder of one GLUE task")
         text = load_glue(Path(path), name, max_rows=max_rows)
+    if tokenizer == "bytes":
+        return text_dataset(text, ByteTextTokenizer(), max_length)
     try:  # the files are read first: what is wrong with them is said before the tokenizer loads
         tok = load_tokenizer(tokenizer)
     except HFUnavailable as err:

@@ -37,7 +37,7 @@ from butterfly.config.sections import keeps_own_init
 from butterfly.data import independent_batch
 from butterfly.metrics import Bound, l2_norm
 from butterfly.metrics.evaluate import LossFn
-from butterfly.models import ParamInfo, is_builtin, param_info
+from butterfly.models import ParamInfo, is_builtin, param_info, trainable
 from butterfly.rng import generator
 from butterfly.train.recipe import OptState, apply_update, clip_per_member, lr_at
 
@@ -271,7 +271,7 @@ def perturb(
     >>> 0 < butterfly.metrics.l2(net, child) < 1
     True
     """
-    params = {k: v.detach().clone() for k, v in model.named_parameters()}
+    params = {k: v.detach().clone() for k, v in trainable(model).items()}
     info = param_info(model, params, own_init=keeps_own_init(init, is_builtin(model)))
     names = eligible(info, mask)
     shapes = {n: params[n].shape for n in names}

@@ -37,8 +37,8 @@ from butterfly.experiment.comparer import Comparer
 from butterfly.imports import ImportPathError, check_allowed, is_import_path
 from butterfly.imports import resolve as import_object
 from butterfly.metrics.evaluate import Bound, LossFn
-from butterfly.models import build_model, param_info
-from butterfly.train.optim import TorchUpdate
+from butterfly.models import build_model, census, param_info, trainable
+from butterfly.train.optim import TorchUpdate, Update
 from butterfly.train.population import takes_step
 from butterfly.train.recipe import lr_at, update_for
 
@@ -59,6 +59,7 @@ class Resolved:
     n_train: int
     warnings: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    census: str = ""  # the model's parameters by kind, one line (printed with the run's plan)
     pretrain: Resolved | None = field(default=None, repr=False)
     finetune: Resolved | None = field(default=None, repr=False)
     preview: int | None = None  # the data is a preview of this many examples per split
@@ -325,11 +326,15 @@ SKIPPED = {"alignment": "weight matching, activation matching and the permutatio
            "cka": "CKA", "ensemble": "the ensemble accuracy"}  # fmt: skip
 
 
-def model_warnings(cfg: RunConfig, data: Dataset, loss_fn: LossFn | None) -> tuple[str, ...]:
+def model_warnings(
+    cfg: RunConfig, data: Dataset, loss_fn: LossFn | None
+) -> tuple[tuple[str, ...], str]:
     """Build the model once (seed ``seeds[0]``), check it, and say which asked-for measures
-    it cannot give."""
+    it cannot give; and the census of its parameters (trainable weights, biases, norm
+    parameters, frozen, tied), one line."""
     try:
-        model = build_model(cfg.model, data.input_shape, data.n_classes, cfg.seeds[0])
+        model = build_model(cfg.model, data.input_shape, data.n_classes, cfg.seeds[0],
+                            (data.x_train, data.y_train))
     except ValueError as err:  # HFUnavailable, a bad init_from checkpoint, a shape mismatch
         if not cfg.model.builtin or cfg.model.name == "hf" or cfg.model.init_from:
             raise ConfigError(str(err)) from None
@@ -337,9 +342,10 @@ def model_warnings(cfg: RunConfig, data: Dataset, loss_fn: LossFn | None) -> tup
             f"model '{cfg.model.name}' cannot take '{cfg.data.name}' inputs: {err}"
         ) from None
     check_model(model, data, loss_fn, cfg.model.name, causal=cfg.data.causal)
-    init = {k: v.detach().clone() for k, v in model.named_parameters()}
+    init = {k: v.detach().clone() for k, v in trainable(model).items()}
     info = param_info(model, init, own_init=cfg.model.keeps_own_init)
     update = update_for(cfg.recipe, init, info)  # groups matched, the optimizer made, checked
+    check_step(cfg, model, data, loss_fn, init, update)
     cmp = Comparer(model, data, cfg.eval, cfg.seeds[0], loss_fn)
     ev = cfg.eval
     wanted = {
@@ -356,7 +362,51 @@ def model_warnings(cfg: RunConfig, data: Dataset, loss_fn: LossFn | None) -> tup
             else f"recipe.optimizer {update.label} updates the members as one (checked on two "
             "members: a member's update does not depend on the other's)"
         )
-    return tuple(notes)
+    return tuple(notes), census(model, info).line()
+
+
+def check_step(
+    cfg: RunConfig, model: nn.Module, data: Dataset, loss_fn: LossFn | None, init: dict[str, torch.Tensor],
+    update: Update,
+) -> None:  # fmt: skip
+    """One real step on a handful of training examples, as a run takes it: a perturbed copy
+    and the original stacked as a 2-member population, one training step (train mode, seeded
+    randomness, the recipe's optimizer, precision and accumulation), one measurement in eval
+    mode. What fails here (a tied or shared parameter that cannot be stacked, a loss that is
+    not a scalar, a forward that breaks under the trainer) is one sentence before anything
+    is written, not a failed worker."""
+    from butterfly.data import BatchStream
+    from butterfly.train import Population, PopulationTrainer
+    from butterfly.train.population import member
+
+    k = cfg.recipe.accumulation
+    n = min(len(data.y_train), 2 * k)
+    n -= n % k
+    if n == 0:
+        return
+    recipe = cfg.recipe.model_copy(update={"batch_size": n})
+    trainer = PopulationTrainer(model, data, BatchStream(len(data.y_train), n, 0), recipe,
+                                cfg.runtime.mode, None, loss_fn, update)  # fmt: skip
+    g = torch.Generator().manual_seed(0)
+    child = {k_: v + 1e-3 * torch.randn(v.shape, generator=g).to(v) if v.is_floating_point()
+             else v for k_, v in init.items()}  # fmt: skip
+    x, y = data.x_train[:n], data.y_train[:n]
+    try:
+        pop = Population.from_members(["original", "child"], [init, child],
+                                      [update.init_state(init), update.init_state(child)], 0)  # fmt: skip
+        grads, losses = trainer.gradients(pop.params, x, y, ("check", 0))
+        if losses.shape != (2,):
+            raise ValueError(f"the loss gives shape {tuple(losses.shape[1:])} per model, not a "
+                             "scalar")  # fmt: skip
+        update.step(pop.params, grads, pop.state, 0, lr_at(cfg.recipe, 0))
+        with torch.no_grad():
+            torch.func.functional_call(model, member(pop.params, 0), (x,))
+    except Exception as err:
+        first = str(err).splitlines()[0] if str(err) else ""
+        raise ConfigError(
+            f"model '{cfg.model.name}' fails in one training step of a 2-member population on "
+            f"{n} training examples: {type(err).__name__}: {first}"
+        ) from None
 
 
 # ---- resolving -------------------------------------------------------------------------------
@@ -426,7 +476,8 @@ def resolve(
         return replace(out, warnings=fine.warnings, pretrain=pre, finetune=fine)
     check_device(cfg, device, out.gpus())
     check_recipe(cfg, data)
-    return replace(out, warnings=model_warnings(cfg, data, out.loss_fn()))
+    warnings, parameters = model_warnings(cfg, data, out.loss_fn())
+    return replace(out, warnings=warnings, census=parameters)
 
 
 # ---- the two runs of a fine-tuning config (paper section 4.4) -------------------------------

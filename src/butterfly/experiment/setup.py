@@ -22,7 +22,7 @@ from butterfly.config import RunConfig
 from butterfly.data import BatchStream, Dataset
 from butterfly.experiment.comparer import Comparer
 from butterfly.experiment.resolve import Resolved, dataset
-from butterfly.models import ParamInfo, build_model, model_spec, param_info
+from butterfly.models import ParamInfo, build_model, model_spec, param_info, trainable
 from butterfly.train import PopulationTrainer
 from butterfly.train.population import at_step
 from butterfly.train.recipe import update_for
@@ -119,8 +119,9 @@ def make_setup(resolved: Resolved, seed: int, run_dir: Path | None = None) -> Se
     reused (``run_dir``: the run folder, for data kept there)."""
     cfg, device = resolved.cfg, resolved.device
     data = dataset(cfg.data, resolved.tokenizer, run_dir, device, max_rows=resolved.preview)
-    model = build_model(cfg.model, data.input_shape, data.n_classes, seed).to(device)
-    init = {k: v.detach().clone() for k, v in model.named_parameters()}
+    model = build_model(cfg.model, data.input_shape, data.n_classes, seed,
+                        (data.x_train, data.y_train)).to(device)
+    init = {k: v.detach().clone() for k, v in trainable(model).items()}
     stream = BatchStream(len(data.y_train), cfg.recipe.batch_size, seed)
     loss_fn = resolved.loss_fn()
     info = param_info(model, init, own_init=cfg.model.keeps_own_init)

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from butterfly.layers import trainable
 from butterfly.metrics.barrier import alphas as alpha_grid
 from butterfly.metrics.barrier import curve_barrier, interpolate
 from butterfly.metrics.distance import l2_distance
@@ -28,10 +29,10 @@ def as_params(net: Network, like: nn.Module | None = None) -> tuple[nn.Module, T
     """(an architecture to run, the parameters) of a module or a state dict. A state dict
     needs ``like``, a module of the same architecture (its own weights are not used)."""
     if isinstance(net, nn.Module):
-        return net, {k: v.detach() for k, v in net.named_parameters()}
+        return net, {k: v.detach() for k, v in trainable(net).items()}
     if like is None:
         raise ValueError("a state dict needs model=, a module of the same architecture")
-    names = {k for k, _ in like.named_parameters()}
+    names = set(trainable(like))
     params = {k: v.detach() for k, v in net.items() if k in names}
     missing = sorted(names - set(params))
     if missing:

@@ -27,6 +27,8 @@ from butterfly.models.resnet import ResNet, ResNet50
 from butterfly.models.vit import ViT
 from butterfly.rng import derive_seed
 
+TrainingTensors = tuple[torch.Tensor, torch.Tensor]  # (x_train, y_train)
+
 
 def model_spec(cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int) -> dict[str, Any]:
     """Everything needed to rebuild the architecture (stored next to checkpoints)."""
@@ -45,6 +47,8 @@ def model_spec(cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int) -
         spec["path"] = cfg.path
         if cfg.task == "causal_lm":
             spec["task"] = "causal_lm"
+        if cfg.init == "fresh":
+            spec["fresh"] = True
     if not cfg.builtin:
         spec = {"name": cfg.name, "kwargs": cfg.kwargs, "input_shape": list(input_shape),
                 "n_classes": n_classes}  # fmt: skip
@@ -74,12 +78,19 @@ def is_builtin(model: nn.Module) -> bool:
 
 
 def call_factory(
-    path: str, kwargs: dict[str, Any], input_shape: tuple[int, ...], n_classes: int, seed: int
+    path: str,
+    kwargs: dict[str, Any],
+    input_shape: tuple[int, ...],
+    n_classes: int,
+    seed: int,
+    data: TrainingTensors | None = None,
 ) -> nn.Module:
     """The user's model: the class or factory at ``path`` called with ``kwargs`` and those of
-    ``seed``, ``input_shape``, ``n_classes`` it takes. Torch's global generator is seeded by
-    the seed while it runs (and restored after), so a model that draws its own initial
-    weights with torch's default initialisers gets the same θ0 for the same seed."""
+    ``seed``, ``input_shape``, ``n_classes`` it takes, and ``data`` (the training tensors
+    ``(x, y)``, for data-dependent initialisation such as whitening filters) when it names a
+    ``data`` parameter. Torch's global generator is seeded by the seed while it runs (and
+    restored after), so a model that draws its own initial weights with torch's default
+    initialisers gets the same θ0 for the same seed."""
     try:
         factory = resolve(path, "model.name")
     except ImportPathError as err:
@@ -91,6 +102,8 @@ def call_factory(
         params = inspect.signature(factory).parameters
         takes_all = any(p.kind is p.VAR_KEYWORD for p in params.values())
         extra = {k: v for k, v in offered.items() if (k in params or takes_all) and k not in kwargs}
+        if "data" in params and "data" not in kwargs:  # named, never through **kwargs
+            extra["data"] = data
     except (TypeError, ValueError):  # no signature (a builtin): pass only the kwargs
         extra = {}
     with torch.random.fork_rng(devices=[]):
@@ -109,21 +122,23 @@ def call_factory(
     return model
 
 
-def build_from_spec(spec: dict[str, Any], seed: int = 0) -> nn.Module:
-    """The architecture of ``spec`` with default (untrained) torch parameters (``seed``: what
-    a user's model factory is called with)."""
-    model = _from_spec(spec, seed)
+def build_from_spec(
+    spec: dict[str, Any], seed: int = 0, data: TrainingTensors | None = None
+) -> nn.Module:
+    """The architecture of ``spec`` with default (untrained) torch parameters (``seed``,
+    ``data``: what a user's model factory is called with)."""
+    model = _from_spec(spec, seed, data)
     if spec.get("resize"):
         attach_resize(model, spec["resize"])
     return model
 
 
-def _from_spec(spec: dict[str, Any], seed: int) -> nn.Module:
+def _from_spec(spec: dict[str, Any], seed: int, data: TrainingTensors | None) -> nn.Module:
     shape = network_input(tuple(spec["input_shape"]), spec.get("resize"))
     n_classes = int(spec["n_classes"])
     name = spec["name"]
     if name not in BUILTIN_MODELS:
-        return call_factory(name, spec.get("kwargs") or {}, shape, n_classes, seed)
+        return call_factory(name, spec.get("kwargs") or {}, shape, n_classes, seed, data)
     if name == "mlp":
         return MLP(shape, n_classes, spec["width"], spec["depth"])
     if name == "cnn":
@@ -143,14 +158,19 @@ def _from_spec(spec: dict[str, Any], seed: int) -> nn.Module:
     if name == "hf":
         from butterfly.models.hf import HFCausalLM, HFClassifier  # imports transformers
 
+        fresh = bool(spec.get("fresh", False))
         if spec.get("task") == "causal_lm":
-            return HFCausalLM(spec["path"], shape)
-        return HFClassifier(spec["path"], shape, n_classes)
+            return HFCausalLM(spec["path"], shape, fresh)
+        return HFClassifier(spec["path"], shape, n_classes, fresh)
     raise ValueError(f"unknown model '{name}'; choose from {', '.join(BUILTIN_MODELS)}")
 
 
 def build_model(
-    cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int, seed: int
+    cfg: ModelConfig,
+    input_shape: tuple[int, ...],
+    n_classes: int,
+    seed: int,
+    data: TrainingTensors | None = None,
 ) -> nn.Module:
     """A freshly initialised model for ``seed`` (in eval mode; the trainer switches dropout on).
 
@@ -161,7 +181,7 @@ def build_model(
     """
     with torch.random.fork_rng(devices=[]):  # torch's own initialisers draw from the seed
         torch.manual_seed(derive_seed("init", seed))
-        model = build_from_spec(model_spec(cfg, input_shape, n_classes), seed)
+        model = build_from_spec(model_spec(cfg, input_shape, n_classes), seed, data)
     init_fresh = getattr(model, "init_fresh_", None)
     if init_fresh is not None:
         init_fresh(seed)

@@ -18,6 +18,7 @@ is ``ids != pad``) for text, ``(N, C, H, W)`` floats for images.
 from __future__ import annotations
 
 import pickle
+from typing import Any
 
 import torch
 from torch import nn
@@ -48,12 +49,23 @@ def draw_missing_(model: nn.Module, names: list[str], std: float, seed: int) -> 
     return done
 
 
+def from_config(auto: Any, local: str, **overrides: Any) -> tuple[nn.Module, dict[str, list[str]]]:
+    """A model of ``auto``'s kind built from the folder's config alone, its weights drawn by
+    the model's own initialisation scheme from torch's generator (which the caller seeds with
+    the seed): ``model.init: fresh``, a from-scratch run whose θ0 differs per seed."""
+    tf = transformers_module()
+    config = tf.AutoConfig.from_pretrained(local, local_files_only=True, **overrides)
+    net = auto.from_config(config, attn_implementation="eager")
+    return net, {"missing_keys": []}
+
+
 class HFClassifier(nn.Module):
     """A ``transformers`` sequence or image classifier behind butterfly's ``forward(x)``."""
 
     vmappable = False  # trained member by member ("loop"); vmap over HF internals is not safe
 
-    def __init__(self, path: str, input_shape: tuple[int, ...], n_classes: int):
+    def __init__(self, path: str, input_shape: tuple[int, ...], n_classes: int,
+                 fresh: bool = False):  # fmt: skip
         super().__init__()
         tf = transformers_module()
         local = resolve_path(path)
@@ -67,14 +79,17 @@ class HFClassifier(nn.Module):
         # loading leaves the caller's random state alone (those weights are re-drawn below).
         with torch.random.fork_rng(devices=[]):
             try:
-                net, info = auto.from_pretrained(
-                    local,
-                    num_labels=n_classes,
-                    ignore_mismatched_sizes=True,
-                    local_files_only=True,
-                    output_loading_info=True,
-                    attn_implementation="eager",
-                )
+                if fresh:
+                    net, info = from_config(auto, local, num_labels=n_classes)
+                else:
+                    net, info = auto.from_pretrained(
+                        local,
+                        num_labels=n_classes,
+                        ignore_mismatched_sizes=True,
+                        local_files_only=True,
+                        output_loading_info=True,
+                        attn_implementation="eager",
+                    )
             except (OSError, ValueError) as err:
                 raise HFUnavailable(
                     f"cannot load Hugging Face model '{path}' offline: {str(err).splitlines()[0]}"
@@ -127,7 +142,7 @@ class HFCausalLM(nn.Module):
 
     vmappable = False
 
-    def __init__(self, path: str, input_shape: tuple[int, ...]):
+    def __init__(self, path: str, input_shape: tuple[int, ...], fresh: bool = False):
         super().__init__()
         if len(input_shape) != 2 or input_shape[0] != 2:
             raise ValueError(
@@ -138,10 +153,10 @@ class HFCausalLM(nn.Module):
         local = resolve_path(path)
         with torch.random.fork_rng(devices=[]):
             try:
-                net, info = tf.AutoModelForCausalLM.from_pretrained(
-                    local, local_files_only=True, output_loading_info=True,
-                    attn_implementation="eager",
-                )  # fmt: skip
+                net, info = (from_config(tf.AutoModelForCausalLM, local) if fresh else
+                             tf.AutoModelForCausalLM.from_pretrained(
+                                 local, local_files_only=True, output_loading_info=True,
+                                 attn_implementation="eager"))  # fmt: skip
             except (OSError, ValueError) as err:
                 raise HFUnavailable(
                     f"cannot load Hugging Face causal LM '{path}' offline: "

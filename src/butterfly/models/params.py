@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from butterfly.layers import NORM_TYPES, PERTURBED_TYPES, WEIGHT_TYPES
+from butterfly.layers import PERTURBED_TYPES, WEIGHT_TYPES, canonical_names, is_norm, trainable
 from butterfly.rng import generator
 
 ParamKind = Literal["weight", "bias", "norm"]
@@ -50,10 +50,39 @@ def kaiming_init_(model: nn.Module, seed: int) -> nn.Module:
                 module.weight.copy_(torch.randn(module.weight.shape, generator=g) * std)
                 if module.bias is not None:
                     module.bias.zero_()
-            elif isinstance(module, NORM_TYPES) and getattr(module, "weight", None) is not None:
-                module.weight.fill_(1.0)
-                module.bias.zero_()
+            elif is_norm(module):
+                if isinstance(getattr(module, "weight", None), torch.Tensor):
+                    module.weight.fill_(1.0)
+                if isinstance(getattr(module, "bias", None), torch.Tensor):
+                    module.bias.zero_()
     return model
+
+
+@dataclass(frozen=True)
+class Census:
+    """How many tensors and numbers of a model are trainable weights, biases, norm
+    parameters, frozen, and how many extra names tied parameters have."""
+
+    counts: dict[str, tuple[int, int]]
+
+    def line(self) -> str:
+        parts = [f"{kind} {t} tensors / {n:,} numbers" for kind, (t, n) in self.counts.items() if t]
+        return "parameters: " + "; ".join(parts)
+
+
+def census(model: nn.Module, info: dict[str, ParamInfo]) -> Census:
+    params = dict(model.named_parameters())
+    counts: dict[str, list[int]] = {k: [0, 0] for k in ("weights", "biases", "norm", "frozen", "tied")}
+    for name, p in params.items():
+        key = {"weight": "weights", "bias": "biases", "norm": "norm"}[info[name].kind] \
+            if name in info else "frozen"  # fmt: skip
+        counts[key][0] += 1
+        counts[key][1] += p.numel()
+    for alias, name in canonical_names(model).items():
+        if alias != name:
+            counts["tied"][0] += 1
+            counts["tied"][1] += params[name].numel()
+    return Census({k: (t, n) for k, (t, n) in counts.items()})
 
 
 def mean_square(t: torch.Tensor) -> float:
@@ -80,12 +109,14 @@ def param_info(
     # A model may fix one init variance for all its weights (HF: initializer_range^2).
     fixed_var: float | None = getattr(model, "weight_init_var", None)
     prefixes = {id(m): (f"{n}." if n else "") for n, m in modules}
+    canonical = canonical_names(model)
 
     def own_var(m: nn.Module) -> float:
         if fixed_var is not None:
             return fixed_var
         if measured is not None and own_init:
-            v = mean_square(measured[prefixes[id(m)] + "weight"])
+            name = canonical[prefixes[id(m)] + "weight"]
+            v = mean_square(measured.get(name, m.weight))
             if v > 0:
                 return v
         if isinstance(m, nn.Embedding):
@@ -105,23 +136,28 @@ def param_info(
         return fallback
 
     info: dict[str, ParamInfo] = {}
+
+    def put(name: str, value: ParamInfo) -> None:
+        # a tied parameter (a language model's output layer sharing the input embedding) is
+        # one parameter, under the name named_parameters() gives it: classified where first met
+        info.setdefault(canonical.get(name, name), value)
+
     for i, (mname, m) in enumerate(modules):
         prefix = f"{mname}." if mname else ""
         for pname, var in getattr(m, "extra_params", {}).items():
-            info[prefix + pname] = ParamInfo("weight", var)
+            put(prefix + pname, ParamInfo("weight", var))
         if isinstance(m, PERTURBED_TYPES):
             own = own_var(m)
-            info[prefix + "weight"] = ParamInfo("weight", own)
+            put(prefix + "weight", ParamInfo("weight", own))
             if getattr(m, "bias", None) is not None:
-                info[prefix + "bias"] = ParamInfo("bias", following_var(i, own))
-        elif isinstance(m, NORM_TYPES):
-            v = following_var(i, None)
+                put(prefix + "bias", ParamInfo("bias", following_var(i, own)))
+        elif is_norm(m) or _gain_of_ones(m):
+            v = following_var(i, None) if weight_vars else 1.0
             for pname, _ in m.named_parameters(recurse=False):
-                info[prefix + pname] = ParamInfo("norm", v)
-    # a tied parameter (a language model's output layer sharing the input embedding) is one
-    # parameter, under the name named_parameters() gives it; its other names are dropped
-    names = [n for n, _ in model.named_parameters()]
-    info = {n: v for n, v in info.items() if n in set(names)}
+                put(prefix + pname, ParamInfo("norm", v))
+    # only what is trained: frozen parameters are neither perturbed nor counted
+    names = list(trainable(model))
+    info = {n: info[n] for n in names if n in info}
     missing = [n for n in names if n not in info]
     if fixed_var is not None:  # e.g. a HF ViT's class token and position embeddings
         info.update({n: ParamInfo("weight", fixed_var) for n in missing})
@@ -142,3 +178,11 @@ def param_info(
             "layers are known (list others in the module's extra_params)"
         )
     return info
+
+
+def _gain_of_ones(m: nn.Module) -> bool:
+    """A module whose own parameters include a 1-D gain initialised to ones (a norm layer by
+    what it is, whatever its class is called)."""
+    own = dict(m.named_parameters(recurse=False))
+    return any(p.dim() == 1 and p.numel() > 1 and bool((p.detach() == 1).all())
+               for p in own.values()) and all(p.dim() == 1 for p in own.values())  # fmt: skip

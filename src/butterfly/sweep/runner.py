@@ -73,6 +73,8 @@ def sweep(
                 f"{session.workers} worker{'s' if session.workers > 1 else ''} "
                 f"({execution.executor}) -> {session.run_dir}"
             )
+            if resolved.census:
+                session.log(resolved.census)
             try:  # (not `steps += ...`: commit() adds to steps while it runs)
                 parent_steps = session.schedule(resolved, todo, commit, bar)
                 steps += parent_steps

@@ -21,6 +21,7 @@ import ast
 import os
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,7 +100,12 @@ class SweepOutcome:
 
 
 class SweepFailed(RuntimeError):
-    """Some units failed; finished units are saved."""
+    """Some units failed; finished units are saved. ``tracebacks``: each failure's traceback
+    as the process that ran it saw it (a worker's included), for ``--debug``."""
+
+    def __init__(self, message: str, tracebacks: list[str] | None = None):
+        super().__init__(message)
+        self.tracebacks = list(tracebacks or [])
 
 
 class DeterminismError(RuntimeError):
@@ -187,6 +193,7 @@ class RunSession:
         self.saved = saved
         self.executes = executes
         self.failures: list[str] = []
+        self.tracebacks: list[str] = []
         self.results: pd.DataFrame | None = None
         self.started = time.perf_counter()
         self._lock = RunLock(self.run_dir)
@@ -250,6 +257,8 @@ class RunSession:
         self.store.record_failure(seed, t, f"{type(err).__name__}: {err}", time.time())
         where = f"seed {seed}" + (f" t={t}" if t is not None else " (parent)")
         self.failures.append(f"{where}: {err}")
+        # a worker's exception arrives with its own traceback chained as the cause
+        self.tracebacks.append(f"{where}:\n" + "".join(traceback.format_exception(err)))
         self.log(f"FAILED {where}: {type(err).__name__}: {err}")
 
     def pool(self, report: bool = False) -> Executor:
@@ -303,7 +312,8 @@ class RunSession:
             n = len(self.failures)
             raise SweepFailed(
                 f"{n} unit{'s' if n > 1 else ''} failed (first: {self.failures[0]}); finished "
-                f"{self.saved} are saved in {self.run_dir}, run the same command to retry"
+                f"{self.saved} are saved in {self.run_dir}, run the same command to retry",
+                self.tracebacks,
             )
 
 

@@ -120,20 +120,6 @@ class Lane:
     losses: list[torch.Tensor] | None = None  # a list: every step's minibatch losses, kept
 
 
-def has_dropout(model: nn.Module) -> bool:
-    """Whether the model draws random dropout masks in training mode."""
-    for m in model.modules():
-        if isinstance(m, nn.Dropout) and m.p > 0:
-            return True
-        cfg = getattr(m, "config", None)
-        if cfg is not None and any(
-            float(getattr(cfg, a, 0.0) or 0.0) > 0
-            for a in ("hidden_dropout_prob", "attention_probs_dropout_prob", "attention_dropout")
-        ):
-            return True
-    return False
-
-
 def cross_entropy_loss(
     model: nn.Module,
 ) -> Callable[[Tensors, torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -203,7 +189,6 @@ class PopulationTrainer:
         self.autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(recipe.precision)
         self._single = grad_and_value(self.loss)
         self._vmapped = vmap(self._single, in_dims=(0, None, None), randomness="same")
-        self.dropout = has_dropout(model)
         self.vmappable = bool(getattr(model, "vmappable", True))
         self._vmap_tried = False
         if mode not in MODES:
@@ -228,9 +213,12 @@ class PopulationTrainer:
 
     @contextmanager
     def _noise(self, key: tuple[object, ...] | None) -> Iterator[None]:
-        """Training mode with torch's generator seeded by ``key`` (dropout masks are a pure
-        function of the key), restoring the caller's random state and eval mode after."""
-        if not self.dropout or key is None:
+        """Training mode (``model.train()``, whatever the model keys on it: ``nn.Dropout``,
+        ``F.dropout(x, p, self.training)``, stochastic depth, attention dropout) with torch's
+        generator seeded by ``key``, so every random draw inside (dropout masks) is a pure
+        function of the key and the same for every member; the caller's random state and eval
+        mode are restored after. ``key`` None: as the model is (eval mode, for measuring)."""
+        if key is None:
             yield
             return
         devices = [self.data.x_train.device] if self.data.x_train.is_cuda else []

@@ -1,0 +1,357 @@
+"""Models as researchers write them (``public_models.py``, written the way public repositories
+write them, not by butterfly): tied weights, their own LayerNorm class and fused attention,
+frozen parameters, functional dropout, data-dependent initialisation, a Hugging Face model
+drawn fresh from its config per seed."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from torch import nn
+
+import butterfly
+from butterfly.checkpoint import load_checkpoint
+from butterfly.cli import main
+from butterfly.config import ConfigError, ModelConfig, build_config
+from butterfly.experiment.resolve import resolve
+from butterfly.experiment.setup import make_setup
+from butterfly.models import build_model, param_info, trainable
+from butterfly.sweep import run_sweep
+from butterfly.train import Population
+
+SMALL_EVAL = {"max_train_examples": 32, "max_test_examples": 32, "alphas": 5, "cka": False,
+              "ensemble": False, "weight_matching": False, "activation_matching": False,
+              "proxy_fractions": [], "trajectory_barriers": False}  # fmt: skip
+
+
+def gpt_raw() -> dict[str, Any]:
+    return {
+        "name": "minigpt", "seeds": [0],
+        "data": {"name": "arithmetic", "max_length": 128, "tokenizer": "bytes"},
+        "model": {"name": "public_models:MiniGPT", "kwargs": {"n_embd": 16, "n_layer": 1,
+                                                               "n_head": 2}},
+        "recipe": {"optimizer": "adamw", "lr": 3e-3, "steps": 8, "batch_size": 8},
+        "perturb": {"times": [0.0, 0.5], "sigmas": [1e-2], "kinds": ["gaussian"]},
+        "eval": SMALL_EVAL, "runtime": {"workers": 1},
+    }  # fmt: skip
+
+
+def results(run: Path) -> pd.DataFrame:
+    with sqlite3.connect(run / "results.db") as db:
+        return pd.read_sql("SELECT * FROM results ORDER BY t, member", db)
+
+
+def test_a_gpt_with_tied_embeddings_and_its_own_layernorm_from_yaml_and_python(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tmp_path / "gpt.yaml"
+    cfg.write_text(yaml.safe_dump(gpt_raw()))
+    assert main(["run", str(cfg), "--out", str(tmp_path / "yaml")]) == 0
+    captured = capsys.readouterr()
+    out = captured.out + captured.err
+    # the census: tied output layer counted once, the model's own LayerNorm class as norm
+    assert "norm 6 tensors / 96 numbers; tied 1 tensors / 4,128 numbers" in out
+    df = results(tmp_path / "yaml")
+    ctrl = df[df.member == "control"]
+    assert len(ctrl) == 2 and (ctrl.l2 == 0.0).all() and (ctrl.barrier_test_loss == 0.0).all()
+    assert (df[df.kind == "gaussian"].l2 > 0).all()
+    # stored once, under the name named_parameters() gives it
+    saved, _, _ = load_checkpoint(tmp_path / "yaml/parents/seed0/step0000004.safetensors")
+    assert "transformer.wte.weight" in saved and "lm_head.weight" not in saved
+
+    from public_models import MiniGPT
+
+    raw = gpt_raw()
+    exp = butterfly.Experiment(MiniGPT, model_kwargs=raw["model"]["kwargs"], config=raw)
+    run = exp.run(out=tmp_path / "python", quiet=True, report=False)
+    cols = ["t", "member", "l2", "barrier_test_loss", "barrier_train_loss"]
+    a = run.results.sort_values(["t", "member"]).reset_index(drop=True)[cols]
+    assert a.equals(df[cols].reset_index(drop=True))
+
+
+def test_tied_weights_stay_tied_and_norm_classes_are_recognised_by_what_they_are() -> None:
+    from public_models import MiniGPT
+
+    model = MiniGPT((2, 32), 258, n_embd=16, n_layer=1, n_head=2)
+    info = param_info(model, {k: v.detach() for k, v in trainable(model).items()})
+    assert info["transformer.h.0.ln_1.weight"].kind == "norm"
+    assert info["transformer.h.0.ln_1.bias"].kind == "norm"
+    assert info["transformer.ln_f.weight"].kind == "norm"
+    assert "lm_head.weight" not in info and info["transformer.wte.weight"].kind == "weight"
+
+    class RMSNorm(nn.Module):  # a name that says norm
+        def __init__(self, d: int):
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(d))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * self.scale
+
+    class Gain(nn.Module):  # no telling name: a 1-D gain initialised to ones
+        def __init__(self, d: int):
+            super().__init__()
+            self.g = nn.Parameter(torch.ones(d))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * self.g
+
+    class Declared(nn.Module):  # declared by the model
+        is_norm = True
+
+        def __init__(self, d: int):
+            super().__init__()
+            self.alpha = nn.Parameter(torch.full((d,), 0.5))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * self.alpha
+
+    net = nn.Sequential(nn.Linear(4, 8), RMSNorm(8), Gain(8), Declared(8), nn.Linear(8, 2))
+    info = param_info(net, {k: v.detach() for k, v in net.named_parameters()}, own_init=False)
+    assert [info[n].kind for n in ("1.scale", "2.g", "3.alpha")] == ["norm"] * 3
+    assert info["1.scale"].init_var == pytest.approx(2 / 8)  # the next weight layer's scale
+
+
+def frozen_raw(p: float = 0.0, mode: str = "auto") -> dict[str, Any]:
+    return {
+        "name": "frozen", "seeds": [0],
+        "data": {"name": "synthetic", "n_train": 256, "n_test": 128, "n_features": 12,
+                 "n_classes": 4},
+        "model": {"name": "public_models:FrozenWhiteningNet", "kwargs": {"p": p}},
+        "recipe": {"steps": 60, "batch_size": 32, "lr": 0.1, "weight_decay": 5e-4},
+        "perturb": {"times": [0.0, 0.5], "sigmas": [1e-1], "kinds": ["gaussian"],
+                    "mask": "all"},
+        "eval": SMALL_EVAL, "runtime": {"workers": 1, "mode": mode},
+    }  # fmt: skip
+
+
+def test_frozen_parameters_are_neither_trained_nor_perturbed_nor_counted(tmp_path: Path) -> None:
+    resolved = resolve(build_config(frozen_raw()))
+    assert "frozen 1 tensors / 144 numbers" in resolved.census
+    setup = make_setup(resolved, 0)
+    # the factory was handed the training tensors: its filters whiten the training inputs
+    w = setup.model.whiten.weight.detach().clone()
+    x = setup.data.x_train.reshape(len(setup.data.x_train), -1)
+    white = torch.cov((x @ w.T).T)
+    assert torch.allclose(white, torch.eye(12), atol=0.05)
+    assert "whiten.weight" not in setup.init and "whiten.weight" not in setup.info
+    pop = Population.fresh(setup.trainer.update, setup.init)
+    setup.trainer.train(pop, 60)
+    assert set(pop.params) == {"fc.weight", "fc.bias", "out.weight", "out.bias"}
+    assert not torch.equal(pop.params["fc.weight"][0], setup.init["fc.weight"])  # it trained
+    # left as the model has it, byte for byte, after training with weight decay
+    assert setup.model.whiten.weight.numpy().tobytes() == w.numpy().tobytes()
+
+    # a real task (scikit-learn's digits, whitened by the frozen filters): the barrier of a
+    # child perturbed at t = 0 is above that of one perturbed at t = 0.5T
+    raw = frozen_raw()
+    raw["data"] = {"name": "digits"}
+    raw["model"]["kwargs"]["width"] = 64
+    raw["recipe"].update(steps=200, lr=0.005, momentum=0.9)
+    raw["perturb"]["sigmas"] = [0.3]
+    raw["eval"].update(max_train_examples=256, max_test_examples=256)
+    out = run_sweep(build_config(raw), tmp_path / "run", quiet=True)
+    assert out.control_ok
+    for ckpt in (tmp_path / "run/parents/seed0").glob("*.safetensors"):
+        saved, _, _ = load_checkpoint(ckpt)
+        assert "whiten.weight" not in saved
+    kids = out.results[out.results.kind == "gaussian"].set_index("t")
+    assert kids.loc[0, "barrier_test_loss"] > 10 * kids.loc[100, "barrier_test_loss"]
+
+
+@pytest.mark.parametrize("mode", ["vmap", "loop"])
+def test_functional_dropout_is_on_in_training_with_the_control_exact(
+    tmp_path: Path, mode: str
+) -> None:
+    on = run_sweep(build_config(frozen_raw(0.5, mode)), tmp_path / "on", quiet=True)
+    off = run_sweep(build_config(frozen_raw(0.0, mode)), tmp_path / "off", quiet=True)
+    assert on.control_ok and off.control_ok
+    ctrl = on.results[on.results.member == "control"]
+    assert (ctrl.l2 == 0.0).all() and (ctrl.barrier_test_loss == 0.0).all()
+    # F.dropout(x, p, self.training) with no nn.Dropout module: the run with p > 0 differs
+    a = on.results.sort_values(["t", "member"]).l2.tolist()
+    b = off.results.sort_values(["t", "member"]).l2.tolist()
+    assert a != b
+    again = run_sweep(build_config(frozen_raw(0.5, mode)), tmp_path / "again", quiet=True)
+    assert again.results.sort_values(["t", "member"]).l2.tolist() == a
+
+
+def tiny_bert(folder: Path) -> Path:
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from butterfly.hf_local import load_tokenizer
+
+    tok = load_tokenizer("minilm")
+    tok.save_pretrained(folder)
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=32, max_position_embeddings=32)  # fmt: skip
+    torch.manual_seed(0)
+    BertForSequenceClassification(cfg).save_pretrained(folder)
+    return folder
+
+
+def test_a_hugging_face_bert_from_a_config_draws_its_weights_per_seed(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    folder = tiny_bert(tmp_path / "bert")
+    fresh = ModelConfig(name="hf", path=str(folder), init="fresh")
+    nets = [build_model(fresh, (2, 16), 2, s) for s in (0, 1, 0)]
+    p = [dict(n.named_parameters()) for n in nets]
+    name = "net.bert.encoder.layer.0.attention.self.query.weight"
+    assert not torch.equal(p[0][name], p[1][name])  # distinct θ0 per seed
+    assert all(torch.equal(p[0][k], p[2][k]) for k in p[0])  # the same seed, the same θ0
+    saved = dict(build_model(ModelConfig(name="hf", path=str(folder)), (2, 16), 2, 0)
+                 .named_parameters())  # fmt: skip
+    assert not torch.equal(saved[name], p[0][name])  # not the saved weights
+    assert p[0][name].std().item() == pytest.approx(0.02, rel=0.2)  # BERT's own scheme
+    with pytest.raises(ConfigError, match=r"model\.init = kaiming is not for a Hugging Face"):
+        build_config({"model": {"name": "hf", "path": str(folder), "init": "kaiming"}})
+    with pytest.raises(ConfigError, match=r"model\.init = fresh draws a Hugging Face"):
+        build_config({"model": {"name": "mlp", "init": "fresh"}})
+    raw = {
+        "seeds": [0, 1],
+        "data": {"name": "sentiment", "max_length": 16, "max_train": 64},
+        "model": {"name": "hf", "path": str(folder), "init": "fresh"},
+        "recipe": {"optimizer": "adamw", "lr": 1e-3, "steps": 4, "batch_size": 8},
+        "perturb": {"times": [0.0], "sigmas": [1e-2], "kinds": ["gaussian"]},
+        "eval": SMALL_EVAL,
+    }  # fmt: skip
+    out = run_sweep(build_config(raw), tmp_path / "run", quiet=True, workers=1)
+    assert out.control_ok
+    theta0 = [load_checkpoint(tmp_path / f"run/parents/seed{s}/step0000000.safetensors")[0]
+              for s in (0, 1)]  # fmt: skip
+    assert not torch.equal(theta0[0][name], theta0[1][name])
+
+
+def test_a_model_of_your_own_reads_the_built_in_text_data(tmp_path: Path) -> None:
+    raw = {
+        "seeds": [0],
+        "data": {"name": "sentiment", "max_length": 32},  # tokenizer: bytes (the default here)
+        "model": {"name": "public_models:BagOfTokens"},
+        "recipe": {"steps": 20, "batch_size": 16, "lr": 0.1},
+        "perturb": {"times": [0.0], "sigmas": [1e-2], "kinds": ["gaussian"]},
+        "eval": SMALL_EVAL,
+    }  # fmt: skip
+    resolved = resolve(build_config(raw))
+    assert resolved.tokenizer == "bytes"
+    out = run_sweep(resolved, tmp_path / "run", quiet=True, workers=1)
+    assert out.control_ok and (out.results[out.results.kind == "gaussian"].l2 > 0).all()
+
+
+def per_example_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    x, y = batch
+    return torch.nn.functional.cross_entropy(model(x), y, reduction="none")
+
+
+def broken_in_training(input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(12, n_classes)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if self.training:  # a bug that only training mode reaches
+                raise RuntimeError("shape mismatch in the training branch")
+            return self.fc(x.view(x.size(0), -1))
+
+    return Net()
+
+
+def raising_factory(input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
+    raise KeyError("no such block")
+
+
+@pytest.mark.parametrize(
+    ("sets", "sentence"),
+    [
+        (["model.name=public_models:MiniGPT"], "fails on two training examples of shape (1, 12)"),
+        (["loss=test_public_models:per_example_loss"], "must return a scalar tensor"),
+        (["model.name=test_public_models:broken_in_training"],
+         "fails in one training step of a 2-member population on 2 training examples: "
+         "RuntimeError: shape mismatch in the training branch"),
+        (["model.name=test_public_models:raising_factory"],
+         "failed to build: KeyError: 'no such block'"),
+    ],
+)  # fmt: skip
+def test_models_that_fail_are_one_sentence_before_anything_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], sets: list[str], sentence: str
+) -> None:
+    raw = frozen_raw()
+    raw["model"] = {"name": "mlp", "width": 8}
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    args = ["run", str(cfg), "--out", str(tmp_path / "o")]
+    for s in sets:
+        key, value = s.split("=", 1)
+        if key == "loss":
+            args += ["--set", f"recipe.loss={value}"]
+        else:
+            args += ["--set", s]
+    assert main(args) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert sentence in err and len(err.rstrip(".").split(". ")) <= 3
+    assert not (tmp_path / "o").exists()
+
+
+def fails_late(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], step: int) -> torch.Tensor:
+    if step >= 40:
+        raise FloatingPointError(f"the loss blew up at step {step}")
+    x, y = batch
+    return torch.nn.functional.cross_entropy(model(x), y)
+
+
+def test_debug_shows_where_a_worker_failed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from butterfly.sweep import SweepFailed
+
+    raw = frozen_raw()
+    raw["recipe"]["loss"] = "test_public_models:fails_late"
+    raw["runtime"]["workers"] = 2
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    with pytest.raises(SweepFailed):
+        main(["run", str(cfg), "--out", str(tmp_path / "b"), "--debug"])
+    err = capsys.readouterr().err
+    # the worker's own traceback: the file and line of the user's loss, and its message
+    assert "butterfly: failed in seed 0" in err and "in fails_late" in err
+    # (measured as the loss of the end of training: the first trajectory point calls it at T)
+    assert "FloatingPointError: the loss blew up at step 60" in err
+
+
+class ViewNet(nn.Module):
+    """A CIFAR-repository habit: ``out.view(out.size(0), -1)`` before the classifier; and a
+    GroupNorm with 2 groups (statistics per group of channels)."""
+
+    def __init__(self, groups: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.gn = nn.GroupNorm(groups, 8)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8 * 4 * 4, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.gn(self.conv1(x)))
+        out = torch.relu(self.conv2(out))
+        out = out.view(out.size(0), -1)
+        return self.fc(out)
+
+
+def test_a_spec_is_derived_through_view_of_size_and_grouped_norms() -> None:
+    from butterfly.align import derive_spec, spec_error
+
+    x = torch.randn(4, 3, 4, 4)
+    one = ViewNet(groups=1)
+    spec = derive_spec(one)
+    # conv1's channels (through a GroupNorm of one group) are permutable; conv2's are flattened
+    # with positions into the classifier, so they stay fixed
+    assert list(spec.perm_to_axes.values()) == [(("conv1.weight", 0), ("conv1.bias", 0),
+                                                ("gn.weight", 0), ("gn.bias", 0),
+                                                ("conv2.weight", 1))]  # fmt: skip
+    assert spec_error(one, spec, x) < 1e-5
+    two = ViewNet(groups=2)  # channels may not move between groups: nothing is permuted
+    assert derive_spec(two).perm_to_axes == {}
