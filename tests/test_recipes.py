@@ -264,6 +264,10 @@ def test_accumulation_over_micro_batches_matches_one_batch() -> None:
 
 def test_bf16_autocast_training_keeps_the_control_exact(tmp_path: Path) -> None:
     out = run_sweep(tiny_config(recipe={"precision": "bf16"}), tmp_path / "bf16", quiet=True)
+    from butterfly.sweep.store import Store
+
+    env = Store(tmp_path / "bf16/results.db").get_meta("environment")
+    assert env["precision"] == "bf16 autocast in training; weights and measurements float32"
     fp32 = run_sweep(tiny_config(), tmp_path / "fp32", quiet=True)
     assert out.control_ok
     assert not out.results.l2.equals(fp32.results.l2)  # it did train in bf16

@@ -62,7 +62,7 @@ def environment(resolved: Resolved) -> dict[str, Any]:
         "device": device,
         "threads": torch.get_num_threads(),
         "platform": platform.platform(),
-        "precision": "float32" + (", TF32 matmul allowed" if resolved.cfg.runtime.tf32 else ""),
+        "precision": precision(resolved.cfg),
         "deterministic": torch.are_deterministic_algorithms_enabled(),
     }
     if device.startswith("cuda") and torch.cuda.is_available():
@@ -73,6 +73,14 @@ def environment(resolved: Resolved) -> dict[str, Any]:
     if commit is not None:
         env["butterfly_commit"] = commit
     return env
+
+
+def precision(cfg: RunConfig) -> str:
+    """How the numbers were computed: float32, or training under bf16/fp16 autocast with the
+    weights, optimizer state and every measurement in float32."""
+    p = cfg.recipe.precision
+    text = "float32" if p == "float32" else f"{p} autocast in training; weights and measurements float32"
+    return text + (", TF32 matmul allowed" if cfg.runtime.tf32 else "")
 
 
 def butterfly_version() -> str:
