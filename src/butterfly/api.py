@@ -164,7 +164,8 @@ class Experiment:
     one, worker processes, resume, the store and the report.
 
     * ``model``: an ``nn.Module`` subclass or a factory returning a module (called with
-      ``model_kwargs`` and whichever of ``seed``, ``input_shape``, ``n_classes`` it takes), a
+      ``model_kwargs`` and whichever of ``seed``, ``input_shape``, ``n_classes`` and ``data``,
+      the training tensors ``(x, y)``, it takes), a
       built-in name (``"mlp"``) or an import path (``"package.module:make"``).
     * ``data``: a butterfly ``Dataset`` (``butterfly.data.from_tensors``), a tuple
       ``(x_train, y_train, x_test, y_test)`` or a mapping of those, a pair of map-style

@@ -191,7 +191,7 @@ class ModelConfig(Strict):
     """Architecture. ``width`` is the hidden width (MLP, ViT) or base channel count (CNN,
     ResNet, ResNet-50); ``hf`` loads a Hugging Face classifier from ``path``; an import path
     ``package.module:make`` names the user's ``nn.Module`` class or factory (called with
-    ``kwargs``, plus ``seed``, ``input_shape`` and ``n_classes`` where it takes them)."""
+    ``kwargs``, plus ``seed``, ``input_shape``, ``n_classes`` and ``data`` where it takes them)."""
 
     name: str = Field(
         "mlp",
