@@ -31,15 +31,16 @@ from torch import nn
 
 from butterfly.config import ConfigError, DataConfig, RunConfig, build_config
 from butterfly.config.sections import BUILTIN_SCHEDULES, PretrainConfig, RecipeConfig
-from butterfly.data import DataError, Dataset, load_dataset
+from butterfly.data import BatchStream, DataError, Dataset, load_dataset
 from butterfly.experiment import rows
 from butterfly.experiment.comparer import Comparer
 from butterfly.imports import ImportPathError, check_allowed, is_import_path
 from butterfly.imports import resolve as import_object
 from butterfly.metrics.evaluate import Bound, LossFn
 from butterfly.models import build_model, census, param_info, trainable
+from butterfly.train import Population, PopulationTrainer
 from butterfly.train.optim import TorchUpdate, Update
-from butterfly.train.population import takes_step
+from butterfly.train.population import member, takes_step
 from butterfly.train.recipe import lr_at, update_for
 
 
@@ -375,10 +376,6 @@ def check_step(
     mode. What fails here (a tied or shared parameter that cannot be stacked, a loss that is
     not a scalar, a forward that breaks under the trainer) is one sentence before anything
     is written, not a failed worker."""
-    from butterfly.data import BatchStream
-    from butterfly.train import Population, PopulationTrainer
-    from butterfly.train.population import member
-
     k = cfg.recipe.accumulation
     n = min(len(data.y_train), 2 * k)
     n -= n % k

@@ -31,6 +31,7 @@ from torch.func import functional_call, grad_and_value, vmap
 from butterfly.config import AugmentConfig, RecipeConfig
 from butterfly.data import BatchStream, Dataset
 from butterfly.data.augment import augment
+from butterfly.layers import trainable
 from butterfly.metrics.evaluate import Bound, LossFn, cross_entropy
 from butterfly.rng import derive_seed
 from butterfly.train.batched_mlp import BatchedMLP
@@ -182,7 +183,7 @@ class PopulationTrainer:
         self.stream = stream
         self.recipe = recipe
         self.augment = augment
-        self.update = update or plain_update(recipe, [n for n, _ in model.named_parameters()])
+        self.update = update or plain_update(recipe, list(trainable(model)))
         self.current_step = 0  # the step being trained, for a loss that takes it
         self.loss = (cross_entropy_loss(model) if loss_fn is None else
                      user_loss(model, loss_fn, lambda: self.current_step))  # fmt: skip
