@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
 from torch import nn
 
@@ -355,3 +356,163 @@ def test_a_spec_is_derived_through_view_of_size_and_grouped_norms() -> None:
     assert spec_error(one, spec, x) < 1e-5
     two = ViewNet(groups=2)  # channels may not move between groups: nothing is permuted
     assert derive_spec(two).perm_to_axes == {}
+
+
+# ---- BatchNorm with running statistics -------------------------------------------------------
+
+
+def image_tensors(n: int = 320, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Four classes of 3 x 8 x 8 images (a class mean plus noise), 256 train / 64 test."""
+    g = torch.Generator().manual_seed(seed)
+    means = torch.randn(4, 3, 8, 8, generator=g)
+    y = torch.randint(0, 4, (n,), generator=g)
+    x = means[y] + 2.0 * torch.randn(n, 3, 8, 8, generator=g)
+    return x[:256], y[:256], x[256:], y[256:]
+
+
+def resnet18(seed: int) -> nn.Module:
+    from public_models import ResNet18
+
+    torch.manual_seed(seed)
+    return ResNet18(num_classes=4, width=4)
+
+
+def test_a_published_resnet18_with_batchnorm_runs_unmodified(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    exp = butterfly.Experiment(
+        model=resnet18, data=image_tensors(), name="resnet18-bn", seeds=[0],
+        recipe={"steps": 6, "batch_size": 32, "lr": 0.05},
+        perturb={"times": [0.0, 0.5], "sigmas": [1e-2], "kinds": ["gaussian"]},
+        eval={**SMALL_EVAL, "weight_matching": True, "running_stats_examples": 64},
+    )  # fmt: skip
+    run = exp.run(out=tmp_path / "o", quiet=False, report=False)
+    captured = capsys.readouterr()
+    out = " ".join((captured.out + captured.err).split())
+    # 1 stem + 2 per block x 8 blocks + 3 shortcuts
+    assert ("running statistics in 20 layers (BatchNorm2d): per member in training, "
+            "re-estimated for every network measured on 64 training inputs") in out  # fmt: skip
+    df = run.results.sort_values(["t", "member"])
+    ctrl = df[df.member == "control"]
+    assert len(ctrl) == 2 and (ctrl.l2 == 0.0).all() and (ctrl.barrier_train_loss == 0.0).all()
+    assert (ctrl.barrier_test_error == 0.0).all()
+    child = df[df.kind == "gaussian"]
+    assert (child.l2 > 0).all() and child.barrier_train_loss.notna().all()
+    # weight matching through BatchNorm, residual additions and view(size(0), -1)
+    assert child.fixed_point_fraction_wm.notna().all() and child.l2_wm.notna().all()
+
+    # the parent's checkpoint at t = 3 holds its running statistics after 3 training steps
+    params, state, _ = load_checkpoint(tmp_path / "o/parents/seed0/step0000003.safetensors")
+    running = state["running"]
+    assert len(running) == 60 and "layer1.0.bn1.running_mean" not in params
+    assert int(running["bn1.num_batches_tracked"]) == 3
+    assert float(running["layer4.1.bn2.running_var"].sub(1).abs().max()) > 1e-3
+    # each member's own statistics at T: the control's are the original's, bit for bit; a
+    # perturbed child's have moved away from them
+    members = tmp_path / "o/checkpoints/seed0/t0000003"
+    own = {m: load_checkpoint(members / f"{m}.safetensors")[1]["running"]
+           for m in ("original", "control", "gaussian-s0.01-f1-d0")}  # fmt: skip
+    assert int(own["original"]["bn1.num_batches_tracked"]) == 6
+    for k, v in own["original"].items():
+        assert torch.equal(v, own["control"][k])
+    assert not torch.equal(own["original"]["layer4.1.bn2.running_mean"],
+                           own["gaussian-s0.01-f1-d0"]["layer4.1.bn2.running_mean"])  # fmt: skip
+
+
+class ConvBN(nn.Module):
+    """A conv, BatchNorm, ReLU, pool, linear classifier (with the BatchNorm1d of a head)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.bn = nn.BatchNorm2d(6)
+        self.fc = nn.Linear(6, 5)
+        self.bn_head = nn.BatchNorm1d(5, momentum=0.3)
+        self.out = nn.Linear(5, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.bn(self.conv(x)))
+        h = F.adaptive_avg_pool2d(h, 1).view(x.size(0), -1)
+        return self.out(F.relu(self.bn_head(self.fc(h))))
+
+
+@pytest.mark.parametrize("mode", ["vmap", "loop"])
+def test_each_member_keeps_the_running_statistics_torch_train_mode_gives_it(mode: str) -> None:
+    from butterfly.data import BatchStream, Dataset
+    from butterfly.train import PopulationTrainer
+    from butterfly.train.population import RUNNING
+
+    torch.manual_seed(0)
+    model = ConvBN().eval()
+    before = {k: v.clone() for k, v in model.named_buffers()}
+    x, y, xt, yt = image_tensors()
+    data = Dataset("images", x, y, xt, yt, 4)
+    cfg = build_config({"recipe": {"steps": 4, "batch_size": 16, "lr": 0.1, "momentum": 0.0,
+                                    "warmup": 0.0, "schedule": "constant"}})  # fmt: skip
+    trainer = PopulationTrainer(model, data, BatchStream(len(y), 16, 0), cfg.recipe, mode)
+    theta = {k: v.detach().clone() for k, v in trainable(model).items()}
+    other = {k: v + 0.05 * torch.randn_like(v) for k, v in theta.items()}
+    pop = Population.from_members(["a", "b"], [theta, other],
+                                  [trainer.update.init_state(p) for p in (theta, other)], 0)
+    trainer.train(pop, 4)
+    for i, start in enumerate((theta, other)):
+        # the reference: the module itself in train mode, plain SGD, the same batches
+        ref = ConvBN()
+        ref.load_state_dict({**start, **before}, strict=True)
+        ref.train()
+        opt = torch.optim.SGD(ref.parameters(), lr=0.1)
+        for step in range(4):
+            xb, yb = trainer.batch(step)
+            opt.zero_grad()
+            F.cross_entropy(ref(xb), yb).backward()
+            opt.step()
+        for name, buf in ref.named_buffers():
+            got = pop.state[RUNNING][name][i]
+            assert got.dtype == buf.dtype and torch.allclose(got, buf, rtol=1e-5, atol=1e-6), name
+        for name, p in ref.named_parameters():
+            assert torch.allclose(pop.params[name][i], p, rtol=1e-4, atol=1e-6), name
+    # the module's own buffers are never written
+    assert all(torch.equal(v, before[k]) for k, v in model.named_buffers())
+
+
+def test_measured_statistics_are_re_estimated_as_torch_would_or_interpolated() -> None:
+    from butterfly.data import Dataset
+    from butterfly.experiment.comparer import Comparer
+    from butterfly.metrics.running import WithRunning
+
+    torch.manual_seed(1)
+    model = ConvBN().eval()
+    x, y, xt, yt = image_tensors()
+    data = Dataset("images", x, y, xt, yt, 4)
+    cfg = build_config({"eval": {"running_stats_examples": 100, "batch_size": 64}}).eval
+    cmp = Comparer(model, data, cfg)
+    theta = {k: v.detach().clone() for k, v in trainable(model).items()}
+    full = cmp.full(theta)
+    ref = ConvBN()
+    ref.load_state_dict({**theta, **dict(model.named_buffers())})
+    for m in ref.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None
+    ref.train()
+    with torch.no_grad():
+        ref(x[:64])
+        ref(x[64:100])  # the chunks of eval.batch_size, averaged
+    for name, buf in ref.named_buffers():
+        assert torch.allclose(full[name], buf, rtol=1e-5, atol=1e-6), name
+    assert int(full["bn.num_batches_tracked"]) == 2
+    # interpolated: the endpoints' own statistics, mixed like the weights
+    own_a = {k: torch.full_like(v, 0.5) if v.is_floating_point() else v
+             for k, v in full.items() if k not in theta}  # fmt: skip
+    own_b = {k: v * 3 if v.is_floating_point() else v for k, v in own_a.items()}
+    inter = Comparer(model, data, cfg.model_copy(update={"running_stats": "interpolate"}))
+    a, b = WithRunning(theta, own_a), WithRunning(theta, own_b)
+    assert torch.equal(inter.full(a)["bn.running_var"], own_a["bn.running_var"])
+    mid = {k: v for k, v in theta.items()}
+    stats = own_a | {k: own_a[k] + 0.5 * (own_b[k] - own_a[k]) for k in own_a
+                     if own_a[k].is_floating_point()}  # fmt: skip
+    want = F.cross_entropy(torch.func.functional_call(model, {**mid, **stats}, (x,)), y)
+    path = inter._path(a, b, x, y)
+    assert path[len(path) // 2].loss == pytest.approx(float(want), rel=1e-5)
+    # identical weights and statistics: every point of the path is the endpoint, exactly
+    assert inter.barriers(a, a, inter.endpoint(a), inter.endpoint(a))["barrier_train_loss"] == 0.0

@@ -414,15 +414,17 @@ def test_a_model_whose_output_does_not_match_the_classes_is_refused(tmp_path: Pa
     assert exp.config.model.name == "test_user_models:TinyNet"
 
 
-def test_batchnorm_running_statistics_are_refused_with_the_way_out(tmp_path: Path) -> None:
+def test_batchnorm_with_running_statistics_trains_with_the_control_exact(tmp_path: Path) -> None:
     x, y, xt, yt = load_tensors()
     exp = butterfly.Experiment(
         model=lambda seed: nn.Sequential(nn.Linear(10, 8), nn.BatchNorm1d(8), nn.ReLU(),
                                          nn.Linear(8, 4)),
         data=(x, y, xt, yt), name="bn", **SWEEP,
     )  # fmt: skip
-    with pytest.raises(ConfigError, match="track_running_stats=False"):
-        exp.run(out=tmp_path / "o", quiet=True)
+    df = exp.run(out=tmp_path / "o", quiet=True, report=False).results
+    ctrl = df[df.member == "control"]
+    assert len(ctrl) == 4 and (ctrl.l2 == 0.0).all() and (ctrl.barrier_train_loss == 0.0).all()
+    assert (df[df.kind == "gaussian"].l2 > 0).all() and df.barrier_test_loss.notna().all()
 
 
 def test_a_script_without_a_main_guard_runs_in_its_own_process(tmp_path: Path) -> None:

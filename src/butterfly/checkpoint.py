@@ -37,7 +37,7 @@ def checksum(tensors: Tensors) -> str:
     for k in sorted(tensors):
         t = tensors[k].detach().contiguous().cpu()
         h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return "blake2b:" + h.hexdigest()
 
 

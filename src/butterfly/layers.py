@@ -2,13 +2,14 @@
 variances) and the permutation specs derived from a traced graph.
 
 * weight layers: a weight whose axis 0 is the output units and axis 1 the input units;
-* normalisation layers: a per-channel affine (scale and shift), no running statistics needed
-  for LayerNorm/GroupNorm (BatchNorm's running statistics are buffers, not parameters);
+* normalisation layers: a per-channel affine (scale and shift); BatchNorm's running statistics
+  are buffers, not parameters (:func:`running_statistics`);
 * embeddings: perturbed as weights (transformers).
 """
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 WEIGHT_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d)
@@ -48,3 +49,26 @@ def canonical_names(model: nn.Module) -> dict[str, str]:
     first: dict[int, str] = {}
     return {n: first.setdefault(id(p), n)
             for n, p in model.named_parameters(remove_duplicate=False)}  # fmt: skip
+
+
+RUNNING_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def statistic_layers(model: nn.Module) -> dict[str, nn.modules.batchnorm._NormBase]:
+    """The layers that keep running statistics as they train (BatchNorm, and InstanceNorm with
+    ``track_running_stats=True``), by module name."""
+    return {name: m for name, m in model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats}  # fmt: skip
+
+
+def running_statistics(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Copies of the running statistics the model has now (``running_mean``, ``running_var``,
+    ``num_batches_tracked`` of every :func:`statistic_layers` layer), by buffer name: what each
+    member of a population carries beside its parameters. Empty for a model without them."""
+    out = {}
+    for name, m in statistic_layers(model).items():
+        for b in RUNNING_BUFFERS:
+            t = getattr(m, b, None)
+            if isinstance(t, torch.Tensor):
+                out[f"{name}.{b}" if name else b] = t.detach().clone()
+    return out

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from butterfly.align.spec import PermutationSpec
+from butterfly.layers import running_statistics
 
 Tensors = dict[str, torch.Tensor]
 Perms = dict[str, torch.Tensor]
@@ -73,6 +74,7 @@ def spec_error(model: torch.nn.Module, spec: PermutationSpec, x: torch.Tensor) -
 
     params = {k: v.detach() for k, v in model.named_parameters()}
     perms = random_perms(spec, params, 0.0, torch.Generator().manual_seed(0))
+    params.update(running_statistics(model))  # permuted with their channels
     a = functional_call(model, params, (x,))
     b = functional_call(model, apply_permutation(spec, perms, params), (x,))
     if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):

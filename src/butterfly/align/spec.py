@@ -38,7 +38,11 @@ class PermutationSpec:
         return dict(out)
 
     def sizes(self, params: dict[str, torch.Tensor]) -> dict[str, int]:
-        return {p: params[axes[0][0]].shape[axes[0][1]] for p, axes in self.perm_to_axes.items()}
+        out = {}
+        for p, axes in self.perm_to_axes.items():
+            name, axis = next(((n, a) for n, a in axes if n in params), axes[0])
+            out[p] = params[name].shape[axis]
+        return out
 
     def groups(self) -> set[frozenset[Axis]]:
         """The partition of axes, without the permutation names (for comparing specs)."""
@@ -182,6 +186,11 @@ def analyse(model: nn.Module) -> GraphAnalysis:
             elif isinstance(m, NORM_TYPES):
                 for pname, _ in m.named_parameters(recurse=False):
                     members[s_in].append((f"{node.target}.{pname}", 0))
+                if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats:
+                    # per-channel statistics move with their channels (weight matching reads
+                    # only the parameters; applying a permutation moves these too)
+                    members[s_in] += [(f"{node.target}.running_mean", 0),
+                                      (f"{node.target}.running_var", 0)]  # fmt: skip
                 if isinstance(m, nn.GroupNorm) and 1 < m.num_groups < m.num_channels:
                     fixed.add(s_in)  # statistics per group: only permutations within groups
                 space[node.name] = s_in

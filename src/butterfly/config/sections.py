@@ -566,6 +566,15 @@ class EvalConfig(Strict):
         "and the linearised L2 prediction (Appendix B.4; SGD recipes)",
     )
     lyapunov_every: int = Field(10, ge=1, description="lyapunov: renormalise every k steps")
+    running_stats: Literal["reestimate", "interpolate"] = Field(
+        "reestimate",
+        description="models with BatchNorm: each evaluated network's running statistics are "
+        "re-estimated on training inputs (every point of a path, endpoints included), or "
+        "(interpolate) the endpoints' own statistics are interpolated along the path",
+    )
+    running_stats_examples: int = Field(
+        2048, ge=2, description="training inputs the running statistics are re-estimated on"
+    )
 
 
 # ---- where it runs --------------------------------------------------------------------------

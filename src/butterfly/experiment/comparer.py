@@ -31,10 +31,12 @@ from butterfly.align import (
 )
 from butterfly.config import EvalConfig
 from butterfly.data import Dataset
+from butterfly.layers import statistic_layers
 from butterfly.metrics import alphas, curve_barrier, evaluate, interpolate, l2_distance
 from butterfly.metrics.cka import angular_cka
 from butterfly.metrics.ensemble import ensemble_accuracy, f1_and_mcc
 from butterfly.metrics.evaluate import Evaluation, LossFn, evaluate_stacked, logits_of
+from butterfly.metrics.running import WithRunning, interpolated, reestimated, running_of
 from butterfly.models.resize import resize_of, resized
 from butterfly.rng import generator
 
@@ -71,6 +73,13 @@ class Comparer:
     layer (the penultimate representation); alignment needs a permutation spec
     (:func:`~butterfly.align.spec_for`). A measure the model does not support is left empty
     and :attr:`skipped` says why.
+
+    A model with running statistics (BatchNorm) is evaluated with statistics re-estimated on
+    the first ``eval.running_stats_examples`` training inputs for every network (each point of
+    a path, the endpoints too: one procedure along the whole path, and identical weights get
+    identical statistics), or, with ``eval.running_stats: interpolate``, with the endpoints'
+    own statistics (carried by :class:`~butterfly.metrics.running.WithRunning` parameters)
+    interpolated like the weights and permuted with them.
     """
 
     model: nn.Module
@@ -80,6 +89,7 @@ class Comparer:
     loss_fn: LossFn | None = None
     _spec: PermutationSpec | None = field(default=None, init=False)
     skipped: dict[str, str] = field(default_factory=dict, init=False)
+    _stats: dict[int, tuple[Tensors, Tensors]] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         n = self.cfg.max_train_examples or len(self.data.y_train)
@@ -89,6 +99,8 @@ class Comparer:
         self.x_align = self.data.x_train[: self.cfg.align_examples]
         self.x_cka = self.data.x_test[: self.cfg.cka_examples]
         self.ws = alphas(self.cfg.alphas)
+        self.has_stats = bool(statistic_layers(self.model))
+        self.x_stats = self.data.x_train[: self.cfg.running_stats_examples]
         self._features = _Features(self.model)
         self.classifies = self._classifies()
         if not self.classifies:
@@ -135,8 +147,31 @@ class Comparer:
     def aligns(self) -> bool:
         return "alignment" not in self.skipped
 
+    def full(self, params: Tensors) -> Tensors:
+        """``params`` with the running statistics the network is evaluated with (itself for a
+        model without them): its own under ``interpolate``, else re-estimated (cached for the
+        last few networks)."""
+        if not self.has_stats:
+            return params
+        own = running_of(params)
+        if own is not None and self.cfg.running_stats == "interpolate":
+            return {**params, **own}
+        hit = self._stats.get(id(params))
+        if hit is None or hit[0] is not params:
+            stats = reestimated(self.model, params, self.x_stats, self.cfg.batch_size)
+            hit = self._stats[id(params)] = (params, stats)
+            while len(self._stats) > 4:
+                self._stats.pop(next(iter(self._stats)))
+        return {**params, **hit[1]}
+
+    def _carry(self, params: Tensors, running: Tensors | None) -> Tensors:
+        """``params`` carrying ``running`` when the interpolated statistics are used."""
+        if running is None or not self.has_stats or self.cfg.running_stats != "interpolate":
+            return params
+        return WithRunning(params, running)
+
     def evaluate(self, params: Tensors, x: torch.Tensor, y: torch.Tensor) -> Evaluation:
-        return evaluate(self.model, params, x, y, self.cfg.batch_size, self.loss_fn)
+        return evaluate(self.model, self.full(params), x, y, self.cfg.batch_size, self.loss_fn)
 
     def endpoint(self, params: Tensors) -> Endpoint:
         tr = self.evaluate(params, self.x_train, self.y_train)
@@ -153,11 +188,17 @@ class Comparer:
     ) -> list[Evaluation]:
         """Loss and error at every alpha on the path from a to b, on one data set: one
         vectorised pass when :meth:`_fits`, else point by point (reusing known ``ends``)."""
+        ra, rb = running_of(a), running_of(b)
+
+        def point(w: float) -> Tensors:
+            return self._carry(interpolate(a, b, w), None if ra is None or rb is None else
+                               interpolated(ra, rb, w))  # fmt: skip
+
         if self._fits(a):
-            points = [interpolate(a, b, w) for w in self.ws]
-            stacked = {k: torch.stack([p[k] for p in points]) for k in a}
+            points = [self.full(point(w)) for w in self.ws]
+            stacked = {k: torch.stack([p[k] for p in points]) for k in points[0]}
             return evaluate_stacked(self.model, stacked, x, y, self.cfg.batch_size)
-        inner = [self.evaluate(interpolate(a, b, w), x, y) for w in self.ws[1:-1]]
+        inner = [self.evaluate(point(w), x, y) for w in self.ws[1:-1]]
         if ends is None:
             ends = (self.evaluate(a, x, y), self.evaluate(b, x, y))
         return [ends[0], *inner, ends[1]]
@@ -198,6 +239,7 @@ class Comparer:
     @torch.no_grad()
     def features(self, params: Tensors) -> torch.Tensor | None:
         """The representation CKA compares, on the CKA inputs (None if the model has none)."""
+        params = self.full(params)
         if hasattr(self.model, "features"):
             prefixed = {f"m.{k}": v for k, v in params.items()}
             return functional_call(self._features, prefixed, (self.x_cka,))
@@ -240,7 +282,7 @@ class Comparer:
             out["wm_iterations"] = res.iterations
         if self.cfg.activation_matching and self.aligns and "activation_matching" not in self.skipped:
             try:
-                perms = activation_matching(self.model, self.spec, a, b,
+                perms = activation_matching(self.model, self.spec, self.full(a), self.full(b),
                                              resized(self.x_align, resize_of(self.model)))
             except NoActivations as err:
                 self.skipped["activation_matching"] = str(err)
@@ -270,12 +312,12 @@ class Comparer:
 
     @torch.no_grad()
     def test_logits(self, p: Tensors) -> torch.Tensor:
-        return logits_of(self.model, p, self.x_test, self.cfg.batch_size)
+        return logits_of(self.model, self.full(p), self.x_test, self.cfg.batch_size)
 
     def _aligned(
         self, a: Tensors, b: Tensors, perms: dict[str, torch.Tensor], ea: Endpoint, tag: str
     ) -> dict[str, Any]:
-        bp = apply_permutation(self.spec, perms, b)
+        bp = self.permuted(perms, b)
         bars = self.barriers(a, bp, ea, self.endpoint(bp))
         pooled, per = fixed_point_fraction(perms)
         return {
@@ -285,6 +327,12 @@ class Comparer:
             f"fixed_points_{tag}": json.dumps(per, sort_keys=True),
             f"l2_{tag}": l2_distance(a, bp),
         }
+
+    def permuted(self, perms: dict[str, torch.Tensor], params: Tensors) -> Tensors:
+        """``params`` with its units permuted (and its own statistics with them)."""
+        own = running_of(params)
+        return self._carry(apply_permutation(self.spec, perms, params),
+                           None if own is None else apply_permutation(self.spec, perms, own))  # fmt: skip
 
     def permutation_proxy(
         self, params: Tensors, fractions: list[float], seed: int = 0
@@ -296,7 +344,7 @@ class Comparer:
         rows = []
         for f in fractions:
             perms = random_perms(self.spec, params, f, generator("proxy", seed, f))
-            permuted = apply_permutation(self.spec, perms, params)
+            permuted = self.permuted(perms, params)
             bars = self.barriers(params, permuted, ea, self.endpoint(permuted))
             rows.append(
                 {

@@ -14,6 +14,7 @@ from butterfly.experiment import rows
 from butterfly.experiment.comparer import Comparer
 from butterfly.experiment.verdict import ORIGINAL_DIVERGED, ORIGINAL_DIVERGED_EXACT
 from butterfly.metrics import is_finite, l2_distance
+from butterfly.metrics.running import carrying
 
 if TYPE_CHECKING:
     from butterfly.experiment.members import Member, TrainedMember
@@ -47,18 +48,19 @@ def trajectory_rows(
     params: Tensors,
     diverged: list[bool],
     skip: int = 0,
+    running: Tensors | None = None,
 ) -> list[dict[str, Any]]:
-    """Every member of a population (stacked ``params``) at ``step``, but the first ``skip``
-    (rows recorded elsewhere): its L2 to the original and from θ0 (``init``), and (with
+    """Every member of a population (stacked ``params``, and its stacked ``running``
+    statistics if the model has them) at ``step``, but the first ``skip`` (rows recorded
+    elsewhere): its L2 to the original and from θ0 (``init``), and (with
     ``eval.trajectory_barriers``) its train-loss barrier to the original (Figure 6)."""
     to_orig, from_init = trajectory_distances(params, init)
     bars: list[float | None] = [None] * len(members)
     if cmp.cfg.trajectory_barriers:
-        a = {k: v[0] for k, v in params.items()}
+        a = carrying(params, running, 0)
         for i in range(max(1, skip), len(members)):
             if not diverged[i]:
-                b = {k: v[i] for k, v in params.items()}
-                bars[i] = cmp.train_loss_barrier(a, b)
+                bars[i] = cmp.train_loss_barrier(a, carrying(params, running, i))
     out = []
     for i, m in enumerate(members):
         if i < skip:

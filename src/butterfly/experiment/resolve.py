@@ -36,6 +36,7 @@ from butterfly.experiment import rows
 from butterfly.experiment.comparer import Comparer
 from butterfly.imports import ImportPathError, check_allowed, is_import_path
 from butterfly.imports import resolve as import_object
+from butterfly.layers import statistic_layers
 from butterfly.metrics.evaluate import Bound, LossFn
 from butterfly.models import build_model, census, param_info, trainable
 from butterfly.train import Population, PopulationTrainer
@@ -246,13 +247,6 @@ def check_model(
     """What the trainer needs of a model, checked on two training examples. ``causal``: the
     data are a causal language model's token targets (the only integer targets of more than
     one axis that the built-in loss reads, as next-token targets)."""
-    for mname, m in model.named_modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
-            raise ConfigError(
-                f"model '{name}' has BatchNorm running statistics ('{mname}'), which training "
-                "would update outside the parameters butterfly tracks per member; use LayerNorm "
-                "or GroupNorm, or BatchNorm with track_running_stats=False"
-            )
     x, y = data.x_train[:2], data.y_train[:2]
     try:
         with torch.no_grad():
@@ -363,7 +357,16 @@ def model_warnings(
             else f"recipe.optimizer {update.label} updates the members as one (checked on two "
             "members: a member's update does not depend on the other's)"
         )
-    return tuple(notes), census(model, info).line()
+    line = census(model, info).line()
+    layers = statistic_layers(model)
+    if layers:
+        kinds = ", ".join(sorted({type(m).__name__ for m in layers.values()}))
+        how = (f"re-estimated for every network measured on {min(ev.running_stats_examples, len(data.y_train))} training inputs"
+               if ev.running_stats == "reestimate" else
+               "the endpoints' own, interpolated along each path")  # fmt: skip
+        line += (f"; running statistics in {len(layers)} layers ({kinds}): per member in "
+                 f"training, {how} (eval.running_stats)")  # fmt: skip
+    return tuple(notes), line
 
 
 def check_step(

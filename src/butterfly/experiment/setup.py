@@ -63,6 +63,7 @@ def environment(resolved: Resolved) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "platform": platform.platform(),
         "precision": precision(resolved.cfg),
+        "parameters": resolved.census,
         "deterministic": torch.are_deterministic_algorithms_enabled(),
     }
     if device.startswith("cuda") and torch.cuda.is_available():

@@ -30,9 +30,10 @@ from butterfly.experiment.members import Member, TrainedMember
 from butterfly.experiment.perturb import Perturber, apply_perturbation
 from butterfly.experiment.setup import Setup
 from butterfly.metrics import l2_norm
+from butterfly.metrics.running import carrying
 from butterfly.rng import derive_seed
 from butterfly.train import Population
-from butterfly.train.population import Lane, clone, member, member_state
+from butterfly.train.population import RUNNING, Lane, clone, member, member_state
 from butterfly.train.recipe import OptState, lr_at
 
 Tensors = dict[str, torch.Tensor]
@@ -142,12 +143,21 @@ def gather(lanes: list[Lane], inverse: list[int]) -> tuple[Tensors, list[bool]]:
     if len(lanes) == 1:
         return lanes[0].pop.params, lanes[0].pop.diverged.tolist()
     index = torch.tensor(inverse)
-    params = {
-        k: torch.cat([lane.pop.params[k] for lane in lanes])[index.to(v.device)]
-        for k, v in lanes[0].pop.params.items()
-    }
     flags = torch.cat([lane.pop.diverged.cpu() for lane in lanes])
-    return params, flags[index].tolist()
+    return _gathered([lane.pop.params for lane in lanes], index), flags[index].tolist()
+
+
+def gather_running(lanes: list[Lane], inverse: list[int]) -> Tensors | None:
+    """The members' running statistics (BatchNorm's) stacked in population order, or None for
+    a model without them."""
+    if RUNNING not in lanes[0].pop.state:
+        return None
+    parts = [lane.pop.state[RUNNING] for lane in lanes]
+    return parts[0] if len(lanes) == 1 else _gathered(parts, torch.tensor(inverse))
+
+
+def _gathered(parts: list[Tensors], index: torch.Tensor) -> Tensors:
+    return {k: torch.cat([p[k] for p in parts])[index.to(v.device)] for k, v in parts[0].items()}
 
 
 def log_spaced_steps(t: int, T: int, n: int) -> list[int]:
@@ -329,20 +339,23 @@ def _train(
 
     def record(step: int, lanes: list[Lane]) -> None:
         params, diverged = gather(lanes, inverse)
+        running = gather_running(lanes, inverse)
         cmp, init = setup.comparer, setup.init
         if step in marks:
             trajectory.extend(trajectory_rows(cmp, init, setup.seed, members, t, step, params,
-                                              diverged, skip=0 if reference else 2))  # fmt: skip
+                                              diverged, skip=0 if reference else 2,
+                                              running=running))  # fmt: skip
         if not reference:
             return
         recent = lanes[0].losses[seen[0] :] if lanes[0].losses is not None else []
         seen[0] += len(recent)
         batch_loss = float(torch.stack([x[0] for x in recent]).double().mean()) if recent else None
-        original = {k: v[0] for k, v in params.items()}
+        original = carrying(params, running, 0)
         training.append(training_row(cmp, setup.seed, t, step, original, diverged[0], batch_loss))
 
     setup.trainer.train_lanes(lanes, record=curve_marks, on_record=record, on_step=on_step)
     params, diverged = gather(lanes, inverse)
+    running = gather_running(lanes, inverse)
     until = {name: lane.until for lane in lanes for name in lane.pop.names}
     index = {m.name: i for i, m in enumerate(members)}
     trained = []
@@ -350,8 +363,8 @@ def _train(
         noise, n_perturbed = noise_of[m.name]
         if m.name in index:
             i = index[m.name]
-            trained.append(TrainedMember(m, member(params, i), diverged[i], noise, n_perturbed,
-                                         until[m.name]))  # fmt: skip
+            trained.append(TrainedMember(m, carrying(params, running, i), diverged[i], noise,
+                                         n_perturbed, until[m.name]))  # fmt: skip
         else:
             trained.append(TrainedMember(m, None, True, noise, n_perturbed, t,
                                          undefined=undefined[m.name]))  # fmt: skip

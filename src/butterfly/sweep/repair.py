@@ -30,11 +30,13 @@ from butterfly.experiment.perturb import Perturber
 from butterfly.experiment.resolve import resolve
 from butterfly.experiment.verdict import verdict
 from butterfly.metrics import is_finite, l2_norm
+from butterfly.metrics.running import on_device
 from butterfly.sweep import rundir
 from butterfly.sweep.lock import RunLock
 from butterfly.sweep.plan import Unit, plan
 from butterfly.sweep.session import write_csv
 from butterfly.sweep.store import Store, StoreDamaged
+from butterfly.train.population import RUNNING
 
 TABLES = (
     "results", "trajectories", "permutation_proxy", "training", "units", "meta", "failures",
@@ -67,16 +69,17 @@ def _remeasure(resolved: Resolved, unit: Unit, run_dir: Path) -> tuple[list, lis
     finals = []
     for m in unit.members:
         try:
-            params, _, _ = load_checkpoint(rundir.member_path(run_dir, unit.seed, unit.t, m.name))
+            params, state, _ = load_checkpoint(rundir.member_path(run_dir, unit.seed, unit.t,
+                                                                  m.name))  # fmt: skip
         except CheckpointError:
             return None
-        finals.append(params)
+        finals.append((params, state.get(RUNNING)))
     try:
         params_t, state_t, _ = load_checkpoint(rundir.parent_path(run_dir, unit.seed, unit.t))
     except CheckpointError:
         return None
     setup = make_setup(resolved, unit.seed, run_dir)
-    finals = [{k: v.to(setup.device) for k, v in f.items()} for f in finals]
+    finals = [on_device(f, r, setup.device) for f, r in finals]
     perturber = Perturber(setup, params_t, state_t, unit.t)
     trained = []
     for m, final in zip(unit.members, finals, strict=True):

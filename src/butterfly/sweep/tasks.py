@@ -13,9 +13,11 @@ from butterfly.checkpoint import damaged, load_checkpoint, save_checkpoint, set_
 from butterfly.experiment import Resolved, make_setup, run_population, train_parent
 from butterfly.experiment.lyapunov import linearised, lyapunov_exponent
 from butterfly.experiment.measure import measure_children, permutation_proxy_rows
+from butterfly.metrics.running import running_of
 from butterfly.sweep.plan import Unit
 from butterfly.sweep.rundir import member_path, parent_path
 from butterfly.sweep.worker import may_write, progress_queue
+from butterfly.train.population import RUNNING
 
 
 def run_parent(
@@ -109,7 +111,9 @@ def run_unit(
                 "fraction": m.fraction, "direction": m.direction,
                 "data": cfg.data.model_dump(), "eval": cfg.eval.model_dump(),
             }  # fmt: skip
-            save_checkpoint(member_path(run_dir, unit.seed, unit.t, m.name), tm.final, None, meta)
+            own = running_of(tm.final)  # BatchNorm's running statistics, kept beside
+            save_checkpoint(member_path(run_dir, unit.seed, unit.t, m.name), tm.final,
+                            None if own is None else {RUNNING: own}, meta)  # fmt: skip
     rows = measure_children(setup.comparer, setup.init, unit.seed, cfg.recipe.steps, unit.t,
                             run.members, run.originals)  # fmt: skip
     original = run.original

@@ -31,7 +31,7 @@ from torch.func import functional_call, grad_and_value, vmap
 from butterfly.config import AugmentConfig, RecipeConfig
 from butterfly.data import BatchStream, Dataset
 from butterfly.data.augment import augment
-from butterfly.layers import trainable
+from butterfly.layers import running_statistics, trainable
 from butterfly.metrics.evaluate import Bound, LossFn, cross_entropy
 from butterfly.rng import derive_seed
 from butterfly.train.batched_mlp import BatchedMLP
@@ -164,8 +164,35 @@ def user_loss(
     return loss
 
 
+RUNNING = "running"  # the optimizer-state slot that holds each member's running statistics
+
+
+def with_running(
+    loss: Callable[[Tensors, torch.Tensor, torch.Tensor], torch.Tensor],
+) -> Callable[[Tensors, Tensors, torch.Tensor, torch.Tensor], tuple[torch.Tensor, Tensors]]:
+    """``loss(params, x, y)`` as ``(params, running, x, y) -> (loss, running after)``: the
+    forward runs with copies of ``running`` (BatchNorm's running statistics), which the model
+    updates as it does in training, and hands them back (a pure function, so it vectorises over
+    members with ``vmap`` and each member's statistics follow its own batches' statistics)."""
+
+    def run(params: Tensors, running: Tensors, x: torch.Tensor, y: torch.Tensor
+            ) -> tuple[torch.Tensor, Tensors]:  # fmt: skip
+        if not running:
+            return loss(params, x, y), running
+        after = {k: v.clone() for k, v in running.items()}
+        return loss({**params, **after}, x, y), after
+
+    return run
+
+
 class PopulationTrainer:
-    """Trains populations of one model on one data set with one recipe."""
+    """Trains populations of one model on one data set with one recipe.
+
+    A model with running statistics (BatchNorm) has them per member: they live in each
+    population's optimizer state under the slot :data:`RUNNING` (so they are stacked, spawned,
+    checkpointed and chunked with it), start from the model's own as it was built, and are
+    updated by every training forward pass exactly as ``model.train()`` updates them. The
+    module's own buffers are never written."""
 
     def __init__(
         self,
@@ -185,11 +212,16 @@ class PopulationTrainer:
         self.augment = augment
         self.update = update or plain_update(recipe, list(trainable(model)))
         self.current_step = 0  # the step being trained, for a loss that takes it
-        self.loss = (cross_entropy_loss(model) if loss_fn is None else
-                     user_loss(model, loss_fn, lambda: self.current_step))  # fmt: skip
+        loss = (cross_entropy_loss(model) if loss_fn is None else
+                user_loss(model, loss_fn, lambda: self.current_step))  # fmt: skip
+        self.running0 = running_statistics(model)  # θ0's statistics, as the model was built
+        self._loss_running = with_running(loss)
+        # the loss of the parameters alone (Lyapunov's map): statistics from θ0's, discarded
+        self.loss = (loss if not self.running0 else
+                     lambda p, x, y: self._loss_running(p, self.running0, x, y)[0])  # fmt: skip
         self.autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(recipe.precision)
-        self._single = grad_and_value(self.loss)
-        self._vmapped = vmap(self._single, in_dims=(0, None, None), randomness="same")
+        self._single = grad_and_value(self._loss_running, has_aux=True)
+        self._vmapped = vmap(self._single, in_dims=(0, 0, None, None), randomness="same")
         self.vmappable = bool(getattr(model, "vmappable", True))
         self._vmap_tried = False
         if mode not in MODES:
@@ -203,6 +235,16 @@ class PopulationTrainer:
                 f"runtime.mode = batched needs an MLP; {type(model).__name__} trains with vmap or loop"
             )
         self.mode = mode
+
+    def running_of(self, pop: Population) -> Tensors:
+        """``pop``'s running statistics (slot :data:`RUNNING` of its state), θ0's for a
+        population that has none yet; empty for a model without them."""
+        if not self.running0:
+            return {}
+        if RUNNING not in pop.state:
+            pop.state[RUNNING] = {k: torch.stack([v] * pop.size).to(v.device)
+                                  for k, v in self.running0.items()}  # fmt: skip
+        return pop.state[RUNNING]
 
     def mode_for(self, population_size: int) -> str:
         """The mode actually used for a population of this size."""
@@ -237,6 +279,7 @@ class PopulationTrainer:
         x: torch.Tensor,
         y: torch.Tensor,
         key: tuple[object, ...] | None = None,
+        running: Tensors | None = None,
     ) -> tuple[Tensors, torch.Tensor]:
         """Per-member gradients and losses of stacked ``params`` on one batch.
 
@@ -244,17 +287,26 @@ class PopulationTrainer:
         in every mode and whatever the population's size. With ``recipe.accumulation = k`` the
         batch is split into k equal micro-batches (each with its own masks) and their gradients
         and losses are averaged: one batch's mean-loss gradient, up to rounding, in k passes.
+        ``running``: the members' stacked running statistics, updated in place by each forward
+        pass as training updates them (None: θ0's, and the update is dropped).
         """
+        if running is None:
+            P = next(iter(params.values())).shape[0]
+            running = {n: v.expand(P, *v.shape) for n, v in self.running0.items()}
+            keep = False
+        else:
+            keep = True
         k = self.recipe.accumulation
         if k == 1:
-            return self._gradients(params, x, y, key)
+            return self._gradients(params, x, y, key, running, keep)
         size = x.shape[0] // k
         total: Tensors | None = None
         losses = None
         for i in range(k):
             part = slice(i * size, (i + 1) * size)
             g, loss = self._gradients(params, x[part], y[part],
-                                      None if key is None else (*key, "micro", i))  # fmt: skip
+                                      None if key is None else (*key, "micro", i), running,
+                                      keep)  # fmt: skip
             if total is None:
                 total, losses = g, loss
             else:
@@ -269,30 +321,40 @@ class PopulationTrainer:
         params: Tensors,
         x: torch.Tensor,
         y: torch.Tensor,
-        key: tuple[object, ...] | None = None,
+        key: tuple[object, ...] | None,
+        running: Tensors,
+        keep: bool,
     ) -> tuple[Tensors, torch.Tensor]:
         if self.autocast is None:
-            return self._compute(params, x, y, key)
-        with torch.autocast(x.device.type, dtype=self.autocast):
-            grads, losses = self._compute(params, x, y, key)
-        return {n: g.float() for n, g in grads.items()}, losses.float()
+            grads, losses, after = self._compute(params, x, y, key, running)
+        else:
+            with torch.autocast(x.device.type, dtype=self.autocast):
+                grads, losses, after = self._compute(params, x, y, key, running)
+            grads, losses = {n: g.float() for n, g in grads.items()}, losses.float()
+        if keep:
+            with torch.no_grad():
+                for n, v in running.items():
+                    v.copy_(after[n])
+        return grads, losses
 
     def _compute(
         self,
         params: Tensors,
         x: torch.Tensor,
         y: torch.Tensor,
-        key: tuple[object, ...] | None = None,
-    ) -> tuple[Tensors, torch.Tensor]:
+        key: tuple[object, ...] | None,
+        running: Tensors,
+    ) -> tuple[Tensors, torch.Tensor, Tensors]:
         P = next(iter(params.values())).shape[0]
         mode = self.mode_for(P)
         if mode == "batched":
-            assert self.batched is not None
-            return self.batched.grad_and_loss(params, x, y)
+            assert self.batched is not None and not running
+            return (*self.batched.grad_and_loss(params, x, y), running)
         if mode == "vmap":
             try:
                 with self._noise(key):
-                    return self._vmapped(params, x, y)
+                    grads, (losses, after) = self._vmapped(params, running, x, y)
+                    return grads, losses, after
             except Exception:
                 # `auto` on a model vmap cannot run (data-dependent control flow, .item()):
                 # found at the first step, before any update, so every member of every
@@ -305,8 +367,9 @@ class PopulationTrainer:
         out = []
         for i in range(P):
             with self._noise(key):
-                out.append(self._single(member(params, i), x, y))
-        return stack([g for g, _ in out]), torch.stack([loss for _, loss in out])
+                out.append(self._single(member(params, i), member(running, i), x, y))
+        after = stack([r for _, (_, r) in out]) if running else running
+        return (stack([g for g, _ in out]), torch.stack([loss for _, (loss, _) in out]), after)
 
     def batch(
         self, step: int, stream: BatchStream | None = None
@@ -367,7 +430,8 @@ class PopulationTrainer:
                 x, y = batches[id(stream)]
                 pop = lane.pop
                 self.current_step = step
-                grads, losses = self.gradients(pop.params, x, y, (stream.seed, stream.name, step))
+                grads, losses = self.gradients(pop.params, x, y, (stream.seed, stream.name, step),
+                                               self.running_of(pop))  # fmt: skip
                 losses = losses.detach()
                 # stays on the device: no host round trip per step
                 pop.diverged = pop.diverged.to(losses.device) | ~torch.isfinite(losses)
@@ -392,7 +456,8 @@ class PopulationTrainer:
         y: torch.Tensor,
         key: tuple[object, ...] | None = None,
     ) -> Tensors:
-        """Gradient of the loss of one (unstacked) model on one batch (``key`` seeds dropout)."""
+        """Gradient of the loss of one (unstacked) model on one batch (``key`` seeds dropout;
+        running statistics from θ0's, not kept: a perturbation's direction, Lyapunov's map)."""
         with self._noise(key):
-            grads, _ = self._single(params, x, y)
+            grads, _ = self._single(params, self.running0, x, y)
         return grads
