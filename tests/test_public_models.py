@@ -516,3 +516,54 @@ def test_measured_statistics_are_re_estimated_as_torch_would_or_interpolated() -
     assert path[len(path) // 2].loss == pytest.approx(float(want), rel=1e-5)
     # identical weights and statistics: every point of the path is the endpoint, exactly
     assert inter.barriers(a, a, inter.endpoint(a), inter.endpoint(a))["barrier_train_loss"] == 0.0
+
+
+def test_the_python_barrier_re_estimates_batchnorm_statistics() -> None:
+    from butterfly.metrics import barrier
+
+    torch.manual_seed(2)
+    a, b = ConvBN(), ConvBN()
+    x, y, _, _ = image_tensors()
+    assert barrier(a, a, (x, y)) == 0.0
+    got = barrier(a, b, (x, y), alphas=3)
+    # the reference: the midpoint's statistics re-estimated by torch itself
+    mid = ConvBN()
+    pa, pb = dict(a.named_parameters()), dict(b.named_parameters())
+    with torch.no_grad():
+        for n, p in mid.named_parameters():
+            p.copy_(pa[n] + 0.5 * (pb[n] - pa[n]))
+    losses = []
+    for net in (a, mid, b):
+        net = net.train()
+        for m in net.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.reset_running_stats()
+                m.momentum = None
+        with torch.no_grad():
+            net(x)
+            losses.append(float(F.cross_entropy(net.eval()(x), y)))
+    want = max(0.0, losses[1] - 0.5 * (losses[0] + losses[2]))
+    assert got == pytest.approx(want, rel=1e-4, abs=1e-6) and got > 0
+
+
+def test_members_with_batchnorm_stay_bit_identical_whatever_the_population_size() -> None:
+    from butterfly.data import BatchStream, Dataset
+    from butterfly.train import PopulationTrainer
+    from butterfly.train.population import RUNNING
+
+    x, y, xt, yt = image_tensors()
+    data = Dataset("images", x, y, xt, yt, 4)
+    cfg = build_config({"recipe": {"steps": 2, "batch_size": 32, "lr": 0.1}})
+    torch.manual_seed(0)
+    model = ConvBN().eval()
+    trainer = PopulationTrainer(model, data, BatchStream(len(y), 32, 0), cfg.recipe)
+    theta = {k: v.detach().clone() for k, v in trainable(model).items()}
+    for size in range(2, 7):
+        # BatchNorm1d under vmap gave members that differ by their place (sizes 2-10 measured):
+        # auto trains such a model member by member
+        assert trainer.mode_for(size) == "loop"
+        pop = Population.from_members(["m"] * size, [theta] * size,
+                                      [trainer.update.init_state(theta)] * size, 0)  # fmt: skip
+        trainer.train(pop, 2)
+        for tensors in (pop.params, pop.state[RUNNING]):
+            assert all(torch.equal(v[0], v[i]) for v in tensors.values() for i in range(size))

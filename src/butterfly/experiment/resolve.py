@@ -366,6 +366,11 @@ def model_warnings(
                "the endpoints' own, interpolated along each path")  # fmt: skip
         line += (f"; running statistics in {len(layers)} layers ({kinds}): per member in "
                  f"training, {how} (eval.running_stats)")  # fmt: skip
+        if cfg.runtime.mode == "auto":
+            notes.append("the model has running statistics (BatchNorm): its members train one "
+                         "at a time (runtime.mode loop), because under vmap a BatchNorm "
+                         "member's numbers can depend on its place in the population, which "
+                         "would break the exact sigma = 0 control")  # fmt: skip
     return tuple(notes), line
 
 

@@ -15,11 +15,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from butterfly.layers import trainable
+from butterfly.layers import statistic_layers, trainable
 from butterfly.metrics.barrier import alphas as alpha_grid
 from butterfly.metrics.barrier import curve_barrier, interpolate
 from butterfly.metrics.distance import l2_distance
 from butterfly.metrics.evaluate import LossFn, evaluate
+from butterfly.metrics.running import reestimated
 
 Tensors = dict[str, torch.Tensor]
 Network = nn.Module | dict[str, torch.Tensor]
@@ -72,7 +73,9 @@ def barrier(
     ``a``, ``b``: modules or state dicts (then ``model`` gives the architecture); ``data``:
     an (x, y) pair or a butterfly Dataset (``split`` picks train or test); ``measure``: loss
     (cross-entropy, or ``loss_fn(model, (x, y))``) or error (0-1, for classifiers; None
-    otherwise). 0.0 exactly for identical networks.
+    otherwise). 0.0 exactly for identical networks. A model with BatchNorm running statistics
+    is evaluated at every point with statistics re-estimated on the inputs of ``data`` (see
+    :mod:`butterfly.metrics.running`).
     """
     if measure not in ("loss", "error"):
         raise ValueError(f"measure must be loss or error; got {measure!r}")
@@ -83,9 +86,13 @@ def barrier(
     run = copy.deepcopy(arch).eval()
     x, y = split_of(data, split)
     ws = alpha_grid(alphas)
+    stats = bool(statistic_layers(run))
     values = []
     for w in ws:
-        e = evaluate(run, interpolate(pa, pb, w), x, y, batch_size, loss_fn)
+        p = interpolate(pa, pb, w)
+        if stats:
+            p = {**p, **reestimated(run, p, x, batch_size)}
+        e = evaluate(run, p, x, y, batch_size, loss_fn)
         values.append(e.loss if measure == "loss" else e.error)
     return curve_barrier(values, ws)
 

@@ -222,7 +222,10 @@ class PopulationTrainer:
         self.autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(recipe.precision)
         self._single = grad_and_value(self._loss_running, has_aux=True)
         self._vmapped = vmap(self._single, in_dims=(0, 0, None, None), randomness="same")
-        self.vmappable = bool(getattr(model, "vmappable", True))
+        # BatchNorm under vmap is not member-independent (measured on CPU: with BatchNorm1d a
+        # member's numbers depend on its position in the population and on the population's
+        # size), so `auto` trains models with running statistics one member at a time
+        self.vmappable = bool(getattr(model, "vmappable", True)) and not self.running0
         self._vmap_tried = False
         if mode not in MODES:
             raise ValueError(f"runtime.mode must be one of {', '.join(MODES)}; got '{mode}'")
