@@ -567,3 +567,26 @@ def test_members_with_batchnorm_stay_bit_identical_whatever_the_population_size(
         trainer.train(pop, 2)
         for tensors in (pop.params, pop.state[RUNNING]):
             assert all(torch.equal(v[0], v[i]) for v in tensors.values() for i in range(size))
+
+
+def test_alignment_never_moves_a_frozen_parameter() -> None:
+    from butterfly.align import apply_permutation, random_perms, weight_matching
+    from butterfly.data import Dataset
+    from butterfly.experiment.comparer import Comparer
+    from public_models import FrozenWhiteningNet
+
+    x, y, xt, yt = image_tensors()
+    x, xt = x[:, :1, :4, :4].contiguous(), xt[:, :1, :4, :4].contiguous()  # 16 inputs
+    torch.manual_seed(0)
+    model = FrozenWhiteningNet((1, 4, 4), 4, width=8, data=(x, y)).eval()
+    cmp = Comparer(model, Dataset("img", x, y, xt, yt, 4), build_config({}).eval)
+    names = {n for axes in cmp.spec.perm_to_axes.values() for n, _ in axes}
+    # the whitening filters' output units feed fc: that space would move a frozen tensor
+    assert "whiten.weight" not in names and "fc.weight" in names and cmp.aligns
+    theta = {k: v.detach() for k, v in trainable(model).items()}
+    other = {k: v + 0.1 * torch.randn_like(v) for k, v in theta.items()}
+    assert set(weight_matching(cmp.spec, theta, other).perms) == set(cmp.spec.perm_to_axes)
+    perms = random_perms(cmp.spec, theta, 0.0, torch.Generator().manual_seed(0))
+    moved = apply_permutation(cmp.spec, perms, theta)
+    out = torch.func.functional_call(model, theta, (x,))
+    assert torch.allclose(torch.func.functional_call(model, moved, (x,)), out, atol=1e-5)

@@ -111,7 +111,7 @@ def compare_checkpoints(
             f"expects {tuple(spec_a['input_shape'])}"
         )
     try:
-        net = build_from_spec(spec_a)
+        net = build_from_spec(spec_a).eval()
     except (ValueError, KeyError, TypeError) as err:
         raise ConfigError(f"{a}: cannot rebuild its model ({err})") from None
     torch.set_num_threads(max(1, torch.get_num_threads()))

@@ -19,6 +19,7 @@ from scipy.optimize import linear_sum_assignment
 
 from butterfly.align.permute import Perms, identity, permute_param
 from butterfly.align.spec import PermutationSpec
+from butterfly.layers import RUNNING_BUFFERS
 from butterfly.rng import generator
 
 Tensors = dict[str, torch.Tensor]
@@ -35,8 +36,8 @@ def _similarity(spec: PermutationSpec, perms: Perms, p: str, a: Tensors, b: Tens
     n = spec.sizes(a)[p]
     A = torch.zeros(n, n, dtype=torch.float64)
     for name, axis in spec.perm_to_axes[p]:
-        if name not in a:  # running statistics: permuted with their channels, never matched
-            continue
+        if name not in a and name.rsplit(".", 1)[-1] in RUNNING_BUFFERS:
+            continue  # running statistics: permuted with their channels, never matched
         wa = a[name].detach().to(torch.float64).movedim(axis, 0).reshape(n, -1)
         wb = permute_param(spec, perms, name, b[name].detach().to(torch.float64), except_axis=axis)
         A += wa @ wb.movedim(axis, 0).reshape(n, -1).T

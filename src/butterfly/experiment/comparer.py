@@ -31,7 +31,7 @@ from butterfly.align import (
 )
 from butterfly.config import EvalConfig
 from butterfly.data import Dataset
-from butterfly.layers import statistic_layers
+from butterfly.layers import running_statistics, statistic_layers, trainable
 from butterfly.metrics import alphas, curve_barrier, evaluate, interpolate, l2_distance
 from butterfly.metrics.cka import angular_cka
 from butterfly.metrics.ensemble import ensemble_accuracy, f1_and_mcc
@@ -53,6 +53,14 @@ class _Features(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.m.features(resized(x, resize_of(self.m)))  # type: ignore[operator]
+
+
+def movable(spec: PermutationSpec, model: nn.Module) -> PermutationSpec:
+    """``spec`` without the permutations that would move a frozen parameter (butterfly never
+    changes those, so their units stay in place)."""
+    ok = set(trainable(model)) | set(running_statistics(model))
+    return PermutationSpec({p: axes for p, axes in spec.perm_to_axes.items()
+                            if all(name in ok for name, _ in axes)})  # fmt: skip
 
 
 def last_linear(model: nn.Module) -> nn.Linear | None:
@@ -109,7 +117,7 @@ class Comparer:
             self.skipped["cka"] = "the model has no features() method and no Linear layer"
         if self.cfg.weight_matching or self.cfg.activation_matching or self.cfg.proxy_fractions:
             try:
-                self._spec = spec_for(self.model)
+                self._spec = movable(spec_for(self.model), self.model)
             except NoPermutationSpec as err:
                 self.skipped["alignment"] = str(err)
             else:
@@ -140,7 +148,7 @@ class Comparer:
     @property
     def spec(self) -> PermutationSpec:
         if self._spec is None:
-            self._spec = spec_for(self.model)
+            self._spec = movable(spec_for(self.model), self.model)
         return self._spec
 
     @property
@@ -233,6 +241,8 @@ class Comparer:
         want = self.cfg.batched_path
         if want is None:
             want = next(iter(params.values())).is_cuda
+        if self.has_stats:  # vmapped BatchNorm1d measured position-dependent: point by point
+            return False
         n = sum(v.numel() * v.element_size() for v in params.values())
         return want and self.loss_fn is None and n * len(self.ws) < 1 << 30
 

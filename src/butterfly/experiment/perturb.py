@@ -35,6 +35,7 @@ from torch.func import functional_call, grad
 from butterfly.config import Mask
 from butterfly.config.sections import keeps_own_init
 from butterfly.data import independent_batch
+from butterfly.layers import running_statistics
 from butterfly.metrics import Bound, l2_norm
 from butterfly.metrics.evaluate import LossFn
 from butterfly.models import ParamInfo, is_builtin, param_info, trainable
@@ -288,7 +289,9 @@ def perturb(
         def loss(p: Tensors) -> torch.Tensor:
             if loss_fn is not None:
                 return loss_fn(Bound(model, p), (x[idx], y[idx]))
-            return F.cross_entropy(functional_call(model, p, (x[idx],)), y[idx])
+            # with copies of any running statistics (BatchNorm), so the model's stay as they are
+            return F.cross_entropy(functional_call(model, {**p, **running_statistics(model)},
+                                                   (x[idx],)), y[idx])  # fmt: skip
 
         g = grad(loss)(params)
         eps_hat = {k: g[k].detach().cpu() for k in names}

@@ -366,6 +366,11 @@ def model_warnings(
                "the endpoints' own, interpolated along each path")  # fmt: skip
         line += (f"; running statistics in {len(layers)} layers ({kinds}): per member in "
                  f"training, {how} (eval.running_stats)")  # fmt: skip
+        if cfg.runtime.mode == "vmap":
+            notes.append("runtime.mode = vmap with running statistics (BatchNorm): a member's "
+                         "numbers can depend on its place in the population (measured for "
+                         "BatchNorm1d on CPU), which the sigma = 0 control would show; auto "
+                         "trains such models one member at a time")  # fmt: skip
         if cfg.runtime.mode == "auto":
             notes.append("the model has running statistics (BatchNorm): its members train one "
                          "at a time (runtime.mode loop), because under vmap a BatchNorm "

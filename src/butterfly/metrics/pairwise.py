@@ -74,8 +74,8 @@ def barrier(
     an (x, y) pair or a butterfly Dataset (``split`` picks train or test); ``measure``: loss
     (cross-entropy, or ``loss_fn(model, (x, y))``) or error (0-1, for classifiers; None
     otherwise). 0.0 exactly for identical networks. A model with BatchNorm running statistics
-    is evaluated at every point with statistics re-estimated on the inputs of ``data`` (see
-    :mod:`butterfly.metrics.running`).
+    is evaluated at every point with statistics re-estimated on the training inputs of
+    ``data`` (the pair's inputs; see :mod:`butterfly.metrics.running`).
     """
     if measure not in ("loss", "error"):
         raise ValueError(f"measure must be loss or error; got {measure!r}")
@@ -87,11 +87,12 @@ def barrier(
     x, y = split_of(data, split)
     ws = alpha_grid(alphas)
     stats = bool(statistic_layers(run))
+    x_stats = split_of(data, "train")[0]  # statistics from training inputs, as a sweep does
     values = []
     for w in ws:
         p = interpolate(pa, pb, w)
         if stats:
-            p = {**p, **reestimated(run, p, x, batch_size)}
+            p = {**p, **reestimated(run, p, x_stats, batch_size)}
         e = evaluate(run, p, x, y, batch_size, loss_fn)
         values.append(e.loss if measure == "loss" else e.error)
     return curve_barrier(values, ws)

@@ -48,8 +48,11 @@ def reestimated(model: nn.Module, params: Tensors, x: torch.Tensor, batch_size: 
         for m in layers.values():
             m.train()
             m.momentum = None  # a cumulative average over the chunks
-        for i in range(0, len(x), batch_size):
-            functional_call(model, {**params, **stats}, (x[i : i + batch_size],))
+        starts = list(range(0, len(x), batch_size))
+        if len(starts) > 1 and len(x) - starts[-1] == 1:
+            starts.pop()  # no chunk of one example (BatchNorm needs two): the last is longer
+        for i, j in zip(starts, [*starts[1:], len(x)], strict=True):
+            functional_call(model, {**params, **stats}, (x[i:j],))
     finally:
         for name, m in layers.items():
             m.training, m.momentum = saved[name]

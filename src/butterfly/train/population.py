@@ -420,6 +420,8 @@ class PopulationTrainer:
         if any(lane.pop.step != step for lane in lanes):
             raise ValueError("lanes must start at the same step")
         end = max(lane.until for lane in lanes)
+        for lane in lanes:
+            self.running_of(lane.pop)  # θ0's statistics in the state from the first record on
         if step in marks and on_record is not None:
             on_record(step, lanes)
         while step < end:
