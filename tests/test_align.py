@@ -146,11 +146,23 @@ def test_models_without_a_spec_say_how_to_give_one() -> None:
     from butterfly.config import ModelConfig
     from butterfly.models import build_model
 
-    vit = build_model(ModelConfig(name="vit", width=12, depth=1), (3, 8, 8), 10, 0)
+    class Branchy(torch.nn.Module):  # control flow on the data: torch.fx cannot trace it
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(3, 4), torch.nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.a(x)
+            return self.b(h if h.sum() > 0 else -h)
+
     with pytest.raises(
-        NoPermutationSpec, match=r"ViT has no permutation spec \(cannot derive .*transpose\).*permutation_spec\(\)"
+        NoPermutationSpec, match=r"Branchy has no permutation spec \(.*\).*permutation_spec\(\)"
     ):
-        spec_for(vit)
+        spec_for(Branchy())
+    # the built-in ViT's spec is derived through its attention (the residual stream and each
+    # block's MLP units; the heads stay in place)
+    vit = build_model(ModelConfig(name="vit", width=12, depth=1), (3, 8, 8), 10, 0)
+    assert len(spec_for(vit, torch.randn(2, 3, 8, 8)).perm_to_axes) == 2
     # Models without a hand-written spec get one derived from their graph; a single layer
     # between the fixed input and output has nothing to permute.
     assert spec_for(torch.nn.Sequential(torch.nn.Linear(3, 3))).perm_to_axes == {}

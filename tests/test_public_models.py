@@ -39,7 +39,7 @@ def gpt_raw() -> dict[str, Any]:
                                                                "n_head": 2}},
         "recipe": {"optimizer": "adamw", "lr": 3e-3, "steps": 8, "batch_size": 8},
         "perturb": {"times": [0.0, 0.5], "sigmas": [1e-2], "kinds": ["gaussian"]},
-        "eval": SMALL_EVAL, "runtime": {"workers": 1},
+        "eval": {**SMALL_EVAL, "weight_matching": True}, "runtime": {"workers": 1},
     }  # fmt: skip
 
 
@@ -62,6 +62,8 @@ def test_a_gpt_with_tied_embeddings_and_its_own_layernorm_from_yaml_and_python(
     ctrl = df[df.member == "control"]
     assert len(ctrl) == 2 and (ctrl.l2 == 0.0).all() and (ctrl.barrier_test_loss == 0.0).all()
     assert (df[df.kind == "gaussian"].l2 > 0).all()
+    # weight matching through the attention blocks (the residual stream, the MLP units)
+    assert df.fixed_point_fraction_wm.notna().all() and (ctrl.fixed_point_fraction_wm == 1.0).all()
     # stored once, under the name named_parameters() gives it
     saved, _, _ = load_checkpoint(tmp_path / "yaml/parents/seed0/step0000004.safetensors")
     assert "transformer.wte.weight" in saved and "lm_head.weight" not in saved
@@ -590,3 +592,80 @@ def test_alignment_never_moves_a_frozen_parameter() -> None:
     moved = apply_permutation(cmp.spec, perms, theta)
     out = torch.func.functional_call(model, theta, (x,))
     assert torch.allclose(torch.func.functional_call(model, moved, (x,)), out, atol=1e-5)
+
+
+# ---- alignment through attention -------------------------------------------------------------
+
+
+class TorchAttentionNet(nn.Module):
+    """A pre-norm block with torch's ``nn.MultiheadAttention`` (the norm called once per
+    argument, as code often does), an MLP, and mean pooling over positions."""
+
+    def __init__(self, d: int = 16, heads: int = 4, classes: int = 4):
+        super().__init__()
+        self.embed = nn.Linear(6, d)
+        self.ln = nn.LayerNorm(d)
+        self.attn = nn.MultiheadAttention(d, heads, batch_first=True)
+        self.fc1, self.fc2 = nn.Linear(d, 2 * d), nn.Linear(2 * d, d)
+        self.head = nn.Linear(d, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x)
+        a, _ = self.attn(self.ln(h), self.ln(h), self.ln(h), need_weights=False)
+        h = h + a
+        h = h + self.fc2(F.gelu(self.fc1(h)))
+        return self.head(h.mean(1))
+
+
+def tokens(n: int = 4, length: int = 12, vocab: int = 20) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab, (n, length), generator=g)
+    return torch.stack([ids, torch.ones_like(ids)], 1)
+
+
+def transformer_cases() -> dict[str, tuple[nn.Module, torch.Tensor]]:
+    from butterfly.config import ModelConfig
+    from public_models import MiniGPT
+
+    torch.manual_seed(0)
+    vit = build_model(ModelConfig(name="vit", width=12, depth=2, heads=2, patch=4), (3, 8, 8), 10, 0)
+    return {
+        "minigpt": (MiniGPT((2, 12), 20, n_embd=16, n_layer=2, n_head=2), tokens()),
+        "torch-mha": (TorchAttentionNet(), torch.randn(4, 5, 6)),
+        "vit": (vit, torch.randn(4, 3, 8, 8)),
+    }
+
+
+@pytest.mark.parametrize("name", ["minigpt", "torch-mha", "vit"])
+def test_weight_matching_through_attention_recovers_a_permuted_copy(name: str) -> None:
+    from butterfly.align import (
+        apply_permutation,
+        derive_spec,
+        random_perms,
+        spec_error,
+        weight_matching,
+    )
+
+    model, x = transformer_cases()[name]
+    model = model.double().eval()
+    x = x.double() if x.is_floating_point() else x
+    spec = derive_spec(model, x[:2])
+    groups = {p: {n for n, _ in axes} for p, axes in spec.perm_to_axes.items()}
+    # the residual stream (its embeddings, norm gains, every projection into and out of it)
+    # and each block's MLP units; the heads' internals stay in place
+    want = {"minigpt": (3, {"transformer.wte.weight", "transformer.wpe.weight",
+                            "transformer.h.0.ln_1.weight", "transformer.h.0.attn.c_attn.weight",
+                            "transformer.h.1.attn.c_proj.bias", "transformer.ln_f.bias"}),
+            "torch-mha": (2, {"embed.weight", "ln.weight", "attn.in_proj_weight",
+                              "attn.out_proj.bias", "fc2.weight", "head.weight"}),
+            "vit": (3, {"cls_token", "pos_embed", "embed.weight"})}[name]  # fmt: skip
+    assert len(spec.perm_to_axes) == want[0]
+    assert any(want[1] <= g for g in groups.values()), groups
+    assert spec_error(model, spec, x) < 1e-12
+    theta = {k: v.detach() for k, v in trainable(model).items()}
+    perms = random_perms(spec, theta, 0.0, torch.Generator().manual_seed(1))
+    moved = apply_permutation(spec, perms, theta)
+    assert not all(torch.equal(moved[k], theta[k]) for k in theta)
+    found = weight_matching(spec, theta, moved).perms
+    back = apply_permutation(spec, found, moved)
+    assert all(torch.equal(back[k], theta[k]) for k in theta)

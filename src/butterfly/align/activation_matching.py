@@ -40,11 +40,12 @@ class _Recorder(torch.fx.Interpreter):
         return out
 
 
-def _as_rows(t: torch.Tensor) -> torch.Tensor:
-    """(N, C, *positions) or (N, C) -> (N * positions, C)."""
-    if t.dim() == 2:
+def _as_rows(t: torch.Tensor, axis: int = 1) -> torch.Tensor:
+    """The units on ``axis`` as columns, every other axis as rows: (N, C, *positions) or
+    (N, *positions, C) -> (N * positions, C)."""
+    if t.dim() == 2 and axis == 1:
         return t
-    return t.movedim(1, -1).reshape(-1, t.shape[1])
+    return t.movedim(axis, -1).reshape(-1, t.shape[axis])
 
 
 @torch.no_grad()
@@ -52,7 +53,7 @@ def hidden_activations(
     model: nn.Module, params: Tensors, x: torch.Tensor, spec: PermutationSpec, batch_size: int = 500
 ) -> dict[str, torch.Tensor]:
     """For each permutation, the (rows, units) matrix of the activations it reorders."""
-    analysis = analyse(model)
+    analysis = analyse(model, x[:2])
     nodes = {p: analysis.activation_nodes(axes) for p, axes in spec.perm_to_axes.items()}
     missing = [p for p, ns in nodes.items() if not ns]
     if missing:
@@ -61,14 +62,16 @@ def hidden_activations(
             f"permuted layer; none found for {missing}"
         )
     gm = copy.deepcopy(analysis.graph_module)
-    gm.load_state_dict({k: v.detach() for k, v in params.items()}, strict=True)
+    # the given tensors (a tied parameter under its one name sets every name it has)
+    gm.load_state_dict({k: v.detach() for k, v in params.items()}, strict=False)
     keep = {n for ns in nodes.values() for n in ns}
     chunks: dict[str, list[torch.Tensor]] = {p: [] for p in nodes}
     for i in range(0, len(x), batch_size):
         rec = _Recorder(gm, keep)
         rec.run(x[i : i + batch_size])
         for p, ns in nodes.items():
-            chunks[p].append(torch.cat([_as_rows(rec.outputs[n]) for n in ns]))
+            chunks[p].append(torch.cat([_as_rows(rec.outputs[n], analysis.node_axis.get(n, 1))
+                                        for n in ns]))  # fmt: skip
     return {p: torch.cat(c).to(torch.float64) for p, c in chunks.items()}
 
 

@@ -10,15 +10,17 @@ agree), and :func:`spec_for` uses it for models without a spec of their own.
 
 from __future__ import annotations
 
+import math
 import operator
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.fx
 from torch import nn
 
-from butterfly.layers import NORM_TYPES, WEIGHT_TYPES
+from butterfly.layers import NORM_TYPES, canonical_names
 
 Axis = tuple[str, int]
 
@@ -53,14 +55,15 @@ class NoPermutationSpec(ValueError):
     """Alignment was asked for a model without a permutation spec."""
 
 
-def spec_for(model: nn.Module) -> PermutationSpec:
+def spec_for(model: nn.Module, example: torch.Tensor | None = None) -> PermutationSpec:
     """The model's own spec (``model.permutation_spec()``, written by hand next to each built-in
-    model), else one derived from its traced graph."""
+    model), else one derived from its traced graph (``example``: a few inputs, which give the
+    derivation every value's shape)."""
     own = getattr(model, "permutation_spec", None)
     if callable(own):
         return own()
     try:
-        return derive_spec(model)
+        return derive_spec(model, example)
     except Exception as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise NoPermutationSpec(
@@ -78,17 +81,37 @@ F = torch.nn.functional
 _NONLINEAR_FUNCS = {torch.relu, F.relu, F.gelu, torch.tanh, F.tanh, torch.sigmoid, F.sigmoid,
                     F.silu, F.leaky_relu, F.elu}  # fmt: skip
 _NONLINEAR_MODULES = (nn.ReLU, nn.GELU, nn.Tanh, nn.Sigmoid, nn.SiLU, nn.LeakyReLU, nn.ELU)
-# Keep the channel space (per-channel or per-position operations).
-_PASSTHROUGH_FUNCS = _NONLINEAR_FUNCS | {
-    F.dropout, F.max_pool1d, F.max_pool2d, F.avg_pool1d, F.avg_pool2d, F.adaptive_avg_pool1d,
+_NONLINEAR_METHODS = {"relu", "tanh", "sigmoid"}
+# Element-wise (or along one axis and equivariant there): the permuted axis stays where it is.
+_ELEMENTWISE_FUNCS = _NONLINEAR_FUNCS | {
+    F.dropout, F.softmax, F.log_softmax, torch.softmax, torch.exp, torch.sqrt, torch.rsqrt,
+    torch.neg, torch.abs, torch.square, F.mish, F.hardtanh, F.relu6, F.softplus,
+}  # fmt: skip
+_ELEMENTWISE_METHODS = _NONLINEAR_METHODS | {
+    "contiguous", "float", "double", "half", "bfloat16", "to", "type", "clone", "detach", "exp",
+    "sqrt", "rsqrt", "neg", "abs", "square", "softmax", "log_softmax", "masked_fill",
+}  # fmt: skip
+_ELEMENTWISE_MODULES = (*_NONLINEAR_MODULES, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d,
+                        nn.Softmax, nn.Mish, nn.Hardtanh, nn.ReLU6, nn.Softplus)  # fmt: skip
+# Pooling over positions: keeps a channel axis 1 (N, C, positions...).
+_POOL_FUNCS = {
+    F.max_pool1d, F.max_pool2d, F.avg_pool1d, F.avg_pool2d, F.adaptive_avg_pool1d,
     F.adaptive_avg_pool2d, F.adaptive_max_pool1d, F.adaptive_max_pool2d,
 }  # fmt: skip
-_PASSTHROUGH_MODULES = (
-    *_NONLINEAR_MODULES, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.MaxPool1d,
-    nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
-    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
-)  # fmt: skip
+_POOL_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d,
+                 nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d)  # fmt: skip
+_BINARY_FUNCS = {operator.add, operator.iadd, operator.sub, operator.isub, operator.mul,
+                 operator.imul, operator.truediv, operator.itruediv, torch.add, torch.sub,
+                 torch.mul, torch.div}  # fmt: skip
+_BINARY_METHODS = {"add", "sub", "mul", "div", "add_", "mul_"}
+_REDUCE_METHODS = {"mean", "sum", "amax", "amin", "var", "std", "norm", "logsumexp"}
+_REDUCE_FUNCS = {torch.mean, torch.sum, torch.amax, torch.amin, torch.var, torch.std,
+                 torch.logsumexp}  # fmt: skip
+# (the old tuple, kept for anyone who imported it)
+_PASSTHROUGH_MODULES = (*_ELEMENTWISE_MODULES, *_POOL_MODULES)
 _MERGE_FUNCS = {operator.add, torch.add, operator.mul}
+
+Value = tuple[int, int] | None  # (channel space, the axis it is on), or None: nothing permuted
 
 
 class _UnionFind:
@@ -112,12 +135,14 @@ class _UnionFind:
 
 @dataclass
 class GraphAnalysis:
-    """Channel spaces of a traced model: permutable axis groups and the nodes living in each."""
+    """Channel spaces of a traced model: permutable axis groups and the nodes living in each
+    (``node_axis``: the axis of a node's output that carries its space)."""
 
     graph_module: torch.fx.GraphModule
     groups: dict[int, list[Axis]]
     node_group: dict[str, int]
     activation_names: list[str]
+    node_axis: dict[str, int] = field(default_factory=dict)
 
     def activation_nodes(self, axes: tuple[Axis, ...]) -> list[str]:
         """The nonlinearity outputs whose channels a permutation with these axes reorders."""
@@ -128,120 +153,490 @@ class GraphAnalysis:
         return []
 
 
-def derive_spec(model: nn.Module) -> PermutationSpec:
+def derive_spec(model: nn.Module, example: torch.Tensor | None = None) -> PermutationSpec:
     """Axis groups from the model's ``torch.fx`` graph (see :func:`analyse`)."""
-    groups = analyse(model).groups
+    groups = analyse(model, example).groups
     return PermutationSpec({f"P_{i}": tuple(v) for i, v in enumerate(groups.values())})
 
 
-def analyse(model: nn.Module) -> GraphAnalysis:
+class _Shapes(torch.fx.Interpreter):
+    """Runs the traced graph once and records every node's output shape (tensors) or shapes
+    (tuples of tensors)."""
+
+    def __init__(self, gm: torch.fx.GraphModule):
+        super().__init__(gm)
+        self.shapes: dict[str, Any] = {}
+
+    def run_node(self, n: torch.fx.Node) -> Any:
+        out = super().run_node(n)
+        if isinstance(out, torch.Tensor):
+            self.shapes[n.name] = tuple(out.shape)
+        elif isinstance(out, (tuple, list)):
+            self.shapes[n.name] = [tuple(o.shape) if isinstance(o, torch.Tensor) else None
+                                   for o in out]  # fmt: skip
+        return out
+
+
+def analyse(model: nn.Module, example: torch.Tensor | None = None) -> GraphAnalysis:
     """Axis groups from the ``torch.fx`` graph: tensors whose axes index the same channel space.
 
-    Each value in the graph carries a channel space (its axis 1, or last axis for 2-D values).
-    A Linear/Conv reads its input's space on weight axis 1 and creates a new space on weight
-    axis 0 and its bias; norms, element-wise nonlinearities, dropout and pooling keep the space;
-    additions merge spaces; flattening channels together with positions (``flatten(1)``,
-    ``view``, ``reshape``) fixes the space. The input and the output are fixed (not
-    permutable), and so is anything merged with them. Anything else raises
-    :class:`NoPermutationSpec` naming the operation.
+    Every value in the graph carries at most one permutable axis and its channel space.
+    ``example`` (a few inputs) gives every value's shape, so the axis is known exactly: the
+    last axis of a transformer's (N, T, C) activations, axis 1 of a convolution's (N, C, H, W);
+    without it, values are taken as (N, C, ...). A Linear (or ``F.linear``) reads its input's
+    space on weight axis 1 and creates a new space on weight axis 0 and its bias; a
+    convolution the same on axis 1; an embedding creates one on its weight's axis 1; norms
+    (torch's or ``F.layer_norm``, with their gains and BatchNorm's running statistics),
+    element-wise functions, softmax, dropout and pooling keep the space; additions and
+    multiplications merge the spaces they broadcast together (a 1-D parameter multiplied in
+    joins); transposes, ``unsqueeze``, indexing of other axes, ``split``/``chunk`` along them
+    and reductions over them move the axis; reductions over it (a LayerNorm's mean) leave a
+    value that no permutation changes; a reshape that keeps the axis whole keeps it, one that
+    splits it (attention heads) or mixes it with positions (``view(x.size(0), -1)``) fixes it.
+    ``nn.MultiheadAttention`` reads its input's space on its input projection and creates a
+    new space on its output projection. Any other operation fixes the spaces of its inputs and
+    the parameters it reads, and its output has nothing permuted; the input and the output
+    are fixed. A tensor axis used in two places (tied weights, a layer called twice) joins
+    its spaces. What remains free are the permutable groups.
     """
     gm = torch.fx.symbolic_trace(model)
     modules = dict(gm.named_modules())
+    canon = canonical_names(model)
+    shapes: dict[str, Any] = {}
+    if example is not None:
+        rec = _Shapes(gm)
+        was = model.training
+        model.eval()  # BatchNorm reads its statistics, never updates them
+        try:
+            with torch.no_grad():
+                rec.run(example)
+        finally:
+            model.train(was)
+        shapes = rec.shapes
     uf = _UnionFind()
     fixed: set[int] = set()
-    space: dict[str, int] = {}
+    fixed_params: set[str] = set()
+    ch: dict[str, Value] = {}
+    seq: dict[str, list[Value]] = {}  # tuple-valued nodes (split, chunk, attention)
+    attr: dict[str, str] = {}  # get_attr node (or a parameter expanded) -> the tensor's name
+    attr_off: dict[str, int] = {}  # ... and how many leading axes the value has before its own
     members: dict[int, list[Axis]] = defaultdict(list)
+    where: dict[Axis, int] = {}  # a tensor axis -> the space it was put in
+    sizes: set[str] = set()  # nodes that are sizes, not tensors (x.size(0), x.shape)
 
-    shapes: set[str] = set()  # nodes that are sizes, not tensors (x.size(0), x.shape)
+    def name_of(n: str) -> str:
+        return canon.get(n, n)
 
-    def src(arg: object) -> int:
-        if not isinstance(arg, torch.fx.Node) or arg.name not in space:
-            raise NoPermutationSpec(f"cannot follow the channels of {arg} through the graph")
-        return space[arg.name]
+    def add(space: int, name: str, axis: int) -> None:
+        key = (name_of(name), axis)
+        if key in where:
+            uf.union(where[key], space)  # tied or reused: one permutation
+        else:
+            where[key] = space
+            members[space].append(key)
 
-    def is_size(arg: object) -> bool:
-        return isinstance(arg, int) or (isinstance(arg, torch.fx.Node) and arg.name in shapes)
+    def shape(a: object) -> tuple[int, ...] | None:
+        if isinstance(a, torch.fx.Node):
+            sh = shapes.get(a.name)
+            return sh if isinstance(sh, tuple) else None
+        return None
 
-    def flattened(node: torch.fx.Node, start: object) -> None:
-        s_in = src(node.args[0])
-        if not isinstance(start, int) or 0 <= start < 2:
-            fixed.add(s_in)  # channels mixed with positions: not a plain axis permutation
-        space[node.name] = s_in
+    def nd(a: object) -> int | None:
+        sh = shape(a)
+        return None if sh is None else len(sh)
+
+    def val(a: object) -> Value:
+        if isinstance(a, torch.fx.Node):
+            return ch.get(a.name)
+        return None
+
+    def fix(v: Value) -> None:
+        if v is not None:
+            fixed.add(v[0])
+
+    def nodes_in(a: object) -> list[torch.fx.Node]:
+        if isinstance(a, torch.fx.Node):
+            return [a]
+        if isinstance(a, (tuple, list)):
+            return [n for x in a for n in nodes_in(x)]
+        if isinstance(a, dict):
+            return [n for x in a.values() for n in nodes_in(x)]
+        if isinstance(a, slice):
+            return [n for x in (a.start, a.stop, a.step) for n in nodes_in(x)]
+        return []
+
+    def opaque(node: torch.fx.Node) -> Value:
+        """An operation not understood: its inputs' spaces and its parameters stay fixed."""
+        for n in nodes_in((node.args, node.kwargs)):
+            fix(ch.get(n.name))
+            for v in seq.get(n.name, []):
+                fix(v)
+            if n.name in attr:
+                fixed_params.add(attr[n.name])
+        if node.op == "call_module":
+            fixed_params.update(name_of(f"{node.target}.{p}")
+                                for p, _ in modules[node.target].named_parameters())  # fmt: skip
+        return None
+
+    def last(node: torch.fx.Node, v: Value) -> bool:
+        """Whether ``v``'s axis is the last axis of ``node`` (unknown shapes: axis 1)."""
+        n = nd(node)
+        return v is not None and v[1] == (n - 1 if n is not None else 1)
+
+    def out_axis(node: torch.fx.Node, channel_first: bool) -> int:
+        n = nd(node)
+        return 1 if channel_first or n is None else n - 1
+
+    def weight_layer(node: torch.fx.Node, x: object, w: str, b: str | None, conv: bool) -> Value:
+        v = val(x)
+        ok = (v is not None and v[1] == 1) if conv else last(x, v)  # type: ignore[arg-type]
+        if ok:
+            assert v is not None
+            add(v[0], w, 1)
+        else:
+            fix(v)
+        s = uf.make()
+        add(s, w, 0)
+        if b is not None:
+            add(s, b, 0)
+        return (s, out_axis(node, conv))
+
+    def norm_over_last(x: object, params: list[str], k: int) -> Value:
+        v = val(x)
+        n = nd(x)
+        if v is None:
+            return None
+        if n is None or v[1] < n - k:  # the normalised axes are other axes
+            return v
+        if k == 1:
+            for p in params:
+                add(v[0], p, 0)
+            return v
+        fix(v)
+        return None
+
+    def binary(node: torch.fx.Node, a: object, b: object) -> Value:
+        va, vb = val(a), val(b)
+        sa, sb, so = shape(a), shape(b), shapes.get(node.name)
+        if not isinstance(so, tuple):  # shapes unknown: merge what is permuted
+            if va is not None and vb is not None:
+                uf.union(va[0], vb[0])
+            return va or vb
+        out: Value = None
+        spaces: list[tuple[Value, object, tuple[int, ...] | None]] = [(va, a, sa), (vb, b, sb)]
+        for v, _, sh in spaces:
+            if v is not None and sh is not None:
+                pos = len(so) - (len(sh) - v[1])  # its axis in the output
+                if out is None:
+                    out = (v[0], pos)
+                elif out[1] == pos:
+                    uf.union(out[0], v[0])
+                else:
+                    fix(out)
+                    fix(v)
+                    return None
+        if out is None:
+            return None
+        for v, x, sh in spaces:
+            if v is not None or sh is None:
+                continue
+            k = len(so) - out[1]  # the axis counted from the right
+            if len(sh) < k or sh[len(sh) - k] == 1:
+                continue  # broadcast along the permuted axis: fine
+            if isinstance(x, torch.fx.Node) and x.name in attr and len(sh) - k >= attr_off.get(x.name, 0):
+                # a parameter added or multiplied in: permuted with the axis it meets
+                add(out[0], attr[x.name], len(sh) - k - attr_off.get(x.name, 0))
+            else:
+                fix(out)
+                return None
+        return out
+
+    def dims_of(node: torch.fx.Node, default: object = None) -> list[int] | None:
+        d = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", default)
+        if d is None:
+            return None
+        return list(d) if isinstance(d, (tuple, list)) else [d]  # type: ignore[list-item]
+
+    def norm_dim(d: int, n: int) -> int:
+        return d + n if d < 0 else d
+
+    def reduce(node: torch.fx.Node, x: object) -> Value:
+        v = val(x)
+        n = nd(x)
+        if v is None:
+            return None
+        dims = dims_of(node)
+        if dims is None or n is None:
+            if dims is not None and all(isinstance(d, int) and d not in (0, 1) for d in dims):
+                return v  # unknown shapes: a reduction over positions keeps channels
+            return None  # over every axis, or over the permuted one: nothing permuted remains
+        if not all(isinstance(d, int) for d in dims):
+            return opaque(node)
+        dims = [norm_dim(d, n) for d in dims]
+        if v[1] in dims:
+            return None  # over the permuted axis: the same for every permutation
+        keep = node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False)
+        return v if keep else (v[0], v[1] - sum(d < v[1] for d in dims))
+
+    def reshaped(node: torch.fx.Node, x: object) -> Value:
+        v = val(x)
+        si, so = shape(x), shapes.get(node.name)
+        if v is None:
+            return None
+        if si is None or not isinstance(so, tuple):
+            fix(v)
+            return None
+        before = math.prod(si[: v[1]])
+        for j in range(len(so)):
+            if math.prod(so[:j]) == before and so[j] == si[v[1]]:
+                return (v[0], j)  # the axis kept whole, with everything before it
+        fix(v)  # split (attention heads) or mixed with positions
+        return None
+
+    def moved(node: torch.fx.Node, x: object) -> Value:
+        v = val(x)
+        n = nd(x)
+        if v is None:
+            return None
+        t, a = node.target, v[1]
+        args = node.args[1:]
+        if n is None:
+            return opaque(node)
+        if t == "transpose" or t is torch.transpose:
+            d0, d1 = (norm_dim(int(d), n) for d in args[:2])  # type: ignore[call-overload]
+            return (v[0], d1 if a == d0 else d0 if a == d1 else a)
+        if t == "permute" or t is torch.permute:
+            order = list(args[0]) if len(args) == 1 and isinstance(args[0], (tuple, list)) else list(args)
+            order = [norm_dim(int(d), n) for d in order]  # type: ignore[call-overload]
+            return (v[0], order.index(a))
+        if t == "unsqueeze" or t is torch.unsqueeze:
+            d = norm_dim(int(args[0]), n + 1)  # type: ignore[call-overload]
+            return (v[0], a + 1 if d <= a else a)
+        if t in ("squeeze",) or t is torch.squeeze:
+            sh, so = shape(x), shapes.get(node.name)
+            if sh is None or not isinstance(so, tuple):
+                return opaque(node)
+            return (v[0], a - sum(1 for i in range(a) if sh[i] == 1 and len(so) < len(sh)))
+        return opaque(node)
+
+    def flattened(node: torch.fx.Node, x: object, start: object) -> Value:
+        v = val(x)
+        out = flattened_value(v, shape(x), shapes.get(node.name), start)
+        if out is None:
+            fix(v)  # channels mixed with positions: not a plain axis permutation
+        return out
+
+    def indexed(node: torch.fx.Node, x: torch.fx.Node, index: object) -> Value:
+        v = val(x)
+        if v is None:
+            return None
+        n = nd(x)
+        idx = list(index) if isinstance(index, tuple) else [index]
+        if n is None or any(isinstance(i, torch.fx.Node) for i in idx) or idx.count(...) > 1:
+            fix(v)
+            return None
+        if ... in idx:
+            k = idx.index(...)
+            idx[k : k + 1] = [slice(None)] * (n - sum(i is not None for i in idx) + 1)
+        out_pos = 0
+        in_pos = 0
+        for i in idx:
+            if i is None:
+                out_pos += 1
+                continue
+            if in_pos == v[1]:
+                if i == slice(None):
+                    return (v[0], out_pos)
+                fix(v)  # one channel picked, or a part of them
+                return None
+            if not isinstance(i, int):
+                out_pos += 1
+            in_pos += 1
+        return (v[0], out_pos + (v[1] - in_pos))
+
+    def concatenated(node: torch.fx.Node) -> Value:
+        parts = node.args[0] if node.args else node.kwargs.get("tensors")
+        d = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        so = shapes.get(node.name)
+        if not isinstance(parts, (tuple, list)) or not isinstance(so, tuple) or not isinstance(d, int):
+            return opaque(node)
+        d = norm_dim(d, len(so))
+        spaces = [val(p) for p in parts]
+        known = [v for v in spaces if v is not None]
+        if not known:
+            return opaque(node)
+        axis = known[0][1]
+        if axis == d or any(v[1] != axis for v in known):
+            for v in known:
+                fix(v)
+            return opaque(node)
+        for v in known[1:]:
+            uf.union(known[0][0], v[0])
+        for p, v in zip(parts, spaces, strict=True):
+            if v is not None:
+                continue
+            sh = shape(p)
+            if isinstance(p, torch.fx.Node) and p.name in attr and axis >= attr_off.get(p.name, 0):
+                add(known[0][0], attr[p.name], axis - attr_off.get(p.name, 0))
+            elif sh is None or sh[axis] != 1:
+                fix(known[0])
+                return None
+        return (known[0][0], axis)
+
+    def attention(node: torch.fx.Node, m: nn.MultiheadAttention) -> None:
+        q, k, vv = (node.args + tuple(node.kwargs.get(n) for n in ("query", "key", "value")))[:3]
+        vals = [val(a) for a in (q, k, vv)]
+        # self-attention: query, key and value in one space (the same value, or one norm's
+        # outputs), read by one input projection
+        same = m._qkv_same_embed_dim and all(v is not None for v in vals) and len(
+            {(uf.find(v[0]), v[1]) for v in vals if v is not None}) == 1  # fmt: skip
+        if same and last(q, vals[0]):  # type: ignore[arg-type]
+            assert vals[0] is not None
+            add(vals[0][0], f"{node.target}.in_proj_weight", 1)
+        else:
+            for v in vals:
+                fix(v)
+            fixed_params.update(name_of(f"{node.target}.{p}") for p, _ in m.named_parameters()
+                                if not p.startswith("out_proj"))  # fmt: skip
+        s = uf.make()
+        add(s, f"{node.target}.out_proj.weight", 0)
+        if m.out_proj.bias is not None:
+            add(s, f"{node.target}.out_proj.bias", 0)
+        out_shape = shapes.get(node.name)
+        axis = len(out_shape[0]) - 1 if isinstance(out_shape, list) and out_shape[0] else 2
+        seq[node.name] = [(s, axis), None]
 
     for node in gm.graph.nodes:
+        a0 = node.args[0] if node.args else None
+        out: Value = None
         if node.op == "placeholder":
-            s = uf.make()
-            fixed.add(s)
-            space[node.name] = s
+            out = None
+        elif node.op == "get_attr":
+            attr[node.name] = name_of(str(node.target))
         elif node.op == "call_module":
             m = modules[node.target]
-            s_in = src(node.args[0])
-            if isinstance(m, WEIGHT_TYPES):
-                members[s_in].append((f"{node.target}.weight", 1))
+            t = node.target
+            if isinstance(m, nn.Linear):
+                out = weight_layer(node, a0, f"{t}.weight", f"{t}.bias" if m.bias is not None else None, False)
+            elif isinstance(m, (nn.Conv1d, nn.Conv2d)):
+                out = weight_layer(node, a0, f"{t}.weight", f"{t}.bias" if m.bias is not None else None, True)
+            elif isinstance(m, nn.Embedding):
+                fix(val(a0))
                 s = uf.make()
-                members[s].append((f"{node.target}.weight", 0))
-                if m.bias is not None:
-                    members[s].append((f"{node.target}.bias", 0))
-                space[node.name] = s
-            elif isinstance(m, NORM_TYPES):
-                for pname, _ in m.named_parameters(recurse=False):
-                    members[s_in].append((f"{node.target}.{pname}", 0))
-                if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats:
-                    # per-channel statistics move with their channels (weight matching reads
-                    # only the parameters; applying a permutation moves these too)
-                    members[s_in] += [(f"{node.target}.running_mean", 0),
-                                      (f"{node.target}.running_var", 0)]  # fmt: skip
-                if isinstance(m, nn.GroupNorm) and 1 < m.num_groups < m.num_channels:
-                    fixed.add(s_in)  # statistics per group: only permutations within groups
-                space[node.name] = s_in
-            elif isinstance(m, _PASSTHROUGH_MODULES):
-                space[node.name] = s_in
+                add(s, f"{t}.weight", 1)
+                out = (s, out_axis(node, False))
+            elif isinstance(m, nn.LayerNorm):
+                params = [f"{t}.{p}" for p, _ in m.named_parameters(recurse=False)]
+                out = norm_over_last(a0, params, len(m.normalized_shape))
+            elif isinstance(m, (*NORM_TYPES, nn.modules.batchnorm._NormBase)):
+                v = val(a0)
+                if v is not None and v[1] == 1:
+                    for p, _ in m.named_parameters(recurse=False):
+                        add(v[0], f"{t}.{p}", 0)
+                    if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats:
+                        # per-channel statistics move with their channels (weight matching
+                        # reads only the parameters; applying a permutation moves these too)
+                        add(v[0], f"{t}.running_mean", 0)
+                        add(v[0], f"{t}.running_var", 0)
+                    if isinstance(m, nn.GroupNorm) and 1 < m.num_groups < m.num_channels:
+                        fix(v)  # statistics per group: only permutations within groups
+                    out = v
+                else:
+                    out = opaque(node)
+            elif isinstance(m, _ELEMENTWISE_MODULES):
+                out = val(a0)
+            elif isinstance(m, _POOL_MODULES):
+                v = val(a0)
+                out = v if v is None or v[1] == 1 else opaque(node)
             elif isinstance(m, nn.Flatten):
-                flattened(node, m.start_dim)
+                out = flattened(node, a0, m.start_dim)
+            elif isinstance(m, nn.MultiheadAttention):
+                attention(node, m)
             else:
-                raise NoPermutationSpec(
-                    f"cannot derive a spec through layer '{node.target}' ({type(m).__name__})"
-                )
-        elif node.op == "call_function" and node.target in _PASSTHROUGH_FUNCS:
-            space[node.name] = src(node.args[0])
-        elif node.op == "call_function" and node.target is torch.flatten:
-            flattened(node, node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0))
-        elif node.op == "call_function" and node.target in _MERGE_FUNCS:
-            spaces = [space[a.name] for a in node.args if isinstance(a, torch.fx.Node)]
-            for other in spaces[1:]:
-                uf.union(spaces[0], other)
-            space[node.name] = spaces[0]
-        elif node.op == "call_method" and node.target == "flatten":
-            flattened(node, node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0))
-        elif (node.op == "call_method" and node.target == "size") or (
-            node.op == "call_function" and node.target is getattr
-            and node.args[1] == "shape"
-        ):  # fmt: skip
-            shapes.add(node.name)
-        elif node.op == "call_function" and node.target is operator.getitem and \
-                is_size(node.args[0]):  # fmt: skip
-            shapes.add(node.name)  # x.shape[0]
-        elif node.op == "call_method" and node.target in ("view", "reshape"):
-            dims = list(node.args[1:])
-            dims = list(dims[0]) if len(dims) == 1 and isinstance(dims[0], (tuple, list)) else dims
-            # x.view(x.size(0), -1): channels flattened with positions, as flatten(1)
-            keeps_batch = len(dims) == 2 and is_size(dims[0]) and dims[1] == -1
-            flattened(node, 1 if keeps_batch else 0)
-        elif node.op == "call_method" and node.target in ("relu", "tanh", "sigmoid"):
-            space[node.name] = src(node.args[0])
-        elif node.op == "call_method" and node.target in ("mean", "sum", "amax"):
-            dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-            dims = dims if isinstance(dims, (tuple, list)) else (dims,)
-            if any(not isinstance(d, int) or d in (0, 1) for d in dims):
-                raise NoPermutationSpec(
-                    f"cannot derive a spec through {node.target}(dim={dims}): it may reduce "
-                    "the channel axis"
-                )
-            space[node.name] = src(node.args[0])  # a reduction over positions keeps channels
+                out = opaque(node)
+        elif node.op in ("call_function", "call_method"):
+            t = node.target
+            method = node.op == "call_method"
+            if (method and t == "size") or (t is getattr and node.args[1] == "shape") or (
+                t is operator.getitem and isinstance(a0, torch.fx.Node) and a0.name in sizes
+            ):  # fmt: skip
+                sizes.add(node.name)
+            elif t is operator.getitem and isinstance(a0, torch.fx.Node) and a0.name in seq:
+                i = node.args[1]
+                out = seq[a0.name][i] if isinstance(i, int) and i < len(seq[a0.name]) else None
+            elif t is operator.getitem and isinstance(a0, torch.fx.Node):
+                out = indexed(node, a0, node.args[1])
+            elif (not method and t in _ELEMENTWISE_FUNCS) or (method and t in _ELEMENTWISE_METHODS):
+                out = val(a0)
+            elif t is F.linear:
+                w = node.args[1] if len(node.args) > 1 else node.kwargs.get("weight")
+                b = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
+                if isinstance(w, torch.fx.Node) and w.name in attr and (
+                        b is None or (isinstance(b, torch.fx.Node) and b.name in attr)):  # fmt: skip
+                    out = weight_layer(node, a0, attr[w.name], None if b is None else attr[b.name], False)
+                else:
+                    out = opaque(node)
+            elif t is F.embedding:
+                w = node.args[1] if len(node.args) > 1 else node.kwargs.get("weight")
+                if isinstance(w, torch.fx.Node) and w.name in attr:
+                    fix(val(a0))
+                    s = uf.make()
+                    add(s, attr[w.name], 1)
+                    out = (s, out_axis(node, False))
+                else:
+                    out = opaque(node)
+            elif t is F.layer_norm:
+                shp = node.args[1] if len(node.args) > 1 else node.kwargs.get("normalized_shape")
+                k = len(shp) if isinstance(shp, (tuple, list)) else 1
+                params = [attr[p.name] for p in nodes_in(node.args[2:4]) + nodes_in(
+                    [node.kwargs.get("weight"), node.kwargs.get("bias")]) if p.name in attr]  # fmt: skip
+                out = norm_over_last(a0, params, k)
+            elif (not method and t in _POOL_FUNCS):
+                v = val(a0)
+                out = v if v is None or v[1] == 1 else opaque(node)
+            elif (not method and t in _BINARY_FUNCS) or (method and t in _BINARY_METHODS):
+                b = node.args[1] if len(node.args) > 1 else node.kwargs.get("other")
+                out = binary(node, a0, b)
+            elif (method and t in _REDUCE_METHODS) or (not method and t in _REDUCE_FUNCS):
+                out = reduce(node, a0)
+            elif (method and t in ("view", "reshape")) or t is torch.reshape:
+                out = reshaped(node, a0)
+            elif (method and t == "flatten") or t is torch.flatten:
+                start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+                out = flattened(node, a0, start)
+            elif t in ("transpose", "permute", "unsqueeze", "squeeze") or t in (
+                    torch.transpose, torch.permute, torch.unsqueeze, torch.squeeze):  # fmt: skip
+                out = moved(node, a0)
+            elif (method and t in ("split", "chunk")) or t in (torch.split, torch.chunk):
+                v = val(a0)
+                d = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
+                n, sh = nd(a0), shapes.get(node.name)
+                pieces = len(sh) if isinstance(sh, list) else 0
+                if v is not None and n is not None and isinstance(d, int) and norm_dim(d, n) != v[1] and pieces:
+                    seq[node.name] = [v] * pieces
+                else:
+                    fix(v)
+                    seq[node.name] = [None] * pieces
+            elif method and t in ("expand", "expand_as", "repeat") and isinstance(a0, torch.fx.Node):
+                n_in, n_out = nd(a0), nd(node)
+                off = 0 if n_in is None or n_out is None else n_out - n_in
+                if a0.name in attr:  # a parameter broadcast (a class token): still that tensor
+                    attr[node.name] = attr[a0.name]
+                    attr_off[node.name] = attr_off.get(a0.name, 0) + off
+                else:
+                    v = val(a0)
+                    out = None if v is None else (v[0], v[1] + off)
+            elif t in (torch.cat, torch.concat):
+                out = concatenated(node)
+            elif not nodes_in((node.args, node.kwargs)):
+                out = None  # torch.arange(...), torch.zeros(...): made from nothing permuted
+            else:
+                out = opaque(node)
         elif node.op == "output":
-            fixed.add(src(node.args[0]))
-        else:
-            raise NoPermutationSpec(f"cannot derive a spec through {node.op} {node.target}")
+            opaque(node)
+            continue
+        if out is not None:
+            ch[node.name] = out
 
     fixed_roots = {uf.find(s) for s in fixed}
     groups: dict[int, list[Axis]] = defaultdict(list)
@@ -249,13 +644,31 @@ def analyse(model: nn.Module) -> GraphAnalysis:
         root = uf.find(s)
         if root not in fixed_roots:
             groups[root].extend(axes)
+    groups = {r: axes for r, axes in groups.items()
+              if not any(name in fixed_params for name, _ in axes)}  # fmt: skip
     acts = [
         n.name
         for n in gm.graph.nodes
         if (n.op == "call_function" and n.target in _NONLINEAR_FUNCS)
-        or (n.op == "call_method" and n.target in ("relu", "tanh", "sigmoid"))
+        or (n.op == "call_method" and n.target in _NONLINEAR_METHODS)
         or (n.op == "call_module" and isinstance(modules[n.target], _NONLINEAR_MODULES))
     ]
-    node_group = {name: uf.find(s) for name, s in space.items()}
-    return GraphAnalysis(gm, dict(groups), node_group, acts)
+    node_group = {name: uf.find(v[0]) for name, v in ch.items() if v is not None}
+    node_axis = {name: v[1] for name, v in ch.items() if v is not None}
+    return GraphAnalysis(gm, dict(groups), node_group, acts, node_axis)
 
+
+def flattened_value(v: Value, si: tuple[int, ...] | None, so: object, start: object) -> Value:
+    """The permuted axis after ``flatten(start)``: kept if it comes before ``start`` or is the
+    only axis of more than one element among the flattened ones; else None (fixed by the
+    caller)."""
+    if v is None:
+        return None
+    if si is None or not isinstance(start, int):
+        return None if not isinstance(start, int) or 0 <= start < 2 else v
+    start = start + len(si) if start < 0 else start
+    if v[1] < start:
+        return v
+    if all(d == 1 for i, d in enumerate(si) if i >= start and i != v[1]):
+        return (v[0], start)
+    return None

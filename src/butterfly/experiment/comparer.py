@@ -117,7 +117,7 @@ class Comparer:
             self.skipped["cka"] = "the model has no features() method and no Linear layer"
         if self.cfg.weight_matching or self.cfg.activation_matching or self.cfg.proxy_fractions:
             try:
-                self._spec = movable(spec_for(self.model), self.model)
+                self._spec = movable(spec_for(self.model, self.x_train[:2]), self.model)
             except NoPermutationSpec as err:
                 self.skipped["alignment"] = str(err)
             else:
@@ -148,7 +148,7 @@ class Comparer:
     @property
     def spec(self) -> PermutationSpec:
         if self._spec is None:
-            self._spec = movable(spec_for(self.model), self.model)
+            self._spec = movable(spec_for(self.model, self.x_train[:2]), self.model)
         return self._spec
 
     @property
