@@ -6,6 +6,7 @@ opening sentence, number format and config differences, on hand-made tables."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,7 +36,8 @@ TITLES = {"batch": "batch perturbation", "gaussian": "Gaussian perturbation"}
 
 def _read(run_dir: Path) -> dict[str, pd.DataFrame]:
     with Store(run_dir / "results.db") as s:
-        return {"df": s.results(), "traj": s.trajectories(), "proxy": s.permutation_proxy()}
+        return {"df": s.results(), "traj": s.trajectories(), "proxy": s.permutation_proxy(),
+                "training": s.training()}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -201,21 +203,38 @@ def test_figure2_barrier_vs_sigma_is_the_seed_mean_per_kind_and_t(
     assert not [lab for lab, _ in labelled_colours(fig) if "spawn" in lab]
 
 
-def test_workshop_figure1_puts_loss_and_error_barriers_on_separate_axes(
+def test_workshop_figures_1_5_9_11_draw_train_and_test_loss_and_error_barriers(
     runs: dict, palette: F.Palette
 ) -> None:
+    """Workshop Figures 1 and 5 (loss) and 9 and 11 (error, in percent): the training data
+    solid, the test data dashed, a column per kind (batch: 1, 9; Gaussian: 5, 11)."""
+    from butterfly.report.figures.barriers import on_test_data
+
     df = runs["A"]["df"]
-    axes = grid(F.barrier_vs_t(df, palette))
+    fig = F.barrier_vs_t(df, palette)
+    axes = grid(fig)
     assert set(axes) == {(i, j) for i in range(2) for j in range(2)}
     assert "nats" in axes[(0, 0)].get_ylabel() and "%" in axes[(1, 0)].get_ylabel()
+    d = full(df)
+    rows = [(("barrier_train_loss", "barrier_test_loss"), 1.0),
+            (("barrier_train_error", "barrier_test_error"), 100.0)]  # fmt: skip
     for j, kind in enumerate(["batch", "gaussian"]):
         assert axes[(0, j)].get_title() == TITLES[kind]
-        for i, (metric, scale) in enumerate([("barrier_train_loss", 1.0),
-                                             ("barrier_test_error", 100.0)]):  # fmt: skip
-            d = full(df)
+        for i, (metrics, scale) in enumerate(rows):
+            ax = axes[(i, j)]
+            assert len(errorbars(ax)) == 2 * len(SIGMAS)  # a train and a test line per sigma
             for s in SIGMAS:
-                g = d[(d["kind"] == kind) & (d["sigma"] == s)].groupby("t_frac")[metric]
-                check_series(axes[(i, j)], F.label_sigma(s), scale * g.mean(), scale * g.sem())
+                dk = d[(d["kind"] == kind) & (d["sigma"] == s)]
+                for metric, label, style in ((metrics[0], F.label_sigma(s), "-"),
+                                             (metrics[1], on_test_data(F.label_sigma(s)), "--")):  # fmt: skip
+                    assert dk[metric].notna().all()
+                    g = dk.groupby("t_frac")[metric]
+                    check_series(ax, label, scale * g.mean(), scale * g.sem())
+                    line = next(c.lines[0] for c in ax.containers
+                                if isinstance(c, ErrorbarContainer) and c.get_label() == label)  # fmt: skip
+                    assert line.get_linestyle() == style
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == [*(F.label_sigma(s) for s in SIGMAS), "training data", "test data"]
 
 
 def test_figure3_cka_separates_kinds_and_has_a_legend(runs: dict, palette: F.Palette) -> None:
@@ -354,6 +373,139 @@ def test_runs_compared_figure_is_per_run_and_kind(runs: dict, palette: F.Palette
                 check_series(ax, F.label_t(tf), g.mean(), g.sem())
 
 
+@pytest.mark.parametrize("logy", [False, True])
+def test_figure2_middle_after_weight_matching_linear_and_figure27_symlog(
+    runs: dict, palette: F.Palette, logy: bool
+) -> None:
+    df = runs["A"]["df"]
+    spec = F.SPECS["barrier_wm_vs_sigma_log.png" if logy else "barrier_wm_vs_sigma.png"]
+    assert ("Figure 27, middle" if logy else "Figure 2, middle") in spec.title
+    data = F.RunData(df, runs["A"]["traj"], runs["A"]["proxy"])
+    assert spec.when(data)
+    axes = grid(spec.build(data, palette))
+    d = full(df)
+    for j, kind in enumerate(["batch", "gaussian"]):
+        ax = axes[(0, j)]
+        assert ax.get_title() == TITLES[kind] and "weight matching" in axes[(0, 0)].get_ylabel()
+        assert ax.get_yscale() == ("symlog" if logy else "linear") and ax.get_ylim()[0] == 0
+        for tf in TIMES_A:
+            g = d[(d["kind"] == kind) & (d["t_frac"] == tf)].groupby("sigma")
+            check_series(ax, F.label_t(tf), g["barrier_train_loss_wm"].mean(),
+                         g["barrier_train_loss_wm"].sem())  # fmt: skip
+
+
+def left_tick(ax: Axes) -> tuple[float, str]:
+    """The leftmost x tick (its position and label) of ``ax``."""
+    ticks = sorted(zip(ax.get_xticks(), [t.get_text() for t in ax.get_xticklabels()],
+                       strict=True))  # fmt: skip
+    return float(ticks[0][0]), ticks[0][1]
+
+
+def test_figure1_right_puts_the_fewest_weights_perturbed_left_of_the_sigma_axis(
+    runs: dict, palette: F.Palette
+) -> None:
+    """Run A perturbs fractions 0.1 and 1: each t's line is the full-fraction seed means over σ,
+    and, a decade left of the smallest σ, the 0.1 children at their smallest σ."""
+    df = runs["A"]["df"]
+    spec = F.SPECS["barrier_vs_sigma_one_weight.png"]
+    assert spec.when(F.RunData(df)) and not spec.when(F.RunData(runs["B"]["df"]))
+    axes = grid(F.barrier_vs_sigma_one_weight(df, palette))
+    kids = children(df)
+    few = kids[(kids["fraction"] == 0.1) & (kids["sigma"] == min(SIGMAS))]
+    n = few["n_perturbed"].unique()
+    assert len(n) == 1 and n[0] > 1
+    for j, kind in enumerate(["batch", "gaussian"]):
+        ax = axes[(0, j)]
+        assert ax.get_title() == TITLES[kind] and ax.get_xscale() == "log"
+        assert ax.get_yscale() == "symlog" and ax.get_ylim()[0] == 0
+        x0, text = left_tick(ax)
+        assert x0 == pytest.approx(min(SIGMAS) / 10)
+        assert text == f"{n[0]} weights,\nσ = {fmt_number(min(SIGMAS))}"
+        for tf in TIMES_A:
+            d = full(df)
+            g = d[(d["kind"] == kind) & (d["t_frac"] == tf)].groupby("sigma")["barrier_train_loss"]
+            f = few[(few["kind"] == kind) & (few["t_frac"] == tf)]["barrier_train_loss"]
+            mean = pd.concat([g.mean(), pd.Series([f.mean()], index=[x0])])
+            sem = pd.concat([g.sem(), pd.Series([f.sem()], index=[x0])])
+            check_series(ax, F.label_t(tf), mean, sem)
+
+
+def test_figure1_right_labels_single_weight_children_and_takes_their_smallest_sigma() -> None:
+    one = {"fraction": 1e-4, "n_perturbed": 1}
+    df = table([
+        ("batch", 0.0, 1e-4, 0.5, 0, {"n_perturbed": 100}), ("batch", 0.0, 1e-2, 0.9, 0, {"n_perturbed": 100}),
+        ("batch", 0.5, 1e-4, 0.0, 0, {"n_perturbed": 100}), ("batch", 0.5, 1e-2, 0.1, 0, {"n_perturbed": 100}),
+        ("batch", 0.0, 1e-4, 0.2, 0, one), ("batch", 0.0, 1e-4, 0.4, 1, one),
+        ("batch", 0.0, 1e-2, 7.0, 0, one), ("batch", 0.5, 1e-4, 0.0, 0, one),
+        ("batch", 0.0, 1e-4, 5.0, 0, {**one, "diverged": 1}),
+        ("batch", 0.0, 1e-4, 0.6, 1, {"n_perturbed": 100}),
+    ])  # fmt: skip
+    axes = grid(F.barrier_vs_sigma_one_weight(df, F.Palette.of(df)))
+    assert set(axes) == {(0, 0)}  # one kind
+    ax = axes[(0, 0)]
+    x0, text = left_tick(ax)
+    assert x0 == pytest.approx(1e-5) and text == "1 weight,\nσ = 1e-4"
+    # t = 0: the single-weight children at sigma 1e-4 (seeds 0, 1), then the full-fraction line
+    x, y, _, _ = errorbars(ax)[F.label_t(0.0)]
+    np.testing.assert_allclose(x, [1e-5, 1e-4, 1e-2])
+    np.testing.assert_allclose(y, [0.3, 0.55, 0.9])
+    x, y, _, _ = errorbars(ax)[F.label_t(0.5)]
+    np.testing.assert_allclose(x, [1e-5, 1e-4, 1e-2])
+    np.testing.assert_allclose(y, [0.0, 0.0, 0.1])
+
+
+@pytest.mark.parametrize("logy", [False, True])
+def test_figure4_and_figure28_compare_settings_on_a_linear_and_a_symlog_axis(
+    runs: dict, palette: F.Palette, logy: bool
+) -> None:
+    frames = {"A": runs["A"]["df"], "B": runs["B"]["df"]}
+    spec = F.SPECS["runs_compared_log.png" if logy else "runs_compared.png"]
+    assert spec.scope == "compare" and ("Figure 28" in spec.title) == logy
+    data = {n: F.RunData(df) for n, df in frames.items()}
+    assert spec.when(data) and not spec.when({"A": data["A"]})
+    axes = grid(spec.build(data, palette))
+    assert set(axes) == {(i, j) for i in range(2) for j in range(2)}
+    for j, (name, df) in enumerate(frames.items()):
+        for i, kind in enumerate(["batch", "gaussian"]):
+            ax = axes[(i, j)]
+            assert ax.get_title() == f"{name}: {TITLES[kind]}"
+            assert ax.get_yscale() == ("symlog" if logy else "linear") and ax.get_ylim()[0] == 0
+            d = full(df)
+            d = d[d["kind"] == kind]
+            assert len(errorbars(ax)) == d["t_frac"].nunique()
+            for tf in sorted(d["t_frac"].unique()):
+                g = d[d["t_frac"] == tf].groupby("sigma")["barrier_train_loss"]
+                check_series(ax, F.label_t(tf), g.mean(), g.sem())
+    ylims = {axes[k].get_ylim() for k in axes}
+    assert len(ylims) == 1  # one y axis for every run
+
+
+def test_figure8_pooled_over_the_settings_colours_each_run(runs: dict) -> None:
+    frames = {"A": runs["A"]["df"], "B": runs["B"]["df"]}
+    spec = F.SPECS["performance_compared.png"]
+    assert spec.scope == "compare" and "Figure 8" in spec.title
+    fig = spec.build({n: F.RunData(df) for n, df in frames.items()}, F.Palette.of(*frames.values()))
+    axes = grid(fig)
+    assert set(axes) == {(i, j) for i in range(2) for j in range(2)}
+    for i, kind in enumerate(["batch", "gaussian"]):
+        assert kind in axes[(i, 0)].get_ylabel().lower()
+        assert axes[(i, 0)].get_yscale() == "symlog" and axes[(i, 0)].get_ylim()[0] == 0
+        for j, col in enumerate(["test_acc_b", "train_loss_b"]):
+            pts = scatters(axes[(i, j)])
+            for name, df in frames.items():
+                d = full(df)
+                want = d[d["kind"] == kind][[col, "barrier_train_loss"]].to_numpy(dtype=float)
+                if not len(want):  # B perturbs batch only
+                    assert name not in pts
+                    continue
+                got = pts[name]
+                np.testing.assert_allclose(got[np.lexsort(got.T[::-1])],
+                                           want[np.lexsort(want.T[::-1])])  # fmt: skip
+    colours = dict(labelled_colours(fig))
+    assert colours["A"] != colours["B"]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["A", "B"]
+
+
 # ---- rules every figure keeps --------------------------------------------------------------
 def every_figure(runs: dict, palette: F.Palette) -> list[tuple[str, Figure]]:
     out = []
@@ -363,12 +515,10 @@ def every_figure(runs: dict, palette: F.Palette) -> list[tuple[str, Figure]]:
             (f"{name}/{s.file}", f)
             for s, f in F.run_figures(r["df"], r["traj"], r["proxy"], palette)
         ]
-    out.append(
-        (
-            "runs_compared",
-            F.runs_side_by_side({"A": runs["A"]["df"], "B": runs["B"]["df"]}, palette),
-        )
-    )
+    both = {"A": runs["A"]["df"], "B": runs["B"]["df"]}
+    out.append(("runs_compared", F.runs_side_by_side(both, palette)))
+    out.append(("runs_compared_log", F.runs_side_by_side(both, palette, logy=True)))
+    out.append(("performance_compared", F.performance_compared(both)))
     a = runs["A"]["df"]
     with_pretrain = F.Palette(palette.t_fracs, palette.sigmas, (0,))
     out.append(("finetune", F.finetune_figure(a.assign(pretrain_steps=0), with_pretrain)))
@@ -645,6 +795,97 @@ def test_table1_is_one_row_per_run_of_final_accuracy_and_cross_entropy(runs: dic
     b = children(frames["B"])
     assert b.seed.nunique() == 1
     assert tab.loc["B", "test accuracy"] == fmt_number(b.test_acc_b.mean())
+
+
+def _curve_ends(training: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Each seed's original before fine-tuning (step 0 of the t = 0 population) and at T (the
+    last row of that population), restated from the training table."""
+    pop = training[training["t"] == 0]
+    before = pop[pop["step"] == 0].set_index("seed")
+    after = pop[pop["step"] == pop.groupby("seed")["step"].transform("max")].set_index("seed")
+    return before, after
+
+
+def test_table3_is_the_original_before_and_after_fine_tuning_per_start_point(runs: dict) -> None:
+    from butterfly.report.summary import table3, table3_cells
+
+    starts = {0: ("random init", runs["A"]["training"]),
+              40: ("pre-trained 40 steps", runs["B"]["training"])}  # fmt: skip
+    tab = table3(starts)
+    assert list(tab["pretrain_steps"]) == [0, 40] and list(tab["seeds"]) == [2, 1]
+    cells = table3_cells(tab).set_index("start")
+    for steps, (label, training) in starts.items():
+        row = tab.set_index("pretrain_steps").loc[steps]
+        before, after = _curve_ends(training)
+        assert len(before) == len(after) == training["seed"].nunique()
+        assert (after["step"] == 60).all() and (before["step"] == 0).all()  # T = 60 steps
+        for stage, rows in (("before", before), ("after", after)):
+            for col, head in (("test_acc", "test accuracy"), ("test_loss", "test CE")):
+                vals = rows[col].astype(float)
+                assert row[f"{stage}_{col}_mean"] == pytest.approx(vals.mean(), rel=1e-12)
+                if len(vals) > 1:
+                    assert row[f"{stage}_{col}_std"] == pytest.approx(vals.std(ddof=1))
+                    want = f"{fmt_number(vals.mean())} ± {fmt_number(vals.std(ddof=1))}"
+                else:
+                    assert np.isnan(row[f"{stage}_{col}_std"])
+                    want = fmt_number(vals.mean())
+                assert cells.loc[label, f"{stage} fine-tuning: {head}"] == want
+    # fine-tuning improves the original of this synthetic task
+    assert (tab["after_test_loss_mean"] < tab["before_test_loss_mean"]).all()
+
+
+def test_table3_without_a_t0_population_has_no_before_column_values(runs: dict) -> None:
+    from butterfly.report.summary import table3, table3_cells
+
+    late = runs["A"]["training"]
+    late = late[late["t"] > 0]
+    tab = table3({7: ("pre-trained 7 steps", late)})
+    assert np.isnan(tab.loc[0, "before_test_acc_mean"]) and tab.loc[0, "seeds"] == 2
+    t0 = late["t"].min()
+    pop = late[late["t"] == t0]
+    want = pop[pop["step"] == pop["step"].max()]["test_acc"].mean()
+    assert tab.loc[0, "after_test_acc_mean"] == pytest.approx(want)
+    cells = table3_cells(tab)
+    assert cells.loc[0, "before fine-tuning: test accuracy"] == "–"
+
+
+def test_a_fine_tuning_report_shows_table3_and_writes_its_csv(
+    runs: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fine-tuning folder made of runs A (step 0) and B (40 steps); figures left out."""
+    import html
+    import shutil
+
+    from butterfly.report.summary import table3
+
+    top = tmp_path / "ft"
+    labels = {0: "random init", 40: "pre-trained 40 steps"}
+    for steps, src in zip(labels, runs["dirs"], strict=True):
+        (top / f"from-step{steps:07d}").mkdir(parents=True)
+        shutil.copy(src / "results.db", top / f"from-step{steps:07d}" / "results.db")
+    with Store(top / "results.db") as s:
+        s.set_meta("pipeline", "finetune")
+        s.set_meta("runs", [[k, f"from-step{k:07d}", v] for k, v in labels.items()])
+    for name in ("all_figures", "finetune_figures", "compared_figures"):
+        monkeypatch.setattr(H, name, lambda *a, **k: [])
+    text = H.build_report([top]).read_text()
+    assert "Table 3" in text
+    body = text[text.index('<table class="table3">') :]
+    body = body[: body.index("</table>")]
+    cells = [html.unescape(c) for c in re.findall(r"<td[^>]*>(.*?)</td>", body)]
+    heads = re.findall(r"<th>(.*?)</th>", body)
+    assert heads == ["start", "pre-training steps", "before fine-tuning: test accuracy",
+                     "before fine-tuning: test CE", "after fine-tuning: test accuracy",
+                     "after fine-tuning: test CE", "seeds"]  # fmt: skip
+    want = table3({k: (v, runs[n]["training"]) for (k, v), n in zip(labels.items(), "AB",
+                                                                        strict=True)})  # fmt: skip
+    rows = [cells[i : i + len(heads)] for i in range(0, len(cells), len(heads))]
+    assert [r[0] for r in rows] == list(labels.values())
+    for r, (_, w) in zip(rows, want.iterrows(), strict=True):
+        assert r[2].split(" ± ")[0] == fmt_number(w["before_test_acc_mean"])
+        assert r[5].split(" ± ")[0] == fmt_number(w["after_test_loss_mean"])
+    csv = pd.read_csv(top / "table3.csv")
+    pd.testing.assert_frame_equal(csv, want, check_dtype=False)
 
 
 def test_f1_and_matthews_correlation_match_scikit_learn() -> None:

@@ -145,8 +145,10 @@ def supported_figures(df: pd.DataFrame, traj: pd.DataFrame) -> list[str]:
         names.append("stability_map")
     if full["barrier_train_loss"].notna().any():
         names += ["barrier_vs_sigma", "barrier_vs_sigma_log"]
+        if kids["fraction"].nunique() > 1 and (kids["fraction"] < 1).any():
+            names.append("barrier_vs_sigma_one_weight")  # Figure 1, right
     if full["barrier_train_loss_wm"].notna().any():
-        names.append("barrier_wm_vs_sigma")
+        names += ["barrier_wm_vs_sigma", "barrier_wm_vs_sigma_log"]
     if full["t_frac"].nunique() > 1:
         names.append("barrier_vs_t")
     if full["cka"].notna().any():
@@ -220,11 +222,12 @@ def test_report_command_writes_figures_and_page(
     check_figures_and_numbers(page, run, run / "figures")
     text = page.read_text()
     assert re.findall(r'<figure data-figure="(\w+)">', text) == [
-        "training", "barrier_vs_sigma", "barrier_vs_sigma_log", "barrier_wm_vs_sigma", "barrier_vs_t", "cka",
+        "training", "barrier_vs_sigma", "barrier_vs_sigma_log", "barrier_vs_sigma_one_weight",
+        "barrier_wm_vs_sigma", "barrier_wm_vs_sigma_log", "barrier_vs_t", "cka",
         "trajectories", "l2_from_init", "barrier_vs_l2", "performance", "fixed_points",
         "barrier_vs_fraction",
     ]  # fmt: skip
-    assert text.count("<img") == 12
+    assert text.count("<img") == 14
     assert not re.search(r"(src|href)=[\"']https?:", text), "the page must load nothing remotely"
     assert "determinism check: all" in text and "torch" in text and "recipe:" in text
     assert "Perturbing at t = 0 by σ = " in text
@@ -266,8 +269,12 @@ def test_several_runs_side_by_side(run: Path, tmp_path: Path) -> None:
     assert main(["report", str(run), str(other), "--out", str(page)]) == 0
     text, tables = parse(page)
     assert "Settings compared" in text and "Run run" in text and "Run other" in text
-    assert '<figure data-figure="runs_compared">' in text
-    assert (tmp_path / "figures" / "runs_compared.png").is_file()
+    compared = re.findall(r'<figure data-figure="(\w+)">', text)
+    # the comparison's own figures come before each run's: Figures 4 and 12, 28, 8, 7/14/15
+    assert compared[:4] == ["runs_compared", "runs_compared_log", "performance_compared",
+                            "settings_compared"]  # fmt: skip
+    for name in compared[:4]:
+        assert (tmp_path / "figures" / f"{name}.png").is_file()
     # the config keys that differ, with each run's value
     a, b = flat(stored(run)[2]), flat(stored(other)[2])
     differ = sorted(k for k in set(a) | set(b) if a.get(k, "absent") != b.get(k, "absent"))
@@ -320,7 +327,7 @@ def test_report_renders_in_headless_chromium_without_network(run: Path, tmp_path
         proxy.close()
     from_page = [r for r in proxy.requests if not BROWSER_HOSTS.match(r)]
     assert not from_page, f"the report made network requests: {from_page}"
-    assert dom.count("<img") == 12 and "data:image/png;base64" in dom
+    assert dom.count("<img") == 14 and "data:image/png;base64" in dom
     assert "sortable" in dom
     img = mpimg.imread(shot)[..., :3]
     assert img.shape[0] >= 2000 and img.shape[1] >= 1200

@@ -40,10 +40,14 @@ from butterfly.report.summary import (
     pretrain_labels,
     summary_table,
     table1,
+    table3,
+    table3_cells,
 )
 from butterfly.safepath import inside
 from butterfly.sweep.rundir import PAGE, check_no_links, figures_dir, store_path
 from butterfly.sweep.store import Store, pipeline_runs
+
+TABLE3_CSV = "table3.csv"  # beside the page of a fine-tuning folder
 
 TABLE_COLUMNS = [
     "seed", "kind", "t", "t_frac", "sigma", "fraction", "control", "noise_l2", "l2",
@@ -168,6 +172,30 @@ def _summary(df: pd.DataFrame) -> str:
             )
         )
     return "".join(parts)
+
+
+def table3_section(starts: dict[int, tuple[str, pd.DataFrame]], page_dir: Path) -> str:
+    """Paper Table 3 for a fine-tuning folder (``starts``: pre-training steps -> (label, the
+    sweep's training table)), as HTML; the numbers (mean and std over seeds) are also written
+    to ``table3.csv`` in ``page_dir``."""
+    tab = table3(starts)
+    if tab.empty:
+        return ""
+    write_atomic(inside(page_dir, TABLE3_CSV), tab.to_csv(index=False))
+    missing = tab["before_test_loss_mean"].isna() & (tab["seeds"] > 0)
+    note = ""
+    if missing.any():
+        note = (" – before fine-tuning: that sweep has no population perturbed at t = 0, so its "
+                "network was not evaluated before its first step.")  # fmt: skip
+    return (
+        "<h2>The original before and after fine-tuning (Table 3)</h2><p>Test accuracy and test "
+        "cross-entropy of the original network of each pre-training start point: before "
+        "fine-tuning (at step 0 of the population perturbed at t = 0: the pre-trained network "
+        "with its freshly drawn head, the paper's zero-shot evaluation) and at the end of "
+        "fine-tuning (step T of the earliest population); mean ± std over seeds (the mean alone "
+        f"for one seed).{html.escape(note)} Also in {TABLE3_CSV}.</p>"
+        + _table(table3_cells(tab), cls="table3")
+    )
 
 
 def read_run(run_dir: Path) -> dict:
@@ -301,6 +329,8 @@ def build_report(run_dirs: list[Path], out: Path | None = None) -> Path:
                 "<h2>Mean train-loss barrier by pre-training duration</h2>"
                 + _pivot_html(table, label, "pre-training steps, kind, t", "finetune")
             )
+        starts = {s: (n, runs[n]["training"]) for n, s in pretrain_steps.items()}
+        sections.append(table3_section(starts, page.parent))
         for metric, what in (("barrier_train_loss", "train-loss barrier"), ("l2", "L2 distance")):
             pmt = pm_table(finetune, metric, ["pretrain_steps", "kind", "t_frac"])
             if not pmt.empty:

@@ -176,6 +176,68 @@ def table1(runs: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+# what Table 3 shows of each start point's original: (stage, training-table column, heading)
+TABLE3_CELLS = (
+    ("before", "test_acc", "test accuracy"),
+    ("before", "test_loss", "test CE"),
+    ("after", "test_acc", "test accuracy"),
+    ("after", "test_loss", "test CE"),
+)
+
+
+def start_and_end(training: pd.DataFrame) -> pd.DataFrame:
+    """Each seed's original before fine-tuning and at its end, from a sweep's ``training``
+    table: rows (seed, stage) with the table's columns. ``before`` is the curve's row at step 0
+    of the population perturbed at t = 0 (θ0 of the sweep, evaluated before its first step:
+    the pre-trained network with its freshly drawn head); a sweep without t = 0 has none.
+    ``after`` is the last row (step T) of the seed's earliest population."""
+    out = []
+    for seed, g in training.groupby("seed"):
+        pop = g[g["t"] == g["t"].min()]
+        before = pop[(pop["t"] == 0) & (pop["step"] == 0)]
+        after = pop[pop["step"] == pop["step"].max()]
+        for stage, rows in (("before", before), ("after", after)):
+            if len(rows):
+                out.append({**rows.iloc[0].to_dict(), "seed": seed, "stage": stage})
+    return pd.DataFrame(out)
+
+
+def table3(starts: Mapping[int, tuple[str, pd.DataFrame]]) -> pd.DataFrame:
+    """The paper's Table 3 for a fine-tuning folder: per pre-training start point (``starts``:
+    pre-training steps -> (its label, its sweep's ``training`` table)), the original's test
+    accuracy and test cross-entropy before fine-tuning and at its end (``start_and_end``),
+    mean and sample standard deviation (n - 1; NaN for one seed) over seeds. Columns
+    ``pretrain_steps``, ``start``, ``seeds``, then ``{stage}_{column}_mean`` and ``_std``
+    for each of ``TABLE3_CELLS``; NaN where nothing was measured."""
+    rows = []
+    for steps in sorted(starts):
+        label, training = starts[steps]
+        ends = start_and_end(training) if training is not None and len(training) else None
+        row: dict[str, Any] = {"pretrain_steps": int(steps), "start": label,
+                               "seeds": 0 if ends is None else int(ends["seed"].nunique())}  # fmt: skip
+        for stage, col, _ in TABLE3_CELLS:
+            vals = pd.Series(dtype=float)
+            if ends is not None and col in ends:
+                vals = ends.loc[ends["stage"] == stage, col].astype(float).dropna()
+            row[f"{stage}_{col}_mean"] = float(vals.mean()) if len(vals) else float("nan")
+            row[f"{stage}_{col}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def table3_cells(tab: pd.DataFrame) -> pd.DataFrame:
+    """``table3`` as the page shows it: ``mean ± std`` over seeds (the mean alone for one seed,
+    – where nothing was measured), one column per (stage, measure)."""
+    out = pd.DataFrame({"start": tab["start"], "pre-training steps": tab["pretrain_steps"]})
+    for stage, col, head in TABLE3_CELLS:
+        mean, std = tab[f"{stage}_{col}_mean"], tab[f"{stage}_{col}_std"]
+        out[f"{stage} fine-tuning: {head}"] = [
+            DASH if m != m else pm(float(m), float(sd)) for m, sd in zip(mean, std, strict=True)
+        ]
+    out["seeds"] = tab["seeds"]
+    return out
+
+
 # ---- the page's opening sentence -----------------------------------------------------------
 def _barrier_means(d: pd.DataFrame) -> pd.Series:
     """Mean train-loss barrier over seeds by (t_frac, sigma)."""

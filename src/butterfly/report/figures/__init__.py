@@ -16,11 +16,17 @@ from butterfly.report.figures.barriers import (
     barrier_vs_fraction,
     barrier_vs_l2,
     barrier_vs_sigma,
+    barrier_vs_sigma_one_weight,
     barrier_vs_t,
     performance_figure,
     spawn_figure,
 )
-from butterfly.report.figures.comparisons import finetune_figure, runs_side_by_side, settings_figure
+from butterfly.report.figures.comparisons import (
+    finetune_figure,
+    performance_compared,
+    runs_side_by_side,
+    settings_figure,
+)
 from butterfly.report.figures.registry import (
     FIGURES,
     SPECS,
@@ -67,6 +73,7 @@ __all__ = [
     "barrier_vs_fraction",
     "barrier_vs_l2",
     "barrier_vs_sigma",
+    "barrier_vs_sigma_one_weight",
     "barrier_vs_t",
     "cka_figure",
     "compared_figures",
@@ -78,6 +85,7 @@ __all__ = [
     "label_sigma",
     "label_t",
     "linearised_figure",
+    "performance_compared",
     "performance_figure",
     "run_figures",
     "runs_side_by_side",

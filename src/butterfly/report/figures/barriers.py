@@ -1,14 +1,17 @@
-"""Barriers (Eq. 4) against σ, t, L2, the fraction perturbed and final performance (Figures 2,
-7, 8, 10, 11, 27; workshop Figures 1, 5, 9)."""
+"""Barriers (Eq. 4) against σ, t, L2, the fraction perturbed and final performance (Figures 1
+right, 2, 7, 8, 10, 11, 27; workshop Figures 1, 5, 9, 11)."""
 
 from __future__ import annotations
 
 import matplotlib
 
 matplotlib.use("Agg")
+import math
+
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullLocator
 
 from butterfly.experiment.rows import children, spawned
 from butterfly.report.figures.style import (
@@ -18,16 +21,20 @@ from butterfly.report.figures.style import (
     empty,
     figure_grid,
     finish,
+    hidden,
     kids_of,
     label_sigma,
     legend,
+    line_key,
     palette_for,
+    series,
     set_scale,
     sigma_series,
     t_scatter,
     t_series,
 )
 from butterfly.report.summary import (
+    fmt_number,
     perturbed_kinds,
     seed_stats,
 )
@@ -58,27 +65,116 @@ def barrier_vs_sigma(
     return fig
 
 
+# what the workshop's barrier-vs-t figures draw: per row, (solid, dashed) columns and the scale
+WORKSHOP_ROWS = (
+    ("loss barrier (nats)", "barrier_train_loss", "barrier_test_loss", 1.0),
+    ("error barrier (% of examples)", "barrier_train_error", "barrier_test_error", 100.0),
+)
+
+
+def on_test_data(label: str) -> str:
+    """The (legend-hidden) label of the dashed test-data series drawn beside ``label``."""
+    return hidden(f"{label}, test data")
+
+
 def barrier_vs_t(df: pd.DataFrame, palette: Palette | None = None) -> Figure:
-    """Workshop Figures 1, 5, 9: train-loss (top) and test-error (bottom) barrier against t, a
-    column per kind, a line per σ."""
+    """Workshop Figures 1 and 5 (top: loss barriers) and 9 and 11 (bottom: error barriers in
+    percent, ``100 (1 - accuracy)``) against t: on the training data (solid) and on the test data
+    (dashed), a column per kind (1, 9: batch; 5, 11: Gaussian), a line per σ."""
     palette = palette_for(palette, df)
     d = kids_of(df).copy()
-    d["barrier_test_error_pct"] = 100.0 * d["barrier_test_error"]  # the workshop's percent
+    for _, train, test, scale in WORKSHOP_ROWS:
+        for col in (train, test):
+            # the workshop's percent for errors; a store without the column plots nothing
+            d[f"{col}_shown"] = scale * d[col] if col in d else float("nan")
     kinds = perturbed_kinds(d) or ["batch"]
-    metrics = ["barrier_train_loss", "barrier_test_error_pct"]
     fig, axes = figure_grid(2, len(kinds), sharex=True, sharey="row")
     for j, kind in enumerate(kinds):
-        for i, metric in enumerate(metrics):
-            sigma_series(axes[i, j], d[d["kind"] == kind], "t_frac", metric, palette)
+        dk = d[d["kind"] == kind]
+        for i, (_, train, test, _) in enumerate(WORKSHOP_ROWS):
+            sigma_series(axes[i, j], dk, "t_frac", f"{train}_shown", palette)
+            series(axes[i, j], dk, "t_frac", f"{test}_shown", "sigma", palette.sigma,
+                   lambda s: on_test_data(label_sigma(s)), palette.sigma_marker, ls="--",
+                   mfc="white")  # fmt: skip
         axes[0, j].set_title(KIND_TITLES[kind])
         axes[1, j].set_xlabel("perturbation time t / T")
-    axes[0, 0].set_ylabel("train-loss barrier (nats)")
-    axes[1, 0].set_ylabel("test-error barrier (% of test examples)")
+    for i, (ylabel, *_) in enumerate(WORKSHOP_ROWS):
+        axes[i, 0].set_ylabel(ylabel)
     for ax in axes.flat:
         set_scale(ax, "x", "log")
         set_scale(ax, "y", "symlog0")
     finish(axes.flat)
-    legend(fig, "perturbation size")
+    legend(fig, "perturbation size",
+           [line_key("-", "training data"), line_key("--", "test data")])  # fmt: skip
+    return fig
+
+
+def has_smaller_fraction(df: pd.DataFrame) -> bool:
+    """Whether some perturbed children perturb fewer weights than the largest fraction
+    (Figure 1, right: a ``fig11-fraction`` run)."""
+    f = children(df)["fraction"]
+    return f.nunique() > 1 and bool((f < 1).any())
+
+
+def fewest_weights(df: pd.DataFrame, kind: str) -> pd.DataFrame:
+    """The children of ``kind`` that perturb the fewest weights: the smallest fraction, at the
+    smallest σ it was perturbed by (one weight in ``fig11-fraction``: ``n_perturbed == 1``)."""
+    d = children(df)
+    d = d[d["kind"] == kind]
+    if d.empty:
+        return d
+    d = d[d["fraction"] == d["fraction"].min()]
+    return d[d["sigma"] == d["sigma"].min()]
+
+
+def weights_label(d: pd.DataFrame) -> str:
+    """``1 weight`` / ``N weights`` (the range if it varies) perturbed by the rows of ``d``."""
+    n = d["n_perturbed"].dropna().astype(int)
+    if n.empty:
+        return f"fraction {fmt_number(float(d['fraction'].iloc[0]))}"
+    lo, hi = int(n.min()), int(n.max())
+    if lo == hi:
+        return "1 weight" if lo == 1 else f"{lo} weights"
+    return f"{lo}-{hi} weights"
+
+
+def left_of(sigmas: pd.Series) -> float:
+    """Where the fewest-weights points go on the σ axis: a decade below the smallest σ's."""
+    s = sigmas[sigmas > 0]
+    return 10.0 ** (math.floor(math.log10(float(s.min())) + 1e-9) - 1) if len(s) else 1e-6
+
+
+def barrier_vs_sigma_one_weight(df: pd.DataFrame, palette: Palette | None = None) -> Figure:
+    """ICML Figure 1 (right): train-loss barrier against σ, a line per t, a panel per kind, for
+    the children that perturb the largest fraction of weights; the children that perturb the
+    fewest weights (the smallest fraction, at its smallest σ; one weight in ``fig11-fraction``)
+    are the leftmost point of each line, a decade left of the smallest σ (``left_of``) and
+    labelled by the number of weights they perturb."""
+    palette = palette_for(palette, df)
+    full = kids_of(df)
+    kinds = perturbed_kinds(full) or ["batch"]
+    few = {k: fewest_weights(df, k) for k in kinds}
+    x0 = left_of(pd.concat([full["sigma"], *(f["sigma"] for f in few.values())]))
+    fig, axes = figure_grid(1, len(kinds), sharey=True, sharex=True)
+    for ax, kind in zip(axes[0], kinds, strict=True):
+        d = pd.concat([full[full["kind"] == kind].assign(x=full["sigma"]),
+                       few[kind].assign(x=x0)])  # fmt: skip
+        t_series(ax, d, "x", "barrier_train_loss", palette)
+        ax.set_title(KIND_TITLES[kind])
+        ax.set_xlabel("perturbation size σ")
+    axes[0, 0].set_ylabel("train-loss barrier")
+    for ax, kind in zip(axes[0], kinds, strict=True):
+        set_scale(ax, "x", "log")
+        set_scale(ax, "y", "symlog0")
+        top = math.ceil(math.log10(max(float(full["sigma"].max()), x0 * 10)))
+        decades = [10.0**k for k in range(round(math.log10(x0)) + 1, top + 1)]
+        f = few[kind]
+        left = f"{weights_label(f)},\nσ = {fmt_number(float(f['sigma'].iloc[0]))}" if len(
+            f) else "fewest weights"  # fmt: skip
+        ax.set_xticks([x0, *decades], [left, *(fmt_number(v) for v in decades)], fontsize=8)
+        ax.xaxis.set_minor_locator(NullLocator())
+    finish(axes.flat)
+    legend(fig, "perturbed at")
     return fig
 
 

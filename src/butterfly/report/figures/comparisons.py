@@ -1,5 +1,5 @@
-"""Figures across runs or pre-training checkpoints: settings side by side (Figures 4, 7, 12, 14,
-15) and fine-tuning stability (Figure 5)."""
+"""Figures across runs or pre-training checkpoints: settings side by side (Figures 4, 7, 8, 12,
+14, 15, 28) and fine-tuning stability (Figure 5)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from matplotlib.figure import Figure
 from butterfly.experiment.rows import PERTURBED_KINDS
 from butterfly.report.figures.style import (
     KIND_TITLES,
-    MARKERS,
     Palette,
     empty,
     figure_grid,
@@ -21,7 +20,8 @@ from butterfly.report.figures.style import (
     label_t,
     legend,
     palette_for,
-    ramp,
+    run_colour,
+    run_marker,
     series,
     set_scale,
     t_series,
@@ -45,8 +45,8 @@ def settings_figure(frames: dict[str, pd.DataFrame]) -> Figure:
         if kind is None:
             continue
         dk = d[d["kind"] == kind]
-        colour = ramp("tab10", 0.0, 0.9, i, max(len(names), 2))
-        style = {"color": colour, "marker": MARKERS[i % len(MARKERS)], "s": 16, "clip_on": False}
+        style = {"color": run_colour(i, len(names)), "marker": run_marker(i), "s": 16,
+                 "clip_on": False}  # fmt: skip
         axes[0, 0].scatter(dk["l2"], dk["barrier_train_loss"], label=f"{name} ({kind})", **style)
         if dk["cka"].notna().any():
             axes[0, 1].scatter(dk["cka"], dk["barrier_train_loss"], **style)
@@ -68,9 +68,12 @@ def settings_figure(frames: dict[str, pd.DataFrame]) -> Figure:
     return fig
 
 
-def runs_side_by_side(frames: dict[str, pd.DataFrame], palette: Palette | None = None) -> Figure:
-    """Paper Figures 4 and 12: train-loss barrier against σ, a column per run, a row per kind, a
-    line per t (shared linear y from 0)."""
+def runs_side_by_side(
+    frames: dict[str, pd.DataFrame], palette: Palette | None = None, logy: bool = False
+) -> Figure:
+    """Paper Figures 4 and 12 (28 with ``logy``: a symmetric-log y axis from 0): train-loss
+    barrier against σ, a column per run, a row per kind, a line per t (one y axis shared by
+    every panel; linear from 0 unless ``logy``)."""
     palette = palette_for(palette, *frames.values())
     kids = {name: kids_of(df) for name, df in frames.items()}
     kinds = [k for k in PERTURBED_KINDS if any((d["kind"] == k).any() for d in kids.values())]
@@ -89,9 +92,41 @@ def runs_side_by_side(frames: dict[str, pd.DataFrame], palette: Palette | None =
             axes[i, 0].set_ylabel("train-loss barrier")
     for ax in axes.flat:
         set_scale(ax, "x", "log")
-        set_scale(ax, "y", "linear0")
+        set_scale(ax, "y", "symlog0" if logy else "linear0")
     finish(axes.flat)
     legend(fig, "perturbed at")
+    return fig
+
+
+def performance_compared(frames: dict[str, pd.DataFrame]) -> Figure:
+    """Paper Figure 8 as drawn there, pooled over the runs (the Table 1 settings): train-loss
+    barrier against the perturbed network's test accuracy at T (left) and its train
+    cross-entropy at T (right), a row per kind, each run a colour; one point per child and
+    seed (the children that perturb the largest fraction of weights)."""
+    names = list(frames)
+    kids = {name: kids_of(df) for name, df in frames.items()}
+    kinds = [k for k in PERTURBED_KINDS if any((d["kind"] == k).any() for d in kids.values())]
+    kinds = kinds or ["batch"]
+    fig, axes = figure_grid(len(kinds), 2, sharey="row")
+    for i, kind in enumerate(kinds):
+        for r, name in enumerate(names):
+            d = kids[name]
+            dk = d[d["kind"] == kind]
+            style = {"color": run_colour(r, len(names)), "marker": run_marker(r), "s": 16,
+                     "clip_on": False, "label": name}  # fmt: skip
+            for j, x in enumerate(("test_acc_b", "train_loss_b")):
+                pts = dk.dropna(subset=[x, "barrier_train_loss"])
+                if len(pts):
+                    axes[i, j].scatter(pts[x], pts["barrier_train_loss"], **style)
+        axes[i, 0].set_ylabel(f"{KIND_TITLES[kind]}:\ntrain-loss barrier")
+        for ax in axes[i]:
+            set_scale(ax, "y", "symlog0")
+        set_scale(axes[i, 0], "x", "linear")
+        set_scale(axes[i, 1], "x", "log")
+    axes[-1, 0].set_xlabel("test accuracy of the perturbed network")
+    axes[-1, 1].set_xlabel("train cross-entropy of the perturbed network")
+    finish(axes.flat)
+    legend(fig, "setting")
     return fig
 
 

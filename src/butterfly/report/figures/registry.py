@@ -22,11 +22,18 @@ from butterfly.report.figures.barriers import (
     barrier_vs_fraction,
     barrier_vs_l2,
     barrier_vs_sigma,
+    barrier_vs_sigma_one_weight,
     barrier_vs_t,
+    has_smaller_fraction,
     performance_figure,
     spawn_figure,
 )
-from butterfly.report.figures.comparisons import finetune_figure, runs_side_by_side, settings_figure
+from butterfly.report.figures.comparisons import (
+    finetune_figure,
+    performance_compared,
+    runs_side_by_side,
+    settings_figure,
+)
 from butterfly.report.figures.representations import cka_figure, fixed_points_figure
 from butterfly.report.figures.stability import (
     STABILITY_EPS,
@@ -128,17 +135,37 @@ FIGURES: list[FigureSpec] = [
         build=lambda r, p: barrier_vs_sigma(r.results, p, logy=True),
     ),
     FigureSpec(
+        "barrier_vs_sigma_one_weight.png", "Barrier against perturbation size, down to the "
+        "fewest weights perturbed (Figure 1, right)",
+        "Train-loss barrier against σ (log x axis), a panel per kind, a line per t; the leftmost "
+        "point of each line (a decade left of the smallest σ, labelled with the number of "
+        "weights) is the children that perturb the fewest weights: the smallest fraction of "
+        "weights, at the smallest σ it was perturbed by (one weight in fig11-fraction); the other "
+        f"points are the children that perturb the largest fraction. {SYMLOG0}. {MEAN}.",
+        when=lambda r: _has("barrier_train_loss")(r) and has_smaller_fraction(r.results),
+        build=lambda r, p: barrier_vs_sigma_one_weight(r.results, p),
+    ),
+    FigureSpec(
         "barrier_wm_vs_sigma.png", "After weight matching (Figure 2, middle)",
         "Train-loss barrier between the original and the child permuted by weight matching, "
-        f"against σ (log x axis), a panel per kind, a line per t; {SYMLOG0}. {MEAN}; {FULL}.",
+        f"against σ (log x axis), a panel per kind, a line per t; linear y axis from 0. {MEAN}; "
+        f"{FULL}.",
+        when=_has("barrier_train_loss_wm"),
+        build=lambda r, p: barrier_vs_sigma(r.results, p, "barrier_train_loss_wm"),
+    ),
+    FigureSpec(
+        "barrier_wm_vs_sigma_log.png", "The same, symmetric-log y (Figure 27, middle)",
+        f"As Figure 2 middle, on a {SYMLOG0}: small barriers and exact zeros stay visible.",
         when=_has("barrier_train_loss_wm"),
         build=lambda r, p: barrier_vs_sigma(r.results, p, "barrier_train_loss_wm", logy=True),
     ),
     FigureSpec(
-        "barrier_vs_t.png", "Barrier against perturbation time (workshop Figures 1, 5, 9)",
-        "Train-loss barrier (top, nats) and test-error barrier (bottom, in percent of the test "
-        f"examples, as in the workshop paper) against t/T ({LOGX}), a column per kind, a line "
-        f"per σ; {SYMLOG0}. {MEAN}; {FULL}.",
+        "barrier_vs_t.png", "Barrier against perturbation time (workshop Figures 1 right, 5, 9, "
+        "11)",
+        "Top: loss barriers (nats; workshop Figures 1 right and 5); bottom: error barriers, in "
+        "percent of the examples, 100 (1 − accuracy) (workshop Figures 9 and 11); on the "
+        "training data (solid) and the test data (dashed, open markers), against t/T "
+        f"({LOGX}), a column per kind, a line per σ; {SYMLOG0}. {MEAN}; {FULL}.",
         when=lambda r: r.kids["t_frac"].nunique() > 1, build=lambda r, p: barrier_vs_t(r.results, p),
     ),
     FigureSpec(
@@ -186,7 +213,7 @@ FIGURES: list[FigureSpec] = [
         when=_has("l2"), build=lambda r, p: barrier_vs_l2(r.results, p),
     ),
     FigureSpec(
-        "performance.png", "Barriers against final performance (Figure 8)",
+        "performance.png", "Barriers against final performance (Figure 8, this run)",
         f"Train-loss barrier ({SYMLOG0}) against the perturbed network's test accuracy at T "
         f"(left, linear) and its train cross-entropy (right, {LOGX.replace('x axis', 'axis')}), "
         f"a row per kind; one point per child and seed, coloured by t. {FULL}.",
@@ -227,6 +254,25 @@ FIGURES: list[FigureSpec] = [
         f"run). {MEAN}; {FULL}.",
         scope="compare", when=lambda runs: len(runs) > 1,
         build=lambda runs, p: runs_side_by_side({n: r.results for n, r in runs.items()}, p),
+    ),
+    FigureSpec(
+        "runs_compared_log.png", "The same, symmetric-log y (Figure 28)",
+        f"As Figures 4 and 12, on a {SYMLOG0} shared by every panel: small barriers and exact "
+        "zeros stay visible.",
+        scope="compare", when=lambda runs: len(runs) > 1,
+        build=lambda runs, p: runs_side_by_side({n: r.results for n, r in runs.items()}, p,
+                                                logy=True),
+    ),
+    FigureSpec(
+        "performance_compared.png", "Barriers against final performance, every setting (Figure 8)",
+        f"Train-loss barrier ({SYMLOG0}) against the perturbed network's test accuracy at T "
+        f"(left, linear) and its train cross-entropy (right, {LOGX.replace('x axis', 'axis')}), "
+        f"a row per kind, each run a colour; one point per child and seed, every t and σ. {FULL}.",
+        scope="compare",
+        when=lambda runs: len(runs) > 1 and any(_has("test_acc_b")(r)
+                                                and _has("barrier_train_loss")(r)
+                                                for r in runs.values()),
+        build=lambda runs, p: performance_compared({n: r.results for n, r in runs.items()}),
     ),
     FigureSpec(
         "settings_compared.png", "Settings compared: L2, CKA and ensembles (Figures 7, 14, 15)",

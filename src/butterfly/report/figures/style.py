@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from butterfly.atomic import atomic_path
 from butterfly.experiment.rows import PERTURBED_KINDS, children
@@ -157,13 +158,18 @@ def figure_grid(
     return fig, axes
 
 
-def legend(fig: Figure, title: str | None = None) -> None:
-    """One legend for the figure, to the right of every axes; each label once."""
+def legend(
+    fig: Figure, title: str | None = None, extra: Iterable[tuple[object, str]] = ()
+) -> None:
+    """One legend for the figure, to the right of every axes; each label once, then the
+    ``extra`` (handle, label) pairs (e.g. what a line style means)."""
     seen: dict[str, object] = {}
     for ax in fig.axes:
         for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
             if lab and not lab.startswith("_") and lab not in seen:
                 seen[lab] = h
+    for h, lab in extra:
+        seen.setdefault(lab, h)
     if seen:
         fig.legend(
             list(seen.values()), list(seen), loc="outside right upper", title=title,
@@ -244,6 +250,26 @@ def series(
         )  # fmt: skip
 
 
+def line_key(linestyle: str, label: str) -> tuple[Line2D, str]:
+    """A legend entry saying what a line style means (black, no marker)."""
+    return Line2D([], [], color="black", ls=linestyle, lw=1.5), label
+
+
+def hidden(label: str) -> str:
+    """A series label the legend leaves out (a second series of the same colour, told apart by
+    its line style), still readable from the figure."""
+    return "_" + label
+
+
+def run_colour(i: int, n: int) -> Colour:
+    """The colour of the i-th of n runs in a figure pooling runs (tab10, by the runs' order)."""
+    return ramp("tab10", 0.0, 0.9, i, max(n, 2))
+
+
+def run_marker(i: int) -> str:
+    return MARKERS[i % len(MARKERS)]
+
+
 def t_series(ax: Axes, d: pd.DataFrame, x: str, y: str, palette: Palette) -> None:
     series(ax, d, x, y, "t_frac", palette.t, label_t, palette.t_marker)
 
@@ -284,6 +310,8 @@ def palette_for(palette: Palette | None, *frames: pd.DataFrame) -> Palette:
 BARRIER_LABELS = {
     "barrier_train_loss": "train-loss barrier",
     "barrier_train_loss_wm": "train-loss barrier after weight matching",
+    "barrier_test_loss": "test-loss barrier",
+    "barrier_train_error": "train-error barrier",
     "barrier_test_error": "test-error barrier",
 }
 
