@@ -902,3 +902,23 @@ def test_f1_and_matthews_correlation_match_scikit_learn() -> None:
         assert f1 == pytest.approx(sk.f1_score(y, pred), abs=1e-12)
         assert mcc == pytest.approx(sk.matthews_corrcoef(y, pred), abs=1e-12)
     assert f1_and_mcc(torch.zeros(10), torch.zeros(10)) == (0.0, 0.0)
+
+
+def test_the_identity_table_counts_weight_matching_leaving_every_unit_in_place(runs: dict) -> None:
+    from butterfly.report.html import _summary
+    from butterfly.report.summary import identity_table
+
+    df = runs["A"]["df"]
+    tab = identity_table(df)
+    kids = df[(df.control == 0) & df.kind.isin(["batch", "gaussian"])].dropna(
+        subset=["fixed_point_fraction_wm"])  # fmt: skip
+    assert len(kids) > 0 and int(tab["children"].sum()) == len(kids)
+    for (kind, t_frac), row in tab.iterrows():
+        d = kids[(kids.kind == kind) & (kids.t_frac == t_frac)]
+        assert row["identity"] == int((d.fixed_point_fraction_wm == 1.0).sum())
+        assert row["fixed_points"] == pytest.approx(d.fixed_point_fraction_wm.mean())
+        assert row["barrier_wm"] == pytest.approx(d.barrier_train_loss_wm.mean())
+    same = int((kids.fixed_point_fraction_wm == 1.0).sum())
+    assert f"left every unit in place for {same} of {len(kids)} perturbed children" in _summary(df)
+    # without weight matching there is no table
+    assert identity_table(df.drop(columns=["fixed_point_fraction_wm"])).empty

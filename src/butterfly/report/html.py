@@ -36,6 +36,7 @@ from butterfly.report.summary import (
     finetune_table,
     fmt_number,
     fmt_t,
+    identity_table,
     pm_table,
     pretrain_labels,
     summary_table,
@@ -170,6 +171,23 @@ def _summary(df: pd.DataFrame) -> str:
                 "kind, fraction, t",
                 "summary-fraction",
             )
+        )
+    ident = identity_table(df)
+    if not ident.empty:
+        total, same = int(ident["children"].sum()), int(ident["identity"].sum())
+        shown = ident.reset_index()
+        shown["t"] = shown.pop("t_frac").map(fmt_t)
+        shown = shown[["kind", "t", "children", "identity", "fixed_points", "barrier", "barrier_wm"]]
+        parts.append(
+            "<h2>Weight matching: how often it finds the identity (Appendix C.5)</h2>"
+            f"<p>Weight matching left every unit in place for {same} of {total} perturbed "
+            "children (the paper finds the identity for its transformers, and a weak link "
+            "between fixed points and barriers for its ResNets). fixed_points: the mean "
+            "fraction of units left in place; barrier, barrier_wm: the mean train-loss "
+            "barrier before and after matching.</p>"
+            + _table(shown.rename(columns={"fixed_points": "fixed points",
+                                           "barrier_wm": "barrier after matching"}),
+                     cls="identity")
         )
     return "".join(parts)
 

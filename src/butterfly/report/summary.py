@@ -111,6 +111,26 @@ def summary_table(
     return stats["mean"].unstack("sigma")
 
 
+def identity_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Appendix C.5: how often weight matching returned the identity permutation (every unit
+    left in place), by kind and t/T over every perturbed child it aligned: ``children``,
+    ``identity`` (how many), ``fixed_points`` (the mean fraction of units left in place) and
+    the mean train-loss barrier before and after matching. Empty without weight matching."""
+    if "fixed_point_fraction_wm" not in df.columns:
+        return pd.DataFrame()
+    d = children(df).dropna(subset=["fixed_point_fraction_wm"])
+    if d.empty:
+        return pd.DataFrame()
+    g = d.groupby(["kind", "t_frac"])
+    return pd.DataFrame({
+        "children": g.size(),
+        "identity": g["fixed_point_fraction_wm"].agg(lambda s: int((s == 1.0).sum())),
+        "fixed_points": g["fixed_point_fraction_wm"].mean(),
+        "barrier": g["barrier_train_loss"].mean(),
+        "barrier_wm": g["barrier_train_loss_wm"].mean(),
+    })  # fmt: skip
+
+
 def format_table(df: pd.DataFrame) -> str:
     """Barrier and L2 per (kind, t) x sigma, as printed at the end of ``butterfly run``."""
     by_fraction = children(df)["fraction"].nunique() > 1
