@@ -6,6 +6,7 @@ import pytest
 
 from butterfly.cli import main
 from butterfly.config import ConfigError, RunConfig, build_config, load_config
+from butterfly.sweep import run_sweep
 
 
 def test_defaults_are_the_documented_default_sweep() -> None:
@@ -44,6 +45,15 @@ def test_defaults_are_the_documented_default_sweep() -> None:
         ({"name": "../../x"}, "name '../../x' must be one folder name"),
         ({"name": "a/b/c"}, "must be one folder name"),
         ({"name": ""}, "must be one folder name"),
+        ({"perturb": {"times": [0.0, 0.5], "sigmas_at": {0.3: [1e-3]}}},
+         "perturb.sigmas_at gives sizes for t = 0.3, which is not one of perturb.times (0, 0.5)"),
+        ({"perturb": {"sigmas_at": {"early": [1e-3]}}}, "the key 'early' is not a time"),
+        ({"perturb": {"sigmas_at": {0.0: []}}}, "perturb.sigmas_at gives t = 0 no sizes"),
+        ({"perturb": {"sigmas_at": {0.5: [0.0]}}},
+         "perturb.sigmas_at at t = 0.5: sizes must be positive and finite"),
+        ({"perturb": {"sigmas_at": {0.0: [1e-3]}}, "threshold": {}},
+         "butterfly threshold searches the sizes itself"),
+        ({"perturb": {"layers": [" "]}}, "perturb.layers holds an empty pattern"),
     ],
 )
 def test_bad_values_name_the_field(raw: dict, needle: str) -> None:
@@ -94,3 +104,54 @@ def test_cli_exits_2_with_one_sentence(tmp_path: Path, capsys: pytest.CaptureFix
     assert "Traceback" not in err
     assert not (tmp_path / "r").exists(), "nothing may be written before validation passes"
     assert main(["run", str(tmp_path / "nope.yaml")]) == 2
+
+
+LEAN = {"weight_matching": False, "activation_matching": False, "proxy_fractions": [], "cka": False,
+        "trajectory_points": 0}  # fmt: skip
+
+
+def test_a_size_grid_per_time_sets_each_population(tmp_path: Path) -> None:
+    """perturb.sigmas_at: the members of the population at each t, the units of the plan, the
+    rows of the run and the minimum steps all follow the grid of that t."""
+    from butterfly.experiment.members import population_members
+    from butterfly.sweep.plan import minimum_steps, plan
+    from conftest import tiny_config
+
+    grid = {"times": [0.0, 0.2, 0.5], "sigmas": [1e-3, 1e-1],
+            "sigmas_at": {0.0: [1e-5, 1e-4, 1e-3], 0.5: [1.0]}}  # fmt: skip
+    cfg = tiny_config(perturb=grid, eval=LEAN)
+    assert cfg.perturbation_steps() == [0, 12, 30]
+    assert [cfg.sigmas_at_step(t) for t in (0, 12, 30)] == [[1e-5, 1e-4, 1e-3], [1e-3, 1e-1], [1.0]]
+    names = {t: [m.name for m in population_members(cfg, t)] for t in (0, 12, 30)}
+    assert names[0] == ["original", "control", "batch-s1e-05-f1-d0", "batch-s0.0001-f1-d0",
+                        "batch-s0.001-f1-d0", "gaussian-s1e-05-f1-d0", "gaussian-s0.0001-f1-d0",
+                        "gaussian-s0.001-f1-d0"]  # fmt: skip
+    assert names[12][2:] == ["batch-s0.001-f1-d0", "batch-s0.1-f1-d0", "gaussian-s0.001-f1-d0",
+                             "gaussian-s0.1-f1-d0"]  # fmt: skip
+    assert names[30] == ["original", "control", "batch-s1-f1-d0", "gaussian-s1-f1-d0"]
+    assert [len(u.members) for u in plan(cfg)] == [8, 6, 4]
+    assert minimum_steps(cfg) == 60 + (60 + 6 * 60) + (48 + 4 * 48) + (30 + 2 * 30)
+    # the grid survives the run folder's config (JSON keys are text) and YAML
+    assert build_config(cfg.to_dict()) == cfg
+    (tmp_path / "c.yaml").write_text("perturb:\n  times: [0.0, 0.5]\n  sigmas_at: {0.5: 2.0}\n")
+    assert load_config(tmp_path / "c.yaml").perturb.sigmas_at == {0.5: [2.0]}
+    df = run_sweep(cfg, tmp_path / "run", quiet=True).results
+    kids = df[df.control == 0]
+    got = {t: sorted(set(g.sigma)) for t, g in kids.groupby("t_frac")}
+    assert got == {0.0: [1e-5, 1e-4, 1e-3], 0.2: [1e-3, 1e-1], 0.5: [1.0]}
+    assert (kids.groupby(["t_frac", "kind"]).size() == [3, 3, 2, 2, 1, 1]).all()
+    assert (df[df.control == 1].l2 == 0.0).all() and len(df[df.control == 1]) == 3
+
+
+def test_cli_refuses_a_size_grid_for_a_time_not_perturbed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["run", "--set", "perturb.sigmas_at={0.3: [1e-3]}", "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert err.startswith(
+        "butterfly: error: perturb.sigmas_at gives sizes for t = 0.3, which is not one of "
+        "perturb.times (0, 0.001, 0.005, 0.02, 0.1, 0.5): each key must be a perturbation time "
+        "listed in perturb.times"
+    )
+    assert not (tmp_path / "r").exists()

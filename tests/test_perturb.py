@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from torch import nn
 
 from butterfly.config import ModelConfig
@@ -12,9 +14,11 @@ from butterfly.experiment.perturb import (
     eligible,
     gaussian_direction,
     make_mask,
+    matching,
     scale_direction,
 )
 from butterfly.models import build_model, param_info
+from butterfly.sweep import run_sweep
 
 
 class Tiny(nn.Module):
@@ -134,3 +138,71 @@ def test_zero_direction_is_refused() -> None:
         scale_direction(
             {n: torch.zeros(shapes[n]) for n in names}, make_mask(shapes, names, 1.0), info
         )
+
+
+def test_layer_patterns_choose_the_parameters_within_the_mask() -> None:
+    m = build_model(ModelConfig(name="resnet", width=4, depth=8), (3, 8, 8), 10, seed=0)
+    info = param_info(m)
+    first = ["blocks.0.conv1.weight", "blocks.0.conv2.weight"]
+    assert eligible(info, "weights", ["blocks.0.*"]) == first
+    assert eligible(info, "weights", ["blocks.2.*", "blocks.0.*"]) == [
+        *first, "blocks.2.conv1.weight", "blocks.2.conv2.weight", "blocks.2.shortcut.0.weight"]  # fmt: skip
+    assert eligible(info, "norm", ["blocks.0.*"]) == [
+        "blocks.0.norm1.weight", "blocks.0.norm1.bias", "blocks.0.norm2.weight", "blocks.0.norm2.bias"]  # fmt: skip
+    assert eligible(info, "all", ["out.*"]) == ["out.weight", "out.bias"]
+    assert eligible(info, "weights", []) == eligible(info, "weights")  # no patterns: every one
+    assert matching(["a.weight", "A.weight"], ["a.*"]) == ["a.weight"]  # case-sensitive
+    with pytest.raises(ValueError, match=r"selects no parameter of this model within perturb.layers \['out.bias'\]"):
+        eligible(info, "weights", ["out.bias"])
+
+
+def test_a_layer_mask_perturbs_only_its_block_with_eq6_scaled_to_it() -> None:
+    import butterfly
+
+    m = build_model(ModelConfig(name="resnet", width=4, depth=8), (3, 8, 8), 10, seed=0)
+    child = butterfly.perturb(m, 0.01, layers=["blocks.1.*"])
+    before = {k: v.detach() for k, v in m.named_parameters()}
+    after = {k: v.detach() for k, v in child.named_parameters()}
+    changed = sorted(n for n in before if not torch.equal(before[n], after[n]))
+    assert changed == ["blocks.1.conv1.weight", "blocks.1.conv2.weight", "blocks.1.shortcut.0.weight"]
+    info = param_info(m)
+    target = math.sqrt(sum(before[n].numel() * info[n].init_var for n in changed))  # Eq. 6
+    delta = math.sqrt(sum(float((after[n] - before[n]).double().square().sum()) for n in changed))
+    assert delta == pytest.approx(0.01 * target, rel=1e-4)
+
+
+def test_a_sweep_with_layer_patterns_perturbs_only_those_weights(tmp_path: Path) -> None:
+    from conftest import tiny_config
+
+    lean = {"weight_matching": False, "activation_matching": False, "proxy_fractions": [],
+            "trajectory_points": 0}  # fmt: skip
+    cfg = tiny_config(perturb={"times": [0.0], "sigmas": [1e-2], "layers": ["hidden.1.*"]},
+                      eval=lean)  # fmt: skip
+    df = run_sweep(cfg, tmp_path / "run", quiet=True).results
+    kids = df[df.control == 0]
+    assert len(kids) == 2 and (kids.n_perturbed == 16 * 16).all()  # hidden.1.weight of width 16
+    gauss = kids[kids.kind == "gaussian"].iloc[0]
+    assert gauss.noise_l2 == pytest.approx(1e-2 * math.sqrt(256 * 2 / 16), rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("layers", "needle"),
+    [
+        ("[blocks.*]", "perturb.layers pattern 'blocks.*' matches no parameter of model 'mlp'; its "
+         "parameters are named like hidden.0.weight, hidden.0.bias, hidden.1.weight"),
+        ("['*.bias']", "perturb.layers ['*.bias'] and perturb.mask = weights together select no "
+         "parameter of model 'mlp': the patterns match only bias parameters"),
+    ],
+)
+def test_layer_patterns_are_checked_against_the_model_before_anything_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], layers: str, needle: str
+) -> None:
+    from butterfly.cli import main
+    from conftest import tiny_config
+
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(tiny_config().to_dict()))
+    code = main(["run", str(tmp_path / "c.yaml"), "--set", f"perturb.layers={layers}",
+                 "--out", str(tmp_path / "r")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"butterfly: error: {needle}") and "Traceback" not in err
+    assert not (tmp_path / "r").exists()

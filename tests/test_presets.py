@@ -22,7 +22,8 @@ def test_presets_are_listed_and_valid_at_both_scales(capsys: pytest.CaptureFixtu
         "finetune-cifar100-to-cifar10", "finetune-cifar10-to-cifar100", "finetune-minilm",
         "threshold-standard", "threshold-finetune", "lyapunov-standard", "finetune-vit",
         "finetune-olmo-gsm8k", "finetune-multibert", "glue-sst2", "glue-qnli", "glue-mrpc",
-        "glue-rte", "glue-cola",
+        "glue-rte", "glue-cola", "workshop-insets", "workshop-gaussian", "b3-layers-first",
+        "b3-layers-middle", "b3-layers-last",
     }  # fmt: skip
     assert expected <= set(NAMES)
     for name, doc in list_presets():
@@ -49,7 +50,11 @@ def test_presets_are_listed_and_valid_at_both_scales(capsys: pytest.CaptureFixtu
     for task in ("sst2", "qnli", "mrpc", "rte", "cola"):
         g = load_config(f"glue-{task}", scale="full")
         assert [s for s, _ in g.pretrain.folders] == [20_000, 200_000, 2_000_000]
+        # A.2: both MultiBERT pre-training runs, seed 0 from seed_0's folders, seed 1 from seed_1's
+        assert g.seeds == [0, 1] and all("multiberts-seed_{seed}-step_" in p for _, p in g.pretrain.folders)
         assert (g.recipe.optimizer, g.recipe.lr, g.recipe.weight_decay) == ("adamw", 2e-5, 0.01)
+    mb = load_config("finetune-multibert", scale="full")
+    assert mb.seeds == [0, 1] and all("seed_{seed}" in p for _, p in mb.pretrain.folders)
     table2 = {"qnli": (128, None, 3), "sst2": (128, 2500, None), "cola": (32, 1500, None),
               "mrpc": (32, 500, None), "rte": (32, 500, None)}  # fmt: skip
     for task, (bs, steps, epochs) in table2.items():
@@ -91,6 +96,63 @@ def test_the_table1_presets_state_only_what_differs_from_the_standard_one() -> N
     doc = dict(list_presets())
     assert "ResNet-8" in doc["table1-perturb-norm"]["cpu"]["note"]
     assert load_config("table1-perturb-norm").model.name == "resnet"
+
+
+def test_table1_cpu_scales_perturb_at_the_early_times_too() -> None:
+    """Every Table 1 preset's cpu scale perturbs at 0, 0.1%, 0.5%, 2%, 5% and 50% of T."""
+    for name in NAMES:
+        if name.startswith("table1-"):
+            cfg = load_config(name, scale="cpu")
+            assert cfg.perturb.times == [0.0, 0.001, 0.005, 0.02, 0.05, 0.5], name
+            T = cfg.recipe.steps
+            assert cfg.perturbation_steps() == sorted({round(f * T) for f in cfg.perturb.times})
+    assert load_config("table1-standard", scale="cpu").perturbation_steps() == [0, 3, 15, 60, 150, 1500]
+
+
+def test_workshop_insets_use_smaller_sizes_early_and_larger_late() -> None:
+    from butterfly.experiment.members import population_members
+
+    for name, kind in (("workshop-insets", "batch"), ("workshop-gaussian", "gaussian")):
+        for scale in ("cpu", "full"):
+            cfg = load_config(name, scale=scale)
+            p = cfg.perturb
+            assert p.kinds == [kind] and not p.normalize and p.child_steps == "T_after_t"
+            assert p.mask == "weights" and set(p.sigmas_at) <= set(p.times)
+            early, late = p.sigmas_at[0.0], p.sigmas_at[0.5]
+            assert min(early) < min(p.sigmas) and max(late) > max(p.sigmas), (name, scale)
+            members = {t: {m.sigma for m in population_members(cfg, t) if m.kind == kind}
+                       for t in cfg.perturbation_steps()}  # fmt: skip
+            assert members[0] == set(early) and members[max(members)] == set(late)
+            assert any(v == set(p.sigmas) for v in members.values())  # a middle t: the main grid
+    full = load_config("workshop-insets", scale="full")
+    assert full.perturbation_steps() == [0, 10, 49, 390, 1950, 9750] and full.recipe.steps == 19500
+    assert full.perturb.sigmas_at[0.0] == [1e-6, 1e-5, 1e-4, 1e-3, 1e-2]  # 0.1 left out (Figure 1)
+    assert full.perturb.sigmas_at[0.1] == full.perturb.sigmas_at[0.5] == [1e-4, 1e-3, 1e-2, 0.1, 1.0]
+    gauss = load_config("workshop-gaussian", scale="full").perturb.sigmas_at
+    assert gauss[0.0][:2] == [1e-6, 1e-5] and gauss[0.5][-2:] == [0.5, 1.0]
+
+
+def test_b3_presets_perturb_the_first_middle_and_last_block() -> None:
+    from butterfly.experiment.perturb import eligible
+    from butterfly.experiment.resolve import check_layers
+    from butterfly.models import build_model, param_info
+
+    blocks = {"cpu": (0, 1, 2), "full": (0, 4, 8)}  # ResNet-8: 3 blocks; ResNet-20: 9
+    for scale, shape in (("cpu", (1, 40)), ("full", (3, 32, 32))):
+        chosen = []
+        for name, b in zip(("first", "middle", "last"), blocks[scale], strict=True):
+            cfg = load_config(f"b3-layers-{name}", scale=scale)
+            assert cfg.model.name == "resnet" and cfg.perturb.layers == [f"blocks.{b}.*"]
+            info = param_info(build_model(cfg.model, shape, 10, seed=0))
+            check_layers(cfg.perturb, info, cfg.model.name)
+            names = eligible(info, cfg.perturb.mask, cfg.perturb.layers)
+            assert names and all(n.startswith(f"blocks.{b}.") and info[n].kind == "weight"
+                                 for n in names)  # fmt: skip
+            chosen.append(names)
+        assert not set(chosen[0]) & set(chosen[1]) and not set(chosen[1]) & set(chosen[2])
+    full = load_config("b3-layers-middle", scale="full")
+    std = load_config("table1-standard", scale="full")
+    assert full.model_copy(update={"name": std.name, "perturb": std.perturb}) == std
 
 
 def test_a_config_extends_a_preset_or_another_file(tmp_path: Path) -> None:
@@ -151,6 +213,18 @@ def test_every_cpu_preset_runs_end_to_end(name: str, tmp_path: Path) -> None:
     if name == "finetune-olmo-gsm8k":  # exact match is a rate; no logit ensemble for an LM
         assert kids.test_acc_b.between(0, 1).all() and df.ensemble_test_acc.isna().all()
         assert sorted(df.pretrain_steps.unique()) == [0, 30, 150]
+    if name in ("workshop-insets", "workshop-gaussian"):  # each t with its own sizes
+        cfg = load_config(name)
+        for t_frac, g in kids.groupby("t_frac"):
+            assert sorted(set(g.sigma)) == sorted(cfg.perturb.sigmas_of(t_frac)), (name, t_frac)
+    if name.startswith("b3-layers-"):  # one residual block's weights only
+        from butterfly.models import build_model
+
+        cfg = load_config(name)
+        model = build_model(cfg.model, (1, 40), 10, seed=0)
+        pat = cfg.perturb.layers[0].removesuffix("*")
+        n = sum(p.numel() for k, p in model.named_parameters() if k.startswith(pat) and p.dim() > 1)
+        assert (kids.n_perturbed == n).all()
     if name == "finetune-vit":
         assert sorted(df.pretrain_steps.unique()) == [0, 14, 70]
         assert kids.barrier_train_loss.notna().all() and kids.cka.notna().all()

@@ -90,3 +90,30 @@ def perturbation_times(p: PerturbConfig, recipe: RecipeConfig) -> None:
 def threshold_kinds(threshold: ThresholdConfig | None, p: PerturbConfig) -> None:
     if threshold is not None and "spawn" in p.kinds:
         raise ValueError("threshold searches perturbation sizes: perturb.kinds cannot hold spawn")
+
+
+def sizes_per_time(
+    p: PerturbConfig, recipe: RecipeConfig, threshold: ThresholdConfig | None
+) -> None:
+    """``perturb.sigmas_at`` is a grid's: a threshold search proposes its own sizes; two times
+    that fall on the same step (once the steps are known) must not ask for different sizes."""
+    if not p.sigmas_at:
+        return
+    if threshold is not None:
+        raise ValueError(
+            "perturb.sigmas_at sets the sizes of a grid per time, but butterfly threshold "
+            "searches the sizes itself: remove perturb.sigmas_at"
+        )
+    if recipe.epochs is not None:
+        return
+    T = recipe.steps
+    seen: dict[int, tuple[float, list[float]]] = {}
+    for f in p.times:
+        step, sizes = round(f * T), p.sigmas_of(f)
+        if step in seen and seen[step][1] != sizes:
+            raise ValueError(
+                f"perturb.times {seen[step][0]:g} and {f:g} are both step {step} of T = {T}, but "
+                "perturb.sigmas_at gives them different sizes: drop one of the two times or give "
+                "both the same sizes"
+            )
+        seen.setdefault(step, (f, sizes))

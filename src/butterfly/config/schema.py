@@ -67,6 +67,7 @@ class RunConfig(Strict):
         rules.runtime_and_model(self.runtime, self.model)
         rules.threshold_kinds(self.threshold, self.perturb)
         rules.perturbation_times(self.perturb, self.recipe)
+        rules.sizes_per_time(self.perturb, self.recipe, self.threshold)
         return self
 
     def child_end(self, t: int) -> int:
@@ -79,6 +80,17 @@ class RunConfig(Strict):
         T = self.recipe.steps
         ts = {round(f * T) for f in self.perturb.times} | set(self.perturb.steps)
         return sorted(t for t in ts if t < T)
+
+    def sigmas_at_step(self, t: int) -> list[float]:
+        """The sizes σ of the population perturbed at step ``t``: ``perturb.sigmas_at`` of the
+        time in ``perturb.times`` that is step ``t`` (round(t_frac x T)), else
+        ``perturb.sigmas``. A step of ``perturb.steps`` that is also such a time takes its
+        sizes too (it is the same population)."""
+        T = self.recipe.steps
+        for f in self.perturb.times:
+            if round(f * T) == t and f in self.perturb.sigmas_at:
+                return self.perturb.sigmas_of(f)
+        return list(self.perturb.sigmas)
 
     def code_named(self) -> list[tuple[str, str]]:
         """(key, name) of every object the config names outside butterfly: a model, data loader

@@ -9,9 +9,11 @@ MNIST-1D, T = 3000). A field's own checks live beside it; rules that join sectio
 
 from __future__ import annotations
 
+import fnmatch
 import re
 import types
 import typing
+from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
 from pydantic import (
@@ -38,6 +40,28 @@ CAUSAL_DATA = ("gsm8k", "arithmetic")  # question/answer text for causal languag
 TEXT_DATA = ("glue", "sentiment", "pairs", *CAUSAL_DATA)
 BUILTIN_MODELS = ("mlp", "cnn", "resnet", "resnet50", "vit", "gpt", "hf")
 STORED = "stored"  # in-memory data given through Python, written once into the run folder
+
+
+SEED = "{seed}"  # in a checkpoint's or folder's path: the seed of the run using it
+PLACEHOLDER = re.compile(r"\{[^{}]*\}")
+
+
+def per_seed(path: str, seed: int) -> str:
+    """``path`` with ``{seed}`` replaced by ``seed``: each seed's own checkpoint or folder
+    (MultiBERT's ``multiberts-seed_{seed}-step_20k``)."""
+    return path.replace(SEED, str(seed))
+
+
+def seed_placeholder_only(path: str, where: str) -> str:
+    """A path may hold ``{seed}`` and no other ``{...}`` (a misspelt ``{Seed}`` or ``{seeds}``
+    would otherwise be read as part of the name)."""
+    for m in PLACEHOLDER.findall(path):
+        if m != SEED:
+            raise ValueError(
+                f"{where} {shown(path)} holds {m}: the one placeholder a path may hold is {SEED} "
+                "(replaced by each seed, for a checkpoint or folder per seed)"
+            )
+    return path
 
 
 def _bounded(v: Any, where: str) -> Any:
@@ -217,7 +241,8 @@ class ModelConfig(Strict):
     heads: int = Field(3, ge=1, description="vit and gpt: attention heads")
     dropout: float = Field(0.0, ge=0, lt=1, description="vit and gpt: dropout rate")
     path: str | None = Field(
-        None, description="hf only: local model folder, cached hub id, or 'minilm' (bundled)"
+        None, description="hf only: local model folder ('{seed}' is replaced by the seed), "
+        "cached hub id, or 'minilm' (bundled)"
     )
     task: Literal["auto", "classify", "causal_lm"] = Field(
         "auto", description="hf only: classify (sequence/image classifier) or causal_lm "
@@ -236,6 +261,17 @@ class ModelConfig(Strict):
     @property
     def builtin(self) -> bool:
         return self.name in BUILTIN_MODELS
+
+    def for_seed(self, seed: int) -> ModelConfig:
+        """The model of ``seed``: ``{seed}`` in ``path`` and ``init_from`` replaced by it."""
+        update = {k: per_seed(v, seed) for k in ("path", "init_from")
+                  if (v := getattr(self, k)) and SEED in v}  # fmt: skip
+        return self.model_copy(update=update) if update else self
+
+    @field_validator("path", "init_from")
+    @classmethod
+    def _placeholder(cls, v: str | None, info: Any) -> str | None:
+        return v if v is None else seed_placeholder_only(v, f"model.{info.field_name}")
 
     @property
     def keeps_own_init(self) -> bool:
@@ -444,10 +480,28 @@ class RecipeConfig(Strict):
 
 Kind = Literal["batch", "gaussian", "spawn"]
 Mask = Literal["weights", "weights+biases", "norm", "biases", "biases+norm", "all"]
+MASK_KINDS: dict[str, tuple[str, ...]] = {  # the parameter kinds each perturb.mask takes
+    "weights": ("weight",),
+    "weights+biases": ("weight", "bias"),
+    "biases": ("bias",),
+    "norm": ("norm",),
+    "biases+norm": ("bias", "norm"),
+    "all": ("weight", "bias", "norm"),
+}
+
+
+def matching(names: Iterable[str], patterns: Sequence[str]) -> list[str]:
+    """The names that match one of the glob ``patterns`` (``fnmatch``, case-sensitive, as
+    ``perturb.layers`` and ``recipe.groups`` read them), in their order; every name when there
+    are no patterns."""
+    if not patterns:
+        return list(names)
+    return [n for n in names if any(fnmatch.fnmatchcase(n, pat) for pat in patterns)]
 
 
 class PerturbConfig(Strict):
-    """The perturbation grid: times t, sizes sigma, kinds, masks (paper Eq. 2, 3, 6)."""
+    """The perturbation grid: times t, sizes sigma (per t with ``sigmas_at``), kinds, masks
+    (kinds of parameters, name patterns ``layers``, fractions) (paper Eq. 2, 3, 6)."""
 
     times: list[float] = Field(
         default_factory=lambda: [0.0, 0.001, 0.005, 0.02, 0.1, 0.5],
@@ -487,6 +541,92 @@ class PerturbConfig(Strict):
     lr_rewind: bool = Field(
         False, description="restart children's LR schedule at t (workshop appendix D)"
     )
+    sigmas_at: dict[float, list[float]] = Field(
+        default_factory=dict,
+        description="sizes per perturbation time: {t: [σ, ...]} replaces perturb.sigmas at "
+        "that t (each key one of perturb.times), e.g. smaller sizes early and larger late",
+    )
+    layers: list[str] = Field(
+        default_factory=list,
+        description="perturb only the parameters whose names match one of these patterns "
+        "(fnmatch: 'blocks.0.*'), within perturb.mask; [] = every parameter perturb.mask takes",
+    )
+
+    def sigmas_of(self, t_frac: float | None) -> list[float]:
+        """The sizes of the population at time fraction ``t_frac`` (None: perturb.sigmas)."""
+        if t_frac is None:
+            return list(self.sigmas)
+        return list(self.sigmas_at.get(t_frac, self.sigmas))
+
+    @field_validator("sigmas_at", mode="before")
+    @classmethod
+    def _sigmas_at_keys(cls, v: Any) -> Any:
+        """Keys are times: numbers, or their text (a config read back from JSON, ``--set``)."""
+        if not isinstance(v, dict):
+            return v
+        out: dict[float, Any] = {}
+        for k, sizes in v.items():
+            t: float | None = None
+            if isinstance(k, (int, float)) and not isinstance(k, bool):
+                t = float(k)
+            elif isinstance(k, str):
+                try:
+                    t = float(k)
+                except ValueError:
+                    t = None
+            if t is None or t != t or t in (float("inf"), float("-inf")):
+                raise ValueError(
+                    f"perturb.sigmas_at maps perturbation times (fractions of T, as in "
+                    f"perturb.times) to lists of sizes; the key {shown(k)} is not a time"
+                )
+            if t in out:
+                raise ValueError(f"perturb.sigmas_at gives t = {t:g} twice")
+            out[t] = sizes if isinstance(sizes, list) else [sizes]
+        return out
+
+    @field_validator("sigmas_at")
+    @classmethod
+    def _sigmas_at(cls, v: dict[float, list[float]]) -> dict[float, list[float]]:
+        for t, sizes in v.items():
+            if not sizes:
+                raise ValueError(
+                    f"perturb.sigmas_at gives t = {t:g} no sizes: give at least one, or leave "
+                    "the time out to use perturb.sigmas"
+                )
+            for x in sizes:
+                if not x > 0 or x != x or x == float("inf"):
+                    raise ValueError(
+                        f"perturb.sigmas_at at t = {t:g}: sizes must be positive and finite; got "
+                        f"{x} (the sigma = 0 control is always added)"
+                    )
+            if len(set(sizes)) != len(sizes):
+                raise ValueError(f"perturb.sigmas_at at t = {t:g} has duplicate sizes: {sizes}")
+        return v
+
+    @field_validator("layers")
+    @classmethod
+    def _layers(cls, v: list[str]) -> list[str]:
+        for pat in v:
+            if not pat.strip():
+                raise ValueError(
+                    "perturb.layers holds an empty pattern: give parameter name patterns such "
+                    "as 'blocks.0.*'"
+                )
+        if len(set(v)) != len(v):
+            raise ValueError(f"perturb.layers has duplicate patterns: {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _sigmas_at_times(self) -> PerturbConfig:
+        for t in self.sigmas_at:
+            if t not in self.times:
+                shown_times = ", ".join(f"{x:g}" for x in self.times) or "none"
+                raise ValueError(
+                    f"perturb.sigmas_at gives sizes for t = {t:g}, which is not one of "
+                    f"perturb.times ({shown_times}): each key must be a perturbation time listed "
+                    "in perturb.times"
+                )
+        return self
 
     @field_validator("times")
     @classmethod
@@ -744,7 +884,8 @@ class PretrainConfig(Strict):
         description="pre-training steps to fine-tune from; or, instead of pre-training here, "
         "local checkpoints made elsewhere (MultiBERT, OLMo): Hugging Face model folders for "
         "model.name = hf, butterfly/safetensors files otherwise, each a path whose name holds "
-        "its step (step_20k, step2000) or {path, step}",
+        "its step (step_20k, step2000) or {path, step}; '{seed}' in a path is replaced by each "
+        "seed (a checkpoint per seed: multiberts-seed_{seed}-step_20k)",
     )
 
     @property
@@ -775,6 +916,8 @@ class PretrainConfig(Strict):
         if not all(ints):
             folders = self.folders
             assert folders is not None
+            for _, path in folders:
+                seed_placeholder_only(path, "pretrain.checkpoints:")
             steps = [s for s, _ in folders]
             if len(set(steps)) != len(steps):
                 raise ValueError(

@@ -54,15 +54,18 @@ def member_name(kind: str, sigma: float, fraction: float, direction: int) -> str
     return f"{kind}-s{sigma:.3g}-f{fraction:.3g}-d{direction}"
 
 
-def population_members(cfg: RunConfig) -> tuple[Member, ...]:
-    """[original, control, children...] in a fixed order: every (kind, sigma, fraction,
-    direction) of the grid, then one spawned child per direction index."""
+def population_members(cfg: RunConfig, t: int | None = None) -> tuple[Member, ...]:
+    """[original, control, children...] of the population perturbed at step ``t``, in a fixed
+    order: every (kind, sigma, fraction, direction) of the grid, then one spawned child per
+    direction index. The sizes are those of ``t`` (``perturb.sigmas_at`` of its time, else
+    ``perturb.sigmas``; ``t = None``: ``perturb.sigmas``)."""
     p = cfg.perturb
+    sigmas = p.sigmas if t is None else cfg.sigmas_at_step(t)
     children = [
         Member(member_name(kind, sigma, frac, d), kind, float(sigma), float(frac), d)
         for kind in p.kinds
         if kind != "spawn"
-        for sigma in p.sigmas
+        for sigma in sigmas
         for frac in p.fractions
         for d in range(p.directions)
     ]

@@ -6,10 +6,11 @@ A perturbation is ``theta'_t = theta_t + sigma * eps`` with
     eps = (eps_hat * M) / ||eps_hat * M||_2 * sqrt(Var[theta_0 * M])        (Eq. 6)
 
 where ``eps_hat`` is a batch gradient (Eq. 2) or a Kaiming-Gaussian sample (Eq. 3), ``M`` is a
-0/1 mask and ``Var[theta_0 * M]`` is the *expected* initialisation variance summed over the
-masked elements (2 / fan_in per weight; see :func:`butterfly.models.param_info`). So
-``||eps|| = sqrt(sum of masked init variances)`` and ``sigma = 0.01`` is about 1% of the size of
-the perturbed part of ``theta_0``. The fraction mask is drawn *before* normalising.
+0/1 mask (the parameter kinds of ``perturb.mask``, among the names ``perturb.layers`` matches,
+and a random ``perturb.fractions`` of those) and ``Var[theta_0 * M]`` is the *expected*
+initialisation variance summed over the masked elements (2 / fan_in per weight; see
+:func:`butterfly.models.param_info`). So ``||eps|| = sqrt(sum of masked init variances)`` and
+``sigma = 0.01`` is about 1% of the size of the perturbed part of ``theta_0``. The fraction mask is drawn *before* normalising.
 
 Every random choice is keyed by (seed, t, direction index) and the kind, never by sigma, so the
 sizes of one sweep scan along one direction. :class:`Perturber` draws each direction of a
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -33,7 +35,7 @@ from torch import nn
 from torch.func import functional_call, grad
 
 from butterfly.config import Mask
-from butterfly.config.sections import keeps_own_init
+from butterfly.config.sections import MASK_KINDS, keeps_own_init, matching
 from butterfly.data import independent_batch
 from butterfly.layers import running_statistics
 from butterfly.metrics import Bound, l2_norm
@@ -47,15 +49,6 @@ if TYPE_CHECKING:
 
 Tensors = dict[str, torch.Tensor]
 
-MASK_KINDS: dict[str, tuple[str, ...]] = {
-    "weights": ("weight",),
-    "weights+biases": ("weight", "bias"),
-    "biases": ("bias",),
-    "norm": ("norm",),
-    "biases+norm": ("bias", "norm"),
-    "all": ("weight", "bias", "norm"),
-}
-
 
 @dataclass(frozen=True)
 class Perturbation:
@@ -66,12 +59,14 @@ class Perturbation:
     expected_norm: float  # sqrt(Var[theta_0 * M]); ||eps|| when normalised
 
 
-def eligible(info: dict[str, ParamInfo], mask: Mask) -> list[str]:
-    """Names of the tensors a mask kind may touch."""
+def eligible(info: dict[str, ParamInfo], mask: Mask, layers: Sequence[str] = ()) -> list[str]:
+    """Names of the tensors a mask kind may touch, among those whose names match one of the
+    ``layers`` patterns (``perturb.layers``; none: all)."""
     kinds = MASK_KINDS[mask]
-    names = [n for n, i in info.items() if i.kind in kinds]
+    names = matching([n for n, i in info.items() if i.kind in kinds], layers)
     if not names:
-        raise ValueError(f"perturb.mask = '{mask}' selects no parameter of this model")
+        within = f" within perturb.layers {list(layers)}" if layers else ""
+        raise ValueError(f"perturb.mask = '{mask}' selects no parameter of this model{within}")
     return names
 
 
@@ -211,7 +206,7 @@ class Perturber:
 
     def _draw(self, kind: str, fraction: float, direction: int) -> Perturbation:
         setup, p = self.setup, self.setup.cfg.perturb
-        names = eligible(setup.info, p.mask)
+        names = eligible(setup.info, p.mask, p.layers)
         shapes = {n: self.params_t[n].shape for n in names}
         key = (setup.seed, self.t, direction)
         mask = make_mask(shapes, names, fraction, *key, p.mask)
@@ -248,6 +243,7 @@ def perturb(
     *,
     data: tuple[torch.Tensor, torch.Tensor] | None = None,
     mask: Mask = "weights",
+    layers: Sequence[str] = (),
     fraction: float = 1.0,
     seed: int = 0,
     t: int = 0,
@@ -260,8 +256,9 @@ def perturb(
     """A copy of ``model`` perturbed by sigma·ε (paper Eq. 2, 3 and 6), as a sweep perturbs
     a child: ε is Kaiming-Gaussian (``kind="gaussian"``) or the training-loss gradient on a
     batch of ``batch_size`` examples of ``data`` = (x, y) drawn independently (``"batch"``),
-    masked (``mask``, ``fraction``) and scaled so that ||ε||² is the expected initial variance
-    of the perturbed weights. Every random choice is keyed by (seed, t, direction) as in a
+    masked (``mask``; ``layers``: only the parameters whose names match one of these glob
+    patterns; ``fraction``) and scaled so that ||ε||² is the expected initial variance of the
+    perturbed weights. Every random choice is keyed by (seed, t, direction) as in a
     sweep, so the same call gives the same ε. ``init`` says how ``model`` was initialised, as
     ``model.init`` does for a sweep (``auto``: He-normal for butterfly's built-ins, the model's
     own otherwise; with its own, each tensor's init variance is its mean square now).
@@ -274,7 +271,7 @@ def perturb(
     """
     params = {k: v.detach().clone() for k, v in trainable(model).items()}
     info = param_info(model, params, own_init=keeps_own_init(init, is_builtin(model)))
-    names = eligible(info, mask)
+    names = eligible(info, mask, layers)
     shapes = {n: params[n].shape for n in names}
     key = (seed, t, direction)
     m = make_mask(shapes, names, fraction, *key, mask)

@@ -30,7 +30,16 @@ import torch
 from torch import nn
 
 from butterfly.config import ConfigError, DataConfig, RunConfig, build_config
-from butterfly.config.sections import BUILTIN_SCHEDULES, PretrainConfig, RecipeConfig
+from butterfly.config.sections import (
+    BUILTIN_SCHEDULES,
+    MASK_KINDS,
+    SEED,
+    PerturbConfig,
+    PretrainConfig,
+    RecipeConfig,
+    matching,
+    per_seed,
+)
 from butterfly.data import BatchStream, DataError, Dataset, load_dataset
 from butterfly.experiment import rows
 from butterfly.experiment.comparer import Comparer
@@ -38,7 +47,7 @@ from butterfly.imports import ImportPathError, check_allowed, is_import_path
 from butterfly.imports import resolve as import_object
 from butterfly.layers import statistic_layers
 from butterfly.metrics.evaluate import Bound, LossFn
-from butterfly.models import build_model, census, param_info, trainable
+from butterfly.models import ParamInfo, build_model, census, param_info, trainable
 from butterfly.train import Population, PopulationTrainer
 from butterfly.train.optim import TorchUpdate, Update
 from butterfly.train.population import member, takes_step
@@ -100,10 +109,15 @@ def concrete_device(name: str) -> str:
 
 
 def tokenizer_for(
-    data: DataConfig, model_name: str, model_path: str | None, pretrain: PretrainConfig | None
+    data: DataConfig,
+    model_name: str,
+    model_path: str | None,
+    pretrain: PretrainConfig | None,
+    seed: int | None = None,
 ) -> str | None:
     """The tokenizer of a text data set (the one rule): ``data.tokenizer``; else the Hugging
-    Face model's own (``model.path``, or the first checkpoint folder given to fine-tune from);
+    Face model's own (``model.path``, or the first checkpoint folder given to fine-tune from;
+    a folder per seed, ``{seed}``, is ``seed``'s: the run's first seed);
     else ``bytes``, the built-in byte tokenizer (for ``gpt`` and user models)."""
     if not data.text:
         return None
@@ -112,7 +126,8 @@ def tokenizer_for(
     if model_name != "hf":
         return "bytes"
     given = pretrain.folders if pretrain is not None else None
-    return model_path or (str(Path(given[0][1]).expanduser()) if given else None)
+    path = model_path or (str(Path(given[0][1]).expanduser()) if given else None)
+    return per_seed(path, seed) if path is not None and seed is not None else path
 
 
 @lru_cache(maxsize=4)
@@ -174,18 +189,46 @@ def epochs_as_steps(recipe: RecipeConfig, n_train: int) -> int:
 
 
 def check_given(cfg: RunConfig) -> None:
-    """Checkpoints made elsewhere must exist, as folders (hf) or files (built-in models)."""
+    """Checkpoints made elsewhere must exist, as folders (hf) or files (built-in models); a
+    path with ``{seed}`` once for every seed of the run."""
     assert cfg.pretrain is not None
-    for step, path in cfg.pretrain.folders or []:
-        p = Path(path).expanduser()
-        hf = cfg.model.name == "hf"
-        if not (p.is_dir() if hf else p.is_file()):
+    for step, template in cfg.pretrain.folders or []:
+        seeds = cfg.seeds if SEED in template else [None]
+        for seed in seeds:
+            path = template if seed is None else per_seed(template, seed)
+            p = Path(path).expanduser()
+            hf = cfg.model.name == "hf"
+            if not (p.is_dir() if hf else p.is_file()):
+                raise ConfigError(
+                    f"pretrain.checkpoints: {path} (step {step}"
+                    + (f", seed {seed} of {template}" if seed is not None else "") + ") is not a "
+                    + ("model folder" if hf else "checkpoint file")
+                    + (" (model.name = hf loads Hugging Face folders)" if hf else
+                       " (built-in models start from safetensors files; hf models from folders)")
+                )  # fmt: skip
+
+
+def check_layers(p: PerturbConfig, info: dict[str, ParamInfo], name: str) -> None:
+    """Each ``perturb.layers`` pattern matches a parameter of the model, and together they
+    leave something for ``perturb.mask`` to perturb."""
+    if not p.layers:
+        return
+    names = list(info)
+    for pat in p.layers:
+        if not matching(names, [pat]):
             raise ConfigError(
-                f"pretrain.checkpoints: {path} (step {step}) is not a "
-                + ("model folder" if hf else "checkpoint file")
-                + (" (model.name = hf loads Hugging Face folders)" if hf else
-                   " (built-in models start from safetensors files; hf models from folders)")
-            )  # fmt: skip
+                f"perturb.layers pattern '{pat}' matches no parameter of model '{name}'; its "
+                f"parameters are named like {', '.join(names[:6])}"
+                f"{' ...' if len(names) > 6 else ''} (patterns are fnmatch globs: 'blocks.0.*')"
+            )
+    matched = matching(names, p.layers)
+    if not [n for n in matched if info[n].kind in MASK_KINDS[p.mask]]:
+        kinds = ", ".join(sorted({info[n].kind for n in matched}))
+        raise ConfigError(
+            f"perturb.layers {p.layers} and perturb.mask = {p.mask} together select no parameter "
+            f"of model '{name}': the patterns match only {kinds} parameters; widen perturb.mask "
+            "(e.g. all) or the patterns"
+        )
 
 
 
@@ -339,6 +382,7 @@ def model_warnings(
     check_model(model, data, loss_fn, cfg.model.name, causal=cfg.data.causal)
     init = {k: v.detach().clone() for k, v in trainable(model).items()}
     info = param_info(model, init, own_init=cfg.model.keeps_own_init)
+    check_layers(cfg.perturb, info, cfg.model.name)
     update = update_for(cfg.recipe, init, info)  # groups matched, the optimizer made, checked
     check_step(cfg, model, data, loss_fn, init, update)
     cmp = Comparer(model, data, cfg.eval, cfg.seeds[0], loss_fn)
@@ -463,7 +507,8 @@ def resolve(
     if cfg.pretrain is not None and cfg.pretrain.folders is not None:
         check_given(cfg)  # before their tokenizer is looked for in them
     device = concrete_device(cfg.runtime.device)
-    tokenizer = tokenizer_for(cfg.data, cfg.model.name, cfg.model.path, cfg.pretrain)
+    tokenizer = tokenizer_for(cfg.data, cfg.model.name, cfg.model.path, cfg.pretrain,
+                              cfg.seeds[0])  # fmt: skip
     data = dataset(cfg.data, tokenizer, run_dir, max_rows=preview)
     n_train = len(data.y_train)
     if preview is not None and cfg.recipe.epochs is not None:
@@ -471,7 +516,8 @@ def resolve(
     n_pretrain = None
     pre_tok = None
     if cfg.pretrain is not None:
-        pre_tok = tokenizer_for(cfg.pretrain.data, cfg.model.name, cfg.model.path, cfg.pretrain)
+        pre_tok = tokenizer_for(cfg.pretrain.data, cfg.model.name, cfg.model.path, cfg.pretrain,
+                                cfg.seeds[0])  # fmt: skip
         if cfg.pretrain.recipe.epochs is not None:
             n_pretrain = len(dataset(cfg.pretrain.data, pre_tok, run_dir).y_train)
     cfg, notes = settled(cfg, n_train, n_pretrain)

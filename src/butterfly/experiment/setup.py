@@ -147,6 +147,6 @@ def make_setup(resolved: Resolved, seed: int, run_dir: Path | None = None) -> Se
         init,
         info,
         trainer,
-        model_spec(cfg.model, data.input_shape, data.n_classes),
+        model_spec(cfg.model.for_seed(seed), data.input_shape, data.n_classes),
         Comparer(model, data, cfg.eval, seed, at_step(loss_fn, cfg.recipe.steps)),
     )

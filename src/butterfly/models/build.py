@@ -179,6 +179,7 @@ def build_model(
     ``kaiming``. With ``cfg.init_from`` the weights come from that butterfly checkpoint,
     except the head (the last Linear layer), which is freshly initialised for the new task.
     """
+    cfg = cfg.for_seed(seed)  # '{seed}' in model.path / init_from: this seed's own
     with torch.random.fork_rng(devices=[]):  # torch's own initialisers draw from the seed
         torch.manual_seed(derive_seed("init", seed))
         model = build_from_spec(model_spec(cfg, input_shape, n_classes), seed, data)
@@ -188,7 +189,7 @@ def build_model(
     elif not cfg.keeps_own_init:
         kaiming_init_(model, seed)
     if cfg.init_from:
-        load_backbone_(model, cfg.init_from.replace("{seed}", str(seed)))
+        load_backbone_(model, cfg.init_from)
     return model.eval()
 
 

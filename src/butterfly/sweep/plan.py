@@ -21,15 +21,16 @@ class Unit:
 
 
 def plan(cfg: RunConfig) -> list[Unit]:
-    """All units of the sweep, earliest t (longest) first within each seed."""
-    members = population_members(cfg)
-    return [Unit(seed, t, members) for seed in cfg.seeds for t in cfg.perturbation_steps()]
+    """All units of the sweep, earliest t (longest) first within each seed; each unit's
+    members are those of its t (``perturb.sigmas_at``)."""
+    members = {t: population_members(cfg, t) for t in cfg.perturbation_steps()}
+    return [Unit(seed, t, members[t]) for seed in cfg.seeds for t in cfg.perturbation_steps()]
 
 
 def minimum_steps(cfg: RunConfig) -> int:
     """Training steps the sweep cannot avoid: per seed, T for the original plus T - t per child."""
     T = cfg.recipe.steps
-    n_children = len(population_members(cfg)) - 2
     ts = cfg.perturbation_steps()
-    per_t = sum((T - t) + n_children * (cfg.child_end(t) - t) for t in ts)  # control + children
+    per_t = sum((T - t) + (len(population_members(cfg, t)) - 2) * (cfg.child_end(t) - t)
+                for t in ts)  # control + children  # fmt: skip
     return len(cfg.seeds) * (T + per_t)
