@@ -33,11 +33,11 @@ run: $(CORE)
 ## The default test run (slow tests excluded).
 test: $(FULL)
 	$(PY) -m ruff check src tests benchmarks examples
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 ## Only the slow tests (every preset's cpu scale, the warm-up finding); CI runs these too.
 test-slow: $(FULL)
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m slow --durations=0
 
 ## Everything, slow end-to-end tests included.
 test-all: $(FULL)
