@@ -669,3 +669,12 @@ def test_weight_matching_through_attention_recovers_a_permuted_copy(name: str) -
     found = weight_matching(spec, theta, moved).perms
     back = apply_permutation(spec, found, moved)
     assert all(torch.equal(back[k], theta[k]) for k in theta)
+
+
+def test_half_precision_weights_get_one_sentence_that_says_what_to_do(tmp_path: Path) -> None:
+    x, y, xt, yt = image_tensors()
+    exp = butterfly.Experiment(model=lambda seed: ConvBN().half(), data=(x, y, xt, yt),
+                               name="half", seeds=[0], recipe={"steps": 2})  # fmt: skip
+    with pytest.raises(ConfigError, match=r"has float16 parameters.*call \.float\(\).*recipe\.precision: bf16 or fp16"):
+        exp.run(out=tmp_path / "o", quiet=True)
+    assert not (tmp_path / "o").exists()

@@ -290,6 +290,15 @@ def check_model(
     """What the trainer needs of a model, checked on two training examples. ``causal``: the
     data are a causal language model's token targets (the only integer targets of more than
     one axis that the built-in loss reads, as next-token targets)."""
+    half = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()
+                   if p.dtype in (torch.float16, torch.bfloat16)})  # fmt: skip
+    if half:
+        raise ConfigError(
+            f"model '{name}' has {'/'.join(half)} parameters, and the weights butterfly trains, "
+            "perturbs and measures are float32 (as are the inputs): build the model in float32 "
+            "(drop .half() or .to(torch.bfloat16), or call .float()); to train in half "
+            "precision, set recipe.precision: bf16 or fp16 (autocast)"
+        )
     x, y = data.x_train[:2], data.y_train[:2]
     try:
         with torch.no_grad():

@@ -27,6 +27,7 @@ from butterfly.report.figures.style import (
     legend,
     line_key,
     palette_for,
+    performance_axes,
     series,
     set_scale,
     sigma_series,
@@ -209,13 +210,7 @@ def performance_figure(df: pd.DataFrame, palette: Palette | None = None) -> Figu
         dk = d[d["kind"] == kind]
         t_scatter(axes[i, 0], dk, "test_acc_b", "barrier_train_loss", palette)
         t_scatter(axes[i, 1], dk, "train_loss_b", "barrier_train_loss", palette)
-        axes[i, 0].set_ylabel(f"{KIND_TITLES[kind]}:\ntrain-loss barrier")
-        for ax in axes[i]:
-            set_scale(ax, "y", "symlog0")
-        set_scale(axes[i, 0], "x", "linear")
-        set_scale(axes[i, 1], "x", "log")
-    axes[-1, 0].set_xlabel("test accuracy of the perturbed network")
-    axes[-1, 1].set_xlabel("train cross-entropy of the perturbed network")
+        performance_axes(axes, i, kind)
     finish(axes.flat)
     legend(fig, "perturbed at")
     return fig

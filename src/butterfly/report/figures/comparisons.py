@@ -20,6 +20,7 @@ from butterfly.report.figures.style import (
     label_t,
     legend,
     palette_for,
+    performance_axes,
     run_colour,
     run_marker,
     series,
@@ -118,13 +119,7 @@ def performance_compared(frames: dict[str, pd.DataFrame]) -> Figure:
                 pts = dk.dropna(subset=[x, "barrier_train_loss"])
                 if len(pts):
                     axes[i, j].scatter(pts[x], pts["barrier_train_loss"], **style)
-        axes[i, 0].set_ylabel(f"{KIND_TITLES[kind]}:\ntrain-loss barrier")
-        for ax in axes[i]:
-            set_scale(ax, "y", "symlog0")
-        set_scale(axes[i, 0], "x", "linear")
-        set_scale(axes[i, 1], "x", "log")
-    axes[-1, 0].set_xlabel("test accuracy of the perturbed network")
-    axes[-1, 1].set_xlabel("train cross-entropy of the perturbed network")
+        performance_axes(axes, i, kind)
     finish(axes.flat)
     legend(fig, "setting")
     return fig

@@ -332,3 +332,15 @@ LOGX = "log x axis (symmetric-log from 0 when the values include 0)"
 
 
 LOGY = "log y axis (symmetric-log from 0 if a value is 0)"
+
+
+def performance_axes(axes: np.ndarray, row: int, kind: str) -> None:
+    """Figure 8's axes for one kind's row: the train-loss barrier (symlog from 0) against
+    test accuracy (linear) and train cross-entropy (log)."""
+    axes[row, 0].set_ylabel(f"{KIND_TITLES[kind]}:\ntrain-loss barrier")
+    for ax in axes[row]:
+        set_scale(ax, "y", "symlog0")
+    set_scale(axes[row, 0], "x", "linear")
+    set_scale(axes[row, 1], "x", "log")
+    axes[-1, 0].set_xlabel("test accuracy of the perturbed network")
+    axes[-1, 1].set_xlabel("train cross-entropy of the perturbed network")
