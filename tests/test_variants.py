@@ -333,3 +333,41 @@ def test_population_lanes_must_start_together() -> None:
     b.step = 3
     with pytest.raises(ValueError, match="same step"):
         ctx.trainer.train_lanes([Lane(a, 5), Lane(b, 5)])
+
+
+def test_a_twin_is_the_original_trained_again_by_another_code_path(tmp_path: Path) -> None:
+    """Appendix C.2's hardware noise: the twin starts from the parent's state at t, trains on
+    the same batches with the original's schedule, in loop mode (the MLP's population trains
+    batched), and is measured against the original like any child."""
+    from butterfly.checkpoint import load_checkpoint
+    from butterfly.experiment.resolve import resolve
+    from butterfly.experiment.setup import make_setup
+    from butterfly.report.summary import hardware_noise_table
+    from butterfly.train import Population
+    from butterfly.train.population import Lane
+    from conftest import tiny_config
+
+    cfg = tiny_config(perturb={"times": [0.0, 0.5], "sigmas": [1e-3, 1e-1], "kinds": ["gaussian", "twin"],
+                               "fractions": [0.01, 1.0]})  # fmt: skip
+    out = run_sweep(cfg, tmp_path / "run", quiet=True)
+    df = out.results
+    assert out.control_ok
+    twins = df[df.kind == "twin"]
+    assert len(twins) == 2 and (twins.sigma == 0).all() and (twins.control == 0).all()
+    assert (twins.l2 > 0).all()  # rounding alone moved it
+    # the twin's weights at T: the parent's state at t trained by hand in loop mode
+    setup = make_setup(resolve(cfg), 0)
+    params, state, _ = load_checkpoint(tmp_path / "run/parents/seed0/step0000030.safetensors")
+    pop = Population.from_members(["twin"], [params], [state], 30)
+    setup.trainer.train_lanes([Lane(pop, 60, mode="loop")])
+    twin, _, _ = load_checkpoint(tmp_path / "run/checkpoints/seed0/t0000030/twin.safetensors")
+    assert all(torch.equal(pop.params[k][0], twin[k]) for k in twin)
+    # the report's table: the twin beside the smallest perturbation (fewest weights, smallest σ)
+    tab = hardware_noise_table(df)
+    small = df[(df.kind == "gaussian") & (df.n_perturbed == df[df.kind == "gaussian"].n_perturbed.min())]
+    small = small[small.sigma == 1e-3]
+    n = int(small.n_perturbed.iloc[0])
+    for t_frac, row in tab.iterrows():
+        assert row["twin_l2"] == pytest.approx(float(twins[twins.t_frac == t_frac].l2.mean()))
+        col = f"gaussian ({n:,} weight{'s' if n != 1 else ''}, σ = 0.001) l2"
+        assert row[col] == pytest.approx(float(small[small.t_frac == t_frac].l2.mean()))

@@ -30,7 +30,7 @@ def grid(seeds: list[int], p: PerturbConfig) -> None:
     if not p.sigmas:
         raise ValueError("perturb.sigmas is empty: give at least one perturbation size")
     if not p.kinds:
-        raise ValueError("perturb.kinds is empty: choose from batch, gaussian, spawn")
+        raise ValueError("perturb.kinds is empty: choose from batch, gaussian, spawn, twin")
     if not p.fractions:
         raise ValueError("perturb.fractions is empty: use [1.0] to perturb every masked weight")
 
@@ -88,8 +88,9 @@ def perturbation_times(p: PerturbConfig, recipe: RecipeConfig) -> None:
 
 
 def threshold_kinds(threshold: ThresholdConfig | None, p: PerturbConfig) -> None:
-    if threshold is not None and "spawn" in p.kinds:
-        raise ValueError("threshold searches perturbation sizes: perturb.kinds cannot hold spawn")
+    if threshold is not None and ("spawn" in p.kinds or "twin" in p.kinds):
+        raise ValueError("threshold searches perturbation sizes: perturb.kinds cannot hold spawn "
+                         "or twin")  # fmt: skip
 
 
 def sizes_per_time(

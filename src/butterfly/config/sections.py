@@ -478,7 +478,7 @@ class RecipeConfig(Strict):
 
 # ---- perturbation ---------------------------------------------------------------------------
 
-Kind = Literal["batch", "gaussian", "spawn"]
+Kind = Literal["batch", "gaussian", "spawn", "twin"]
 Mask = Literal["weights", "weights+biases", "norm", "biases", "biases+norm", "all"]
 MASK_KINDS: dict[str, tuple[str, ...]] = {  # the parameter kinds each perturb.mask takes
     "weights": ("weight",),
@@ -515,7 +515,8 @@ class PerturbConfig(Strict):
     kinds: list[Kind] = Field(
         default_factory=lambda: ["batch", "gaussian"],
         description="batch (a batch gradient, Eq. 2), gaussian (Eq. 3), spawn (no perturbation, "
-        "an independent batch stream after t)",
+        "an independent batch stream after t), twin (no perturbation, the same batches, trained "
+        "by another code path: how far rounding alone carries a network, appendix C.2)",
     )
     mask: Mask = Field(
         "weights", description="which parameters are perturbed: weights, biases, norm, or sums"

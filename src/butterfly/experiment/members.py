@@ -15,7 +15,7 @@ Tensors = dict[str, torch.Tensor]
 @dataclass(frozen=True)
 class Member:
     """One member of a population. The original has ``kind = 'original'``, the sigma = 0
-    control ``kind = 'control'``; children are ``batch``, ``gaussian`` or ``spawn``."""
+    control ``kind = 'control'``; children are ``batch``, ``gaussian``, ``spawn`` or ``twin``."""
 
     name: str
     kind: str
@@ -48,6 +48,9 @@ class TrainedMember:
 
 ORIGINAL = Member("original", "original", 0.0, 1.0, 0)
 CONTROL = Member("control", "control", 0.0, 1.0, 0)
+TWIN = Member("twin", "twin", 0.0, 1.0, 0)
+TWIN_REFUSED = ("perturb.kinds twin needs a second code path, and model '{model}' trains only "
+                "member by member (loop mode: running statistics, or a model vmap cannot run)")
 
 
 def member_name(kind: str, sigma: float, fraction: float, direction: int) -> str:
@@ -64,7 +67,7 @@ def population_members(cfg: RunConfig, t: int | None = None) -> tuple[Member, ..
     children = [
         Member(member_name(kind, sigma, frac, d), kind, float(sigma), float(frac), d)
         for kind in p.kinds
-        if kind != "spawn"
+        if kind not in ("spawn", "twin")
         for sigma in sigmas
         for frac in p.fractions
         for d in range(p.directions)
@@ -76,6 +79,10 @@ def population_members(cfg: RunConfig, t: int | None = None) -> tuple[Member, ..
             Member(member_name("spawn", 0.0, 1.0, d), "spawn", 0.0, 1.0, d)
             for d in range(p.directions)
         ]
+    # the twin: no perturbation, the same batches, trained by another code path (hardware /
+    # summation-order noise, appendix C.2)
+    if "twin" in p.kinds:
+        children.append(TWIN)
     names = [c.name for c in children]
     if len(set(names)) != len(names):
         raise ValueError("perturb grid has duplicate (kind, sigma, fraction) entries")

@@ -43,6 +43,7 @@ from butterfly.config.sections import (
 from butterfly.data import BatchStream, DataError, Dataset, load_dataset
 from butterfly.experiment import rows
 from butterfly.experiment.comparer import Comparer
+from butterfly.experiment.members import TWIN_REFUSED
 from butterfly.imports import ImportPathError, check_allowed, is_import_path
 from butterfly.imports import resolve as import_object
 from butterfly.layers import statistic_layers
@@ -450,6 +451,8 @@ def check_step(
     recipe = cfg.recipe.model_copy(update={"batch_size": n})
     trainer = PopulationTrainer(model, data, BatchStream(len(data.y_train), n, 0), recipe,
                                 cfg.runtime.mode, None, loss_fn, update)  # fmt: skip
+    if "twin" in cfg.perturb.kinds and trainer.twin_mode(2) is None:
+        raise ConfigError(TWIN_REFUSED.format(model=cfg.model.name))
     g = torch.Generator().manual_seed(0)
     child = {k_: v + 1e-3 * torch.randn(v.shape, generator=g).to(v) if v.is_floating_point()
              else v for k_, v in init.items()}  # fmt: skip

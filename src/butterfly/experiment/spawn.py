@@ -26,7 +26,7 @@ import torch
 from butterfly.config import RunConfig
 from butterfly.data import BatchStream
 from butterfly.experiment.measure import same_bits, training_row, trajectory_rows
-from butterfly.experiment.members import Member, TrainedMember
+from butterfly.experiment.members import TWIN_REFUSED, Member, TrainedMember
 from butterfly.experiment.perturb import Perturber, apply_perturbation
 from butterfly.experiment.setup import Setup
 from butterfly.metrics import l2_norm
@@ -111,30 +111,42 @@ def make_lanes(
     lr = child_lr(cfg, t)
     end = cfg.child_end(t)
     same = lr is None and end == cfg.recipe.steps
-    groups: list[tuple[list[int], int, Callable[[int], float] | None, BatchStream | None]] = []
+    groups: list[tuple[list[int], int, Callable[[int], float] | None, BatchStream | None,
+                       str | None]] = []  # fmt: skip
     main = [i for i, c in enumerate(members) if c.kind in ("original", "control")]
     treated = [i for i, c in enumerate(members) if c.kind in ("batch", "gaussian")]
     if same:
         main += treated
-    groups.append((main, cfg.recipe.steps, None, None))
+    groups.append((main, cfg.recipe.steps, None, None, None))
     if not same and treated:
-        groups.append((treated, end, lr, None))
+        groups.append((treated, end, lr, None, None))
     for i, c in enumerate(members):
         if c.kind == "spawn":
-            groups.append(([i], end, lr, spawn_stream(setup, t, c.direction)))
+            groups.append(([i], end, lr, spawn_stream(setup, t, c.direction), None))
+        if c.kind == "twin":  # the original's schedule and batches, another code path
+            groups.append(([i], cfg.recipe.steps, None, None, twin_mode(setup, len(main))))
     lanes = []
     order: list[int] = []
-    for idx, until, lane_lr, stream in groups:
+    for idx, until, lane_lr, stream, mode in groups:
         pop = Population.from_members(
             [members[i].name for i in idx],
             [member_params[i] for i in idx],
             [{s: clone(d) for s, d in state_t.items()} for _ in idx],
             t,
         )
-        lanes.append(Lane(pop, until, lane_lr, stream))
+        lanes.append(Lane(pop, until, lane_lr, stream, mode=mode))
         order += idx
     inverse = [order.index(i) for i in range(len(members))]
     return lanes, inverse
+
+
+def twin_mode(setup: Setup, main_size: int) -> str:
+    """The code path a twin trains with: another than the original's (a population of
+    ``main_size``)."""
+    mode = setup.trainer.twin_mode(main_size)
+    if mode is None:
+        raise ValueError(TWIN_REFUSED.format(model=setup.cfg.model.name))
+    return mode
 
 
 def gather(lanes: list[Lane], inverse: list[int]) -> tuple[Tensors, list[bool]]:

@@ -36,6 +36,7 @@ from butterfly.report.summary import (
     finetune_table,
     fmt_number,
     fmt_t,
+    hardware_noise_table,
     identity_table,
     pm_table,
     pretrain_labels,
@@ -171,6 +172,18 @@ def _summary(df: pd.DataFrame) -> str:
                 "kind, fraction, t",
                 "summary-fraction",
             )
+        )
+    noise = hardware_noise_table(df)
+    if not noise.empty:
+        shown = noise.reset_index()
+        shown.insert(0, "t", shown.pop("t_frac").map(fmt_t))
+        parts.append(
+            "<h2>Hardware noise: the twin beside the smallest perturbation (appendix C.2)</h2>"
+            "<p>The twin is the original trained again from t on the same batches by another "
+            "code path (an autograd pass per member instead of the population's batched or "
+            "vectorised one): its distance and barrier to the original are what rounding alone "
+            "grows into by T. Beside them, the smallest perturbation of each kind. Means over "
+            "seeds.</p>" + _table(shown, cls="hardware-noise")
         )
     ident = identity_table(df)
     if not ident.empty:

@@ -111,6 +111,35 @@ def summary_table(
     return stats["mean"].unstack("sigma")
 
 
+def hardware_noise_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Appendix C.2: how far rounding alone carries a network. By t/T, the mean over seeds of
+    the twin's L2 and train-loss barrier to the original (no perturbation, the same batches,
+    another code path), beside those of the smallest perturbation of each kind (the fewest
+    weights perturbed, at the smallest σ used with them: one weight in fig11-fraction).
+    Empty without twins."""
+    ok = df[(df["diverged"] == 0)]
+    twins = ok[ok["kind"] == "twin"]
+    if twins.empty:
+        return pd.DataFrame()
+    cols: dict[str, pd.Series] = {
+        "twin_l2": twins.groupby(["t_frac", "seed"])["l2"].mean().groupby(level=0).mean(),
+        "twin_barrier": twins.groupby(["t_frac", "seed"])["barrier_train_loss"].mean()
+        .groupby(level=0).mean(),
+    }  # fmt: skip
+    for kind in PERTURBED_KINDS:
+        d = ok[(ok["kind"] == kind) & (ok["control"] == 0)]
+        if d.empty:
+            continue
+        d = d[d["n_perturbed"] == d["n_perturbed"].min()]
+        d = d[d["sigma"] == d["sigma"].min()]
+        n, s = int(d["n_perturbed"].iloc[0]), float(d["sigma"].iloc[0])
+        label = f"{kind} ({n:,} weight{'s' if n != 1 else ''}, σ = {fmt_number(s)})"
+        for metric, tag in (("l2", "l2"), ("barrier_train_loss", "barrier")):
+            cols[f"{label} {tag}"] = (d.groupby(["t_frac", "seed"])[metric].mean()
+                                      .groupby(level=0).mean())  # fmt: skip
+    return pd.DataFrame(cols)
+
+
 def identity_table(df: pd.DataFrame) -> pd.DataFrame:
     """Appendix C.5: how often weight matching returned the identity permutation (every unit
     left in place), by kind and t/T over every perturbed child it aligned: ``children``,

@@ -119,6 +119,7 @@ class Lane:
     lr: Callable[[int], float] | None = None  # None: the recipe's schedule
     stream: BatchStream | None = None  # None: the trainer's (the parent's) stream
     losses: list[torch.Tensor] | None = None  # a list: every step's minibatch losses, kept
+    mode: str | None = None  # None: the trainer's; else this code path (a twin's)
 
 
 def cross_entropy_loss(
@@ -249,6 +250,16 @@ class PopulationTrainer:
                                   for k, v in self.running0.items()}  # fmt: skip
         return pop.state[RUNNING]
 
+    def twin_mode(self, population_size: int) -> str | None:
+        """Another code path than a population of this size trains with, for a twin: loop
+        (one autograd pass per member) for batched or vmapped populations, vmap for a model
+        that trains in a loop and can be vectorised; None when there is no other."""
+        main = self.mode_for(population_size)
+        if main != "loop":
+            return "loop"
+        return "vmap" if bool(getattr(self.model, "vmappable", True)) and not self.running0 \
+            else None  # fmt: skip
+
     def mode_for(self, population_size: int) -> str:
         """The mode actually used for a population of this size."""
         if self.mode != "auto":
@@ -283,6 +294,7 @@ class PopulationTrainer:
         y: torch.Tensor,
         key: tuple[object, ...] | None = None,
         running: Tensors | None = None,
+        mode: str | None = None,
     ) -> tuple[Tensors, torch.Tensor]:
         """Per-member gradients and losses of stacked ``params`` on one batch.
 
@@ -291,7 +303,8 @@ class PopulationTrainer:
         batch is split into k equal micro-batches (each with its own masks) and their gradients
         and losses are averaged: one batch's mean-loss gradient, up to rounding, in k passes.
         ``running``: the members' stacked running statistics, updated in place by each forward
-        pass as training updates them (None: θ0's, and the update is dropped).
+        pass as training updates them (None: θ0's, and the update is dropped). ``mode``: the
+        code path (vmap, batched, loop) instead of the trainer's (a twin's).
         """
         if running is None:
             P = next(iter(params.values())).shape[0]
@@ -301,7 +314,7 @@ class PopulationTrainer:
             keep = True
         k = self.recipe.accumulation
         if k == 1:
-            return self._gradients(params, x, y, key, running, keep)
+            return self._gradients(params, x, y, key, running, keep, mode)
         size = x.shape[0] // k
         total: Tensors | None = None
         losses = None
@@ -309,7 +322,7 @@ class PopulationTrainer:
             part = slice(i * size, (i + 1) * size)
             g, loss = self._gradients(params, x[part], y[part],
                                       None if key is None else (*key, "micro", i), running,
-                                      keep)  # fmt: skip
+                                      keep, mode)  # fmt: skip
             if total is None:
                 total, losses = g, loss
             else:
@@ -327,12 +340,13 @@ class PopulationTrainer:
         key: tuple[object, ...] | None,
         running: Tensors,
         keep: bool,
+        mode: str | None = None,
     ) -> tuple[Tensors, torch.Tensor]:
         if self.autocast is None:
-            grads, losses, after = self._compute(params, x, y, key, running)
+            grads, losses, after = self._compute(params, x, y, key, running, mode)
         else:
             with torch.autocast(x.device.type, dtype=self.autocast):
-                grads, losses, after = self._compute(params, x, y, key, running)
+                grads, losses, after = self._compute(params, x, y, key, running, mode)
             grads, losses = {n: g.float() for n, g in grads.items()}, losses.float()
         if keep:
             with torch.no_grad():
@@ -347,9 +361,10 @@ class PopulationTrainer:
         y: torch.Tensor,
         key: tuple[object, ...] | None,
         running: Tensors,
+        mode: str | None = None,
     ) -> tuple[Tensors, torch.Tensor, Tensors]:
         P = next(iter(params.values())).shape[0]
-        mode = self.mode_for(P)
+        mode = mode or self.mode_for(P)
         if mode == "batched":
             assert self.batched is not None and not running
             return (*self.batched.grad_and_loss(params, x, y), running)
@@ -362,7 +377,7 @@ class PopulationTrainer:
                 # `auto` on a model vmap cannot run (data-dependent control flow, .item()):
                 # found at the first step, before any update, so every member of every
                 # population of this model trains in a loop instead.
-                if self.mode != "auto" or self._vmap_tried:
+                if self.mode != "auto" or self._vmap_tried or mode != self.mode_for(P):
                     raise
                 self.vmappable = False
             finally:
@@ -436,7 +451,7 @@ class PopulationTrainer:
                 pop = lane.pop
                 self.current_step = step
                 grads, losses = self.gradients(pop.params, x, y, (stream.seed, stream.name, step),
-                                               self.running_of(pop))  # fmt: skip
+                                               self.running_of(pop), lane.mode)  # fmt: skip
                 losses = losses.detach()
                 # stays on the device: no host round trip per step
                 pop.diverged = pop.diverged.to(losses.device) | ~torch.isfinite(losses)

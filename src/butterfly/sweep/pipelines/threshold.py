@@ -75,7 +75,7 @@ def searches_of(cfg: RunConfig) -> dict[tuple[int, str, float], BracketSearch]:
     """Every search of the config: (seed, kind, the fixed t or σ) -> its state machine."""
     th = cfg.threshold
     assert th is not None
-    kinds = [k for k in cfg.perturb.kinds if k != "spawn"]
+    kinds = [k for k in cfg.perturb.kinds if k not in ("spawn", "twin")]
     out: dict[tuple[int, str, float], BracketSearch] = {}
     common = {"per_round": th.per_round, "resolution": th.resolution,
               "max_rounds": th.max_rounds, "eps": th.eps}  # fmt: skip
