@@ -310,3 +310,17 @@ def test_warmup_lowers_early_barriers_at_cpu_scale(tmp_path: Path) -> None:
     print("10x warm-up:\n", warm.to_string(float_format=lambda v: f"{v:.3g}"))
     assert float(warm.to_numpy().mean()) < float(std.to_numpy().mean())
     assert (warm.to_numpy() < std.to_numpy()).mean() >= 0.75
+
+
+def test_the_resnet8_stand_in_is_as_much_wider_as_the_papers_pair() -> None:
+    """ResNet8-64 has 1.13x the weights of ResNet-20-32 (1.23M vs 1.08M); the cpu stand-ins
+    keep that ratio."""
+    from butterfly.models import build_model
+
+    def weights(name: str) -> int:
+        cfg = load_config(name)
+        model = build_model(cfg.model, (1, 40), 10, seed=0)
+        return sum(p.numel() for p in model.parameters() if p.dim() > 1)
+
+    ratio = weights("table1-resnet8") / weights("table1-standard")
+    assert 1.10 < ratio < 1.16
