@@ -382,39 +382,57 @@ def resnet18(seed: int) -> nn.Module:
 def test_a_published_resnet18_with_batchnorm_runs_unmodified(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    exp = butterfly.Experiment(
-        model=resnet18, data=image_tensors(), name="resnet18-bn", seeds=[0],
-        recipe={"steps": 6, "batch_size": 32, "lr": 0.05},
-        perturb={"times": [0.0, 0.5], "sigmas": [1e-2], "kinds": ["gaussian"]},
-        eval={**SMALL_EVAL, "weight_matching": True, "running_stats_examples": 64},
-    )  # fmt: skip
-    run = exp.run(out=tmp_path / "o", quiet=False, report=False)
+    raw = {
+        "name": "resnet18-bn", "seeds": [0],
+        "data": {"name": "test_public_models:image_tensors"},
+        "model": {"name": "public_models:ResNet18", "kwargs": {"num_classes": 4, "width": 4}},
+        "recipe": {"steps": 12, "batch_size": 32, "lr": 0.05},
+        "perturb": {"times": [0.0, 0.5], "sigmas": [1e-2, 1e-1], "kinds": ["gaussian"]},
+        "eval": {**SMALL_EVAL, "weight_matching": True, "running_stats_examples": 64},
+        "runtime": {"workers": 1},
+    }  # fmt: skip
+    cfg = tmp_path / "resnet18.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    assert main(["run", str(cfg), "--out", str(tmp_path / "o")]) == 0
     captured = capsys.readouterr()
     out = " ".join((captured.out + captured.err).split())
     # 1 stem + 2 per block x 8 blocks + 3 shortcuts
     assert ("running statistics in 20 layers (BatchNorm2d): per member in training, "
             "re-estimated for every network measured on 64 training inputs") in out  # fmt: skip
-    df = run.results.sort_values(["t", "member"])
+    df = results(tmp_path / "o")
     ctrl = df[df.member == "control"]
     assert len(ctrl) == 2 and (ctrl.l2 == 0.0).all() and (ctrl.barrier_train_loss == 0.0).all()
     assert (ctrl.barrier_test_error == 0.0).all()
     child = df[df.kind == "gaussian"]
     assert (child.l2 > 0).all() and child.barrier_train_loss.notna().all()
+    # the butterfly effect: the same perturbation does more at t = 0 than at T/2
+    by_t = child.groupby(["sigma", "t"])[["l2", "barrier_train_loss"]].mean()
+    assert (by_t.xs(0, level="t").l2 > by_t.xs(6, level="t").l2).all()
+    assert by_t.loc[(0.1, 0), "barrier_train_loss"] > by_t.loc[(0.1, 6), "barrier_train_loss"]
     # weight matching through BatchNorm, residual additions and view(size(0), -1)
     assert child.fixed_point_fraction_wm.notna().all() and child.l2_wm.notna().all()
+    # the same from Python, with the published class itself
+    from public_models import ResNet18
 
-    # the parent's checkpoint at t = 3 holds its running statistics after 3 training steps
-    params, state, _ = load_checkpoint(tmp_path / "o/parents/seed0/step0000003.safetensors")
+    py = butterfly.Experiment(ResNet18, model_kwargs=raw["model"]["kwargs"], data=image_tensors(),
+                              config={k: v for k, v in raw.items() if k not in ("data", "model")})  # fmt: skip
+    got = py.run(out=tmp_path / "python", quiet=True, report=False).results
+    cols = ["t", "member", "l2", "barrier_train_loss", "barrier_test_error"]
+    a = got.sort_values(["t", "member"]).reset_index(drop=True)[cols]
+    assert a.equals(df[cols].reset_index(drop=True))
+
+    # the parent's checkpoint at t = 6 holds its running statistics after 6 training steps
+    params, state, _ = load_checkpoint(tmp_path / "o/parents/seed0/step0000006.safetensors")
     running = state["running"]
     assert len(running) == 60 and "layer1.0.bn1.running_mean" not in params
-    assert int(running["bn1.num_batches_tracked"]) == 3
+    assert int(running["bn1.num_batches_tracked"]) == 6
     assert float(running["layer4.1.bn2.running_var"].sub(1).abs().max()) > 1e-3
     # each member's own statistics at T: the control's are the original's, bit for bit; a
     # perturbed child's have moved away from them
-    members = tmp_path / "o/checkpoints/seed0/t0000003"
+    members = tmp_path / "o/checkpoints/seed0/t0000006"
     own = {m: load_checkpoint(members / f"{m}.safetensors")[1]["running"]
            for m in ("original", "control", "gaussian-s0.01-f1-d0")}  # fmt: skip
-    assert int(own["original"]["bn1.num_batches_tracked"]) == 6
+    assert int(own["original"]["bn1.num_batches_tracked"]) == 12
     for k, v in own["original"].items():
         assert torch.equal(v, own["control"][k])
     assert not torch.equal(own["original"]["layer4.1.bn2.running_mean"],
