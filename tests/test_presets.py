@@ -107,7 +107,7 @@ def test_the_table1_presets_state_only_what_differs_from_the_standard_one() -> N
     ]
     # a chain: resnet8-warmup10x extends resnet8 extends standard, per scale
     r = load_config("table1-resnet8-warmup10x", scale="cpu")
-    assert (r.model.width, r.model.depth, r.recipe.warmup) == (256, 1, 0.2)
+    assert (r.model.width, r.model.depth, r.recipe.warmup) == (165, 1, 0.2)
     assert r.name == "table1-resnet8-warmup10x-cpu"
     r = load_config("table1-resnet8-warmup10x", scale="full")
     assert (r.model.name, r.model.width, r.model.depth) == ("resnet", 64, 8)
