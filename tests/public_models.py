@@ -115,6 +115,85 @@ class MiniGPT(nn.Module):
         return self.lm_head(self.transformer.ln_f(h))
 
 
+# ---- a BERT-style encoder, attention written out as older Hugging Face code wrote it --------
+
+
+class SelfAttention(nn.Module):
+    """Separate query/key/value layers, ``transpose_for_scores``, ``torch.matmul`` scores
+    scaled by 1/sqrt(d) with an additive padding mask, softmax, dropout on the probabilities,
+    and the context merged back by a view of ``size()[:-2] + (all_head_size,)``."""
+
+    def __init__(self, hidden: int, heads: int, dropout: float = 0.0):
+        super().__init__()
+        self.num_attention_heads = heads
+        self.attention_head_size = hidden // heads
+        self.all_head_size = heads * self.attention_head_size
+        self.query = nn.Linear(hidden, self.all_head_size)
+        self.key = nn.Linear(hidden, self.all_head_size)
+        self.value = nn.Linear(hidden, self.all_head_size)
+        self.dropout = nn.Dropout(dropout)
+
+    def transpose_for_scores(self, x: torch.Tensor) -> torch.Tensor:
+        new_x_shape = x.size()[:-1] + (self.num_attention_heads, self.attention_head_size)  # noqa: RUF005
+        x = x.view(new_x_shape)
+        return x.permute(0, 2, 1, 3)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        query_layer = self.transpose_for_scores(self.query(hidden_states))
+        key_layer = self.transpose_for_scores(self.key(hidden_states))
+        value_layer = self.transpose_for_scores(self.value(hidden_states))
+        attention_scores = torch.matmul(query_layer, key_layer.transpose(-1, -2))
+        attention_scores = attention_scores / math.sqrt(self.attention_head_size)
+        attention_scores = attention_scores + attention_mask
+        attention_probs = nn.functional.softmax(attention_scores, dim=-1)
+        attention_probs = self.dropout(attention_probs)
+        context_layer = torch.matmul(attention_probs, value_layer)
+        context_layer = context_layer.permute(0, 2, 1, 3).contiguous()
+        new_context_layer_shape = context_layer.size()[:-2] + (self.all_head_size,)  # noqa: RUF005
+        return context_layer.view(new_context_layer_shape)
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, hidden: int, heads: int, intermediate: int):
+        super().__init__()
+        self.attention = SelfAttention(hidden, heads)
+        self.attention_output = nn.Linear(hidden, hidden)
+        self.attention_norm = nn.LayerNorm(hidden)
+        self.intermediate = nn.Linear(hidden, intermediate)
+        self.output = nn.Linear(intermediate, hidden)
+        self.output_norm = nn.LayerNorm(hidden)
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h = self.attention_norm(h + self.attention_output(self.attention(h, mask)))
+        return self.output_norm(h + self.output(F.gelu(self.intermediate(h))))
+
+
+class TinyBert(nn.Module):
+    """Post-LN encoder over butterfly's text examples ``(N, 2, L)`` (ids, token types; padding
+    id 0 masked out), a tanh pooler on the first token and a classifier."""
+
+    def __init__(self, input_shape: tuple[int, ...], n_classes: int, vocab: int = 64,
+                 hidden: int = 16, heads: int = 4, layers: int = 2):  # fmt: skip
+        super().__init__()
+        length = input_shape[-1]
+        self.word = nn.Embedding(vocab, hidden)
+        self.position = nn.Embedding(length, hidden)
+        self.token_type = nn.Embedding(2, hidden)
+        self.norm = nn.LayerNorm(hidden)
+        self.layers = nn.ModuleList([EncoderLayer(hidden, heads, 2 * hidden) for _ in range(layers)])
+        self.pooler = nn.Linear(hidden, hidden)
+        self.classifier = nn.Linear(hidden, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ids, types = x[:, 0], x[:, 1]
+        pos = torch.arange(ids.size(1), device=ids.device)
+        h = self.norm(self.word(ids) + self.position(pos) + self.token_type(types))
+        mask = (1.0 - (ids != 0).float())[:, None, None, :] * -10000.0
+        for layer in self.layers:
+            h = layer(h, mask)
+        return self.classifier(torch.tanh(self.pooler(h[:, 0])))
+
+
 # ---- a network with frozen filters and functional dropout ----------------------------------
 
 

@@ -98,6 +98,27 @@ def test_random_permutation_has_the_requested_fixed_points() -> None:
         assert int((p == torch.arange(64)).sum()) == round(f * 64)
 
 
+def test_random_head_permutations_move_heads_as_blocks_with_the_requested_fixed_points() -> None:
+    """A head group of 6 heads of 4 units: one head order shared by the query/key and the
+    value/output permutations, units moved only within a head, exactly round(f n) in place."""
+    from butterfly.align import PermutationSpec, random_perms
+
+    spec = PermutationSpec({"qk": (("q", 0), ("k", 0)), "vo": (("v", 0), ("o", 1))},
+                           heads={"qk": ("H", 4), "vo": ("H", 4)})  # fmt: skip
+    params = {n: torch.zeros(24, 24) for n in "qkvo"}
+    for f in (0.0, 0.1, 0.25, 0.5, 0.8, 1.0):
+        perms = random_perms(spec, params, f, generator("test", 3))
+        orders = []
+        for p in perms.values():
+            assert sorted(p.tolist()) == list(range(24))
+            blocks = p.view(6, 4) // 4
+            assert (blocks == blocks[:, :1]).all()  # each head lands whole in one head
+            orders.append(blocks[:, 0])
+            # one unit more may stay when a part-fixed head leaves a single unit to move
+            assert int((p == torch.arange(24)).sum()) - round(f * 24) in (0, 1), (f, p)
+        assert torch.equal(orders[0], orders[1])
+
+
 def _dataset(shape: tuple[int, ...], n: int = 300) -> Dataset:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, *shape, generator=g)
@@ -159,10 +180,11 @@ def test_models_without_a_spec_say_how_to_give_one() -> None:
         NoPermutationSpec, match=r"Branchy has no permutation spec \(.*\).*permutation_spec\(\)"
     ):
         spec_for(Branchy())
-    # the built-in ViT's spec is derived through its attention (the residual stream and each
-    # block's MLP units; the heads stay in place)
+    # the built-in ViT's spec is derived through its attention (the residual stream, each
+    # block's MLP units, and its heads: query/key and value/output units, one head order)
     vit = build_model(ModelConfig(name="vit", width=12, depth=1), (3, 8, 8), 10, 0)
-    assert len(spec_for(vit, torch.randn(2, 3, 8, 8)).perm_to_axes) == 2
+    spec = spec_for(vit, torch.randn(2, 3, 8, 8))
+    assert len(spec.perm_to_axes) == 4 and spec.head_groups() == {"H0": ["H0_qk", "H0_vo"]}
     # Models without a hand-written spec get one derived from their graph; a single layer
     # between the fixed input and output has nothing to permute.
     assert spec_for(torch.nn.Sequential(torch.nn.Linear(3, 3))).perm_to_axes == {}

@@ -143,12 +143,29 @@ def test_unusable_models_are_refused_before_training(tmp_path: Path) -> None:
                                  "proxy_fractions": []}})  # fmt: skip
     with pytest.raises(ConfigError, match="nobody/none"):
         resolve(hub)
-    # alignment cannot be derived for a transformer: a warning, and those columns stay empty
+    # MiniLM (a BERT) is aligned by butterfly's BERT spec; its activations cannot be read (fx
+    # cannot trace it): one note, and only those columns stay empty
     aligned = build_config({"data": {"name": "sentiment", "max_length": 8},
                             "model": {"name": "hf", "path": "minilm"}})  # fmt: skip
     notes = resolve(aligned).warnings
-    assert len(notes) == 1 and notes[0].startswith("weight matching, activation matching")
-    assert "permutation_spec()" in notes[0]
+    assert len(notes) == 1 and notes[0].startswith("activation matching will be left empty: "
+                                                   "torch.fx cannot trace HFClassifier")  # fmt: skip
+    assert notes[0].endswith("weight matching still aligns it")
+    # a Hugging Face architecture without a spec: alignment is left empty, with the reason
+    from transformers import ElectraConfig, ElectraForSequenceClassification
+
+    from butterfly.hf_local import load_tokenizer
+
+    load_tokenizer("minilm").save_pretrained(tmp_path / "electra")
+    ElectraForSequenceClassification(ElectraConfig(
+        vocab_size=30522, embedding_size=16, hidden_size=16, num_hidden_layers=1,
+        num_attention_heads=2, intermediate_size=32)).save_pretrained(tmp_path / "electra")  # fmt: skip
+    other = build_config({"data": {"name": "sentiment", "max_length": 8},
+                          "model": {"name": "hf", "path": str(tmp_path / "electra")}})  # fmt: skip
+    notes = resolve(other).warnings
+    assert notes == ("weight matching, activation matching and the permutation proxy will be left "
+                     "empty: butterfly has permutation specs for Hugging Face bert, gpt2, vit "
+                     "models, not for 'electra'",)  # fmt: skip
     assert main(["run", "--set", "data.name=sentiment", "--set", "model.name=hf",
                  "--set", f"model.path={tmp_path}", "--out", str(tmp_path / "o")]) == 2  # fmt: skip
 

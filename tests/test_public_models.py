@@ -643,18 +643,24 @@ def tokens(n: int = 4, length: int = 12, vocab: int = 20) -> torch.Tensor:
 
 def transformer_cases() -> dict[str, tuple[nn.Module, torch.Tensor]]:
     from butterfly.config import ModelConfig
-    from public_models import MiniGPT
+    from public_models import MiniGPT, TinyBert
 
     torch.manual_seed(0)
     vit = build_model(ModelConfig(name="vit", width=12, depth=2, heads=2, patch=4), (3, 8, 8), 10, 0)
+    gpt = build_model(ModelConfig(name="gpt", width=16, depth=2, heads=4), (2, 12), 20, 0)
+    text = tokens(4, 12, 20)
+    text[:, 1] = text[:, 1] * (torch.arange(12) >= 6)  # token types: two segments
+    text[:, 0, -2:] = 0  # padding, masked out
     return {
         "minigpt": (MiniGPT((2, 12), 20, n_embd=16, n_layer=2, n_head=2), tokens()),
         "torch-mha": (TorchAttentionNet(), torch.randn(4, 5, 6)),
         "vit": (vit, torch.randn(4, 3, 8, 8)),
+        "gpt": (gpt, tokens()),
+        "bert-style": (TinyBert((2, 12), 3, vocab=20), text),
     }
 
 
-@pytest.mark.parametrize("name", ["minigpt", "torch-mha", "vit"])
+@pytest.mark.parametrize("name", ["minigpt", "torch-mha", "vit", "gpt", "bert-style"])
 def test_weight_matching_through_attention_recovers_a_permuted_copy(name: str) -> None:
     from butterfly.align import (
         apply_permutation,
@@ -668,20 +674,34 @@ def test_weight_matching_through_attention_recovers_a_permuted_copy(name: str) -
     model = model.double().eval()
     x = x.double() if x.is_floating_point() else x
     spec = derive_spec(model, x[:2])
-    groups = {p: {n for n, _ in axes} for p, axes in spec.perm_to_axes.items()}
-    # the residual stream (its embeddings, norm gains, every projection into and out of it)
-    # and each block's MLP units; the heads' internals stay in place
-    want = {"minigpt": (3, {"transformer.wte.weight", "transformer.wpe.weight",
-                            "transformer.h.0.ln_1.weight", "transformer.h.0.attn.c_attn.weight",
-                            "transformer.h.1.attn.c_proj.bias", "transformer.ln_f.bias"}),
-            "torch-mha": (2, {"embed.weight", "ln.weight", "attn.in_proj_weight",
-                              "attn.out_proj.bias", "fc2.weight", "head.weight"}),
-            "vit": (3, {"cls_token", "pos_embed", "embed.weight"})}[name]  # fmt: skip
-    assert len(spec.perm_to_axes) == want[0]
-    assert any(want[1] <= g for g in groups.values()), groups
+    groups = {p: {a[0] for a in axes} for p, axes in spec.perm_to_axes.items()}
+    # the residual stream (its embeddings, norm gains, every projection into and out of it),
+    # each block's MLP units, and each attention layer's heads: as blocks, and the units
+    # within a head (queries with keys, values with the output projection's inputs)
+    want = {"minigpt": (2, 8, {"transformer.wte.weight", "transformer.wpe.weight",
+                               "transformer.h.0.ln_1.weight", "transformer.h.0.attn.c_attn.weight",
+                               "transformer.h.1.attn.c_proj.bias", "transformer.ln_f.bias"}),
+            "torch-mha": (1, 4, {"embed.weight", "ln.weight", "attn.in_proj_weight",
+                                 "attn.out_proj.bias", "fc2.weight", "head.weight"}),
+            "vit": (2, 6, {"cls_token", "pos_embed", "embed.weight"}),
+            "gpt": (2, 4, {"tokens.weight", "positions.weight", "out.weight"}),
+            "bert-style": (2, 4, {"word.weight", "position.weight", "token_type.weight",
+                                  "layers.1.output_norm.bias", "pooler.weight"})}[name]  # fmt: skip
+    layers, d = want[0], want[1]
+    assert len(spec.perm_to_axes) == 1 + 3 * layers + (name == "bert-style")  # + the pooler
+    assert any(want[2] <= g for g in groups.values()), groups
+    assert spec.heads == {f"H{i}_{p}": (f"H{i}", d) for i in range(layers) for p in ("qk", "vo")}
+    if name == "torch-mha":
+        assert spec.perm_to_axes["H0_vo"] == (("attn.in_proj_weight", 0, 32), ("attn.in_proj_bias", 0, 32),
+                                              ("attn.out_proj.weight", 1, 0))  # fmt: skip
+    if name == "minigpt":  # the packed projection's parts, the merged heads into c_proj
+        assert spec.perm_to_axes["H1_vo"] == (("transformer.h.1.attn.c_attn.weight", 0, 32),
+                                              ("transformer.h.1.attn.c_attn.bias", 0, 32),
+                                              ("transformer.h.1.attn.c_proj.weight", 1, 0))  # fmt: skip
     assert spec_error(model, spec, x) < 1e-12
     theta = {k: v.detach() for k, v in trainable(model).items()}
     perms = random_perms(spec, theta, 0.0, torch.Generator().manual_seed(1))
+    assert all(bool((v != torch.arange(len(v))).all()) for v in perms.values())  # none in place
     moved = apply_permutation(spec, perms, theta)
     assert not all(torch.equal(moved[k], theta[k]) for k in theta)
     found = weight_matching(spec, theta, moved).perms
@@ -696,3 +716,53 @@ def test_half_precision_weights_get_one_sentence_that_says_what_to_do(tmp_path: 
     with pytest.raises(ConfigError, match=r"has float16 parameters.*call \.float\(\).*recipe\.precision: bf16 or fp16"):
         exp.run(out=tmp_path / "o", quiet=True)
     assert not (tmp_path / "o").exists()
+
+
+def hf_cases(folder: Path) -> dict[str, tuple[nn.Module, torch.Tensor]]:
+    """A BERT, a GPT-2 and a ViT built from configs (random weights, saved locally) and
+    loaded the way ``model.name: hf`` loads them."""
+    from transformers import GPT2Config, GPT2LMHeadModel, ViTConfig, ViTForImageClassification
+
+    from butterfly.models.hf import HFCausalLM, HFClassifier
+
+    torch.manual_seed(0)
+    tiny_bert(folder / "bert")
+    GPT2LMHeadModel(GPT2Config(vocab_size=40, n_embd=16, n_layer=2, n_head=4, n_positions=16,
+                               bos_token_id=0, eos_token_id=0)).save_pretrained(folder / "gpt2")  # fmt: skip
+    ViTForImageClassification(ViTConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                        intermediate_size=24, image_size=8, patch_size=4,
+                                        num_labels=3)).save_pretrained(folder / "vit")  # fmt: skip
+    ids = tokens(4, 12, 40)
+    ids[:, 1] = 1
+    return {
+        "bert": (HFClassifier(str(folder / "bert"), (2, 12), 3), tokens(4, 12, 30)),
+        "gpt2": (HFCausalLM(str(folder / "gpt2"), (2, 12)), ids),
+        "vit": (HFClassifier(str(folder / "vit"), (3, 8, 8), 3), torch.randn(4, 3, 8, 8)),
+    }
+
+
+def test_hugging_face_bert_gpt2_and_vit_are_aligned_heads_included(tmp_path: Path) -> None:
+    """Their specs (written from the architecture: fx cannot trace them) keep the function
+    under a random permutation of every space, heads moved as blocks; weight matching
+    recovers a randomly permuted copy exactly."""
+    pytest.importorskip("transformers")
+    from butterfly.align import apply_permutation, random_perms, spec_error, weight_matching
+    from butterfly.align.spec import spec_for
+
+    for name, (model, x) in hf_cases(tmp_path).items():
+        model = model.double().eval()
+        x = x.double() if x.is_floating_point() else x
+        spec = spec_for(model, x[:2])
+        theta = {k: v.detach() for k, v in trainable(model).items()}
+        covered = {a[0] for axes in spec.perm_to_axes.values() for a in axes}
+        # every tensor is permuted somewhere, except the classifier's biases (class order)
+        assert set(theta) - covered <= {"net.classifier.bias"}, (name, set(theta) - covered)
+        layers = 1 if name == "bert" else 2
+        assert len(spec.head_groups()) == layers and len(spec.perm_to_axes) == 1 + 3 * layers + (name == "bert")
+        assert spec_error(model, spec, x) < 1e-12, name
+        perms = random_perms(spec, theta, 0.0, torch.Generator().manual_seed(1))
+        assert all(bool((v != torch.arange(len(v))).all()) for v in perms.values())
+        moved = apply_permutation(spec, perms, theta)
+        found = weight_matching(spec, theta, moved).perms
+        back = apply_permutation(spec, found, moved)
+        assert all(torch.equal(back[k], theta[k]) for k in theta), name

@@ -54,7 +54,8 @@ def hidden_activations(
 ) -> dict[str, torch.Tensor]:
     """For each permutation, the (rows, units) matrix of the activations it reorders."""
     analysis = analyse(model, x[:2])
-    nodes = {p: analysis.activation_nodes(axes) for p, axes in spec.perm_to_axes.items()}
+    nodes = {p: analysis.activation_nodes(axes) for p, axes in spec.perm_to_axes.items()
+             if p not in spec.heads}  # fmt: skip
     missing = [p for p, ns in nodes.items() if not ns]
     if missing:
         raise NoActivations(
@@ -87,11 +88,13 @@ def correlation(za: torch.Tensor, zb: torch.Tensor, eps: float = 1e-12) -> torch
 def activation_matching(
     model: nn.Module, spec: PermutationSpec, a: Tensors, b: Tensors, x: torch.Tensor
 ) -> Perms:
-    """Permutations of ``b``'s units maximising activation correlation with ``a`` on ``x``."""
+    """Permutations of ``b``'s units maximising activation correlation with ``a`` on ``x``.
+    Attention heads (a spec's head groups) have no nonlinearity of their own: they stay in
+    place (weight matching moves them)."""
     acts_a = hidden_activations(model, a, x, spec)
     acts_b = hidden_activations(model, b, x, spec)
-    perms: Perms = {}
-    for p in spec.perm_to_axes:
+    perms: Perms = {p: torch.arange(n) for p, n in spec.sizes(a).items() if p in spec.heads}
+    for p in acts_a:
         c = np.nan_to_num(correlation(acts_a[p], acts_b[p]).numpy())
         # units that never fire correlate with nothing; break such exact ties by leaving the
         # unit in place (a bonus far below any real correlation difference)
@@ -99,4 +102,4 @@ def activation_matching(
         rows, cols = linear_sum_assignment(c, maximize=True)
         assert (rows == np.arange(len(rows))).all()
         perms[p] = torch.from_numpy(cols).long()
-    return perms
+    return {p: perms[p] for p in spec.perm_to_axes}

@@ -18,11 +18,26 @@ Perms = dict[str, torch.Tensor]
 
 
 def permute_param(
-    spec: PermutationSpec, perms: Perms, name: str, w: torch.Tensor, except_axis: int | None = None
+    spec: PermutationSpec,
+    perms: Perms,
+    name: str,
+    w: torch.Tensor,
+    except_: tuple[int, int] | None = None,
 ) -> torch.Tensor:
-    for axis, p in spec.axes_to_perm.get(name, {}).items():
-        if axis != except_axis:
-            w = w.index_select(axis, perms[p].to(w.device))
+    """``w`` (the tensor ``name``) with every (axis, offset) entry of ``spec`` on it applied,
+    except the one ``except_`` names."""
+    by_axis: dict[int, list[tuple[int, str]]] = {}
+    for axis, off, p in spec.slots.get(name, ()):
+        if (axis, off) != except_:
+            by_axis.setdefault(axis, []).append((off, p))
+    for axis, parts in by_axis.items():
+        if len(parts) == 1 and parts[0][0] == 0 and len(perms[parts[0][1]]) == w.shape[axis]:
+            index = perms[parts[0][1]]
+        else:  # parts of the axis (packed projections), each moved within its own range
+            index = torch.arange(w.shape[axis])
+            for off, p in parts:
+                index[off : off + len(perms[p])] = perms[p] + off
+        w = w.index_select(axis, index.to(w.device))
     return w
 
 
@@ -62,14 +77,57 @@ def random_permutation(n: int, fixed_fraction: float, g: torch.Generator) -> tor
 def random_perms(
     spec: PermutationSpec, params: Tensors, fixed_fraction: float, g: torch.Generator
 ) -> Perms:
-    return {p: random_permutation(n, fixed_fraction, g) for p, n in spec.sizes(params).items()}
+    """A random permutation of every permutation of ``spec`` leaving round(f n) of its n units
+    in place; those of a head group move heads as blocks (one head order for the group)."""
+    sizes = spec.sizes(params)
+    plans: dict[str, tuple[torch.Tensor, int, int, int]] = {}
+    out: Perms = {}
+    for p, n in sizes.items():
+        if p not in spec.heads:
+            out[p] = random_permutation(n, fixed_fraction, g)
+            continue
+        group, d = spec.heads[p]
+        if group not in plans:
+            plans[group] = head_plan(n // d, d, fixed_fraction, g)
+        order, partial, r, lone = plans[group]
+        within = []
+        for h in range(n // d):
+            if order[h] != h:
+                within.append(torch.randperm(d, generator=g))  # a moved head: every unit moves
+            elif h == partial:
+                within.append(random_permutation(d, r / d, g))
+            elif h == lone:  # the one head left to move keeps its place: its units move
+                within.append(random_permutation(d, 0.0, g))
+            else:
+                within.append(torch.arange(d))
+        out[p] = (order[:, None] * d + torch.stack(within)).reshape(-1)
+    return out
+
+
+def head_plan(
+    H: int, d: int, fixed_fraction: float, g: torch.Generator
+) -> tuple[torch.Tensor, int, int, int]:
+    """(head order, the head with r of its units fixed or -1, r, a lone head or -1) for
+    round(f H d) fixed units: whole heads fixed, one head partly, the rest moved in a cycle
+    (a single head left to move keeps its place and moves all its units instead)."""
+    m = round(fixed_fraction * H * d)
+    whole, r = divmod(m, d)
+    heads = torch.randperm(H, generator=g)
+    order = torch.arange(H)
+    partial = int(heads[whole]) if r and whole < H else -1
+    moved = heads[whole + (1 if partial >= 0 else 0) :]
+    lone = int(moved[0]) if len(moved) == 1 else -1
+    if len(moved) >= 2:
+        order[moved] = moved.roll(1)
+    return order, partial, r, lone
 
 
 @torch.no_grad()
 def spec_error(model: torch.nn.Module, spec: PermutationSpec, x: torch.Tensor) -> float:
     """How far a random permutation of every permutation in ``spec`` (no unit left in place)
-    moves the model's outputs on ``x``: max |f_P(x) - f(x)| / (1 + max |f(x)|). Rounding-level
-    for a correct spec; of order one for a wrong one."""
+    moves the model's outputs on ``x``: max |f_P(x) - f(x)| / max |f(x)|. Rounding-level for
+    a correct spec; far above it for a wrong one (relative to the outputs' own scale, so that
+    a freshly initialised transformer's small logits do not hide an error)."""
     from torch.func import functional_call
 
     params = {k: v.detach() for k, v in model.named_parameters()}
@@ -79,4 +137,4 @@ def spec_error(model: torch.nn.Module, spec: PermutationSpec, x: torch.Tensor) -
     b = functional_call(model, apply_permutation(spec, perms, params), (x,))
     if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
         raise ValueError("spec_error needs a model whose output is one tensor")
-    return float((a - b).abs().max() / (1 + a.abs().max()))
+    return float((a - b).abs().max() / a.abs().max().clamp_min(1e-30))

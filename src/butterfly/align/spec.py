@@ -22,33 +22,73 @@ from torch import nn
 
 from butterfly.layers import NORM_TYPES, canonical_names
 
-Axis = tuple[str, int]
+Axis = tuple[str, int] | tuple[str, int, int]  # (tensor, axis) or (tensor, axis, offset)
+
+
+def entry(a: Axis) -> tuple[str, int, int]:
+    """``(tensor, axis, offset)``: a permutation of n units acts on positions offset..offset+n
+    of that axis (offset 0 for a whole axis; packed projections such as a q/k/v matrix of
+    3 x d rows give each part its own offset)."""
+    return (a[0], a[1], a[2] if len(a) > 2 else 0)  # type: ignore[misc]
 
 
 @dataclass(frozen=True)
 class PermutationSpec:
-    """``perm_to_axes[p]`` lists the (tensor name, axis) pairs permuted by ``p``."""
+    """``perm_to_axes[p]`` lists the (tensor name, axis[, offset]) entries permuted by ``p``.
+
+    ``size[p]``: the number of units of a permutation acting on parts of axes (default: the
+    length of its first axis). ``heads[p] = (group, d)``: ``p`` permutes attention heads of d
+    units as blocks and the units within each head, ``p[h d + j] = s[h] d + q_h[j]``; the
+    permutations of one group (a layer's query/key units and its value/output units) share
+    the head permutation ``s`` and each has its own within-head permutations ``q_h``.
+    """
 
     perm_to_axes: dict[str, tuple[Axis, ...]]
+    size: dict[str, int] = field(default_factory=dict)
+    heads: dict[str, tuple[str, int]] = field(default_factory=dict)
 
     @property
-    def axes_to_perm(self) -> dict[str, dict[int, str]]:
-        out: dict[str, dict[int, str]] = defaultdict(dict)
+    def slots(self) -> dict[str, list[tuple[int, int, str]]]:
+        """Per tensor, the (axis, offset, permutation) entries acting on it."""
+        out: dict[str, list[tuple[int, int, str]]] = defaultdict(list)
         for p, axes in self.perm_to_axes.items():
-            for name, axis in axes:
-                out[name][axis] = p
+            for a in axes:
+                name, axis, off = entry(a)
+                out[name].append((axis, off, p))
         return dict(out)
 
     def sizes(self, params: dict[str, torch.Tensor]) -> dict[str, int]:
         out = {}
         for p, axes in self.perm_to_axes.items():
-            name, axis = next(((n, a) for n, a in axes if n in params), axes[0])
+            if p in self.size:
+                out[p] = self.size[p]
+                continue
+            name, axis = next(((a[0], a[1]) for a in axes if a[0] in params), axes[0][:2])
             out[p] = params[name].shape[axis]
         return out
 
     def groups(self) -> set[frozenset[Axis]]:
         """The partition of axes, without the permutation names (for comparing specs)."""
         return {frozenset(v) for v in self.perm_to_axes.values()}
+
+    def head_groups(self) -> dict[str, list[str]]:
+        """Head group -> its permutations, in spec order."""
+        out: dict[str, list[str]] = defaultdict(list)
+        for p in self.perm_to_axes:
+            if p in self.heads:
+                out[self.heads[p][0]].append(p)
+        return dict(out)
+
+    def keep(self, ok: set[str]) -> PermutationSpec:
+        """This spec with only the permutations in ``ok``; a head group loses all its
+        permutations when it loses one (they share the head order)."""
+        drop = set(self.perm_to_axes) - ok
+        for perms in self.head_groups().values():
+            if drop & set(perms):
+                drop |= set(perms)
+        kept = {p: axes for p, axes in self.perm_to_axes.items() if p not in drop}
+        return PermutationSpec(kept, {p: n for p, n in self.size.items() if p in kept},
+                               {p: h for p, h in self.heads.items() if p in kept})  # fmt: skip
 
 
 class NoPermutationSpec(ValueError):
@@ -143,6 +183,8 @@ class GraphAnalysis:
     node_group: dict[str, int]
     activation_names: list[str]
     node_axis: dict[str, int] = field(default_factory=dict)
+    # attention layers: (query/key entries, value/output entries, units, units per head)
+    heads: list[tuple[tuple[Axis, ...], tuple[Axis, ...], int, int]] = field(default_factory=list)
 
     def activation_nodes(self, axes: tuple[Axis, ...]) -> list[str]:
         """The nonlinearity outputs whose channels a permutation with these axes reorders."""
@@ -154,9 +196,25 @@ class GraphAnalysis:
 
 
 def derive_spec(model: nn.Module, example: torch.Tensor | None = None) -> PermutationSpec:
-    """Axis groups from the model's ``torch.fx`` graph (see :func:`analyse`)."""
-    groups = analyse(model, example).groups
-    return PermutationSpec({f"P_{i}": tuple(v) for i, v in enumerate(groups.values())})
+    """Axis groups from the model's ``torch.fx`` graph (see :func:`analyse`), and a head group
+    per attention layer (its query/key units and its value/output units)."""
+    an = analyse(model, example)
+    perms: dict[str, tuple[Axis, ...]] = {f"P_{i}": tuple(v) for i, v in enumerate(an.groups.values())}
+    size: dict[str, int] = {}
+    heads: dict[str, tuple[str, int]] = {}
+    for j, (qk, vo, n, d) in enumerate(an.heads):
+        for part, axes in (("qk", qk), ("vo", vo)):
+            perms[f"H{j}_{part}"] = axes
+            size[f"H{j}_{part}"] = n
+            heads[f"H{j}_{part}"] = (f"H{j}", d)
+    return PermutationSpec(perms, size, heads)
+
+
+class _Tracer(torch.fx.Tracer):
+    """``symbolic_trace`` with buffers as graph values, so that code slicing a buffer by a
+    traced size (a causal mask cut to the sequence length) traces."""
+
+    proxy_buffer_attributes = True
 
 
 class _Shapes(torch.fx.Interpreter):
@@ -199,7 +257,7 @@ def analyse(model: nn.Module, example: torch.Tensor | None = None) -> GraphAnaly
     are fixed. A tensor axis used in two places (tied weights, a layer called twice) joins
     its spaces. What remains free are the permutable groups.
     """
-    gm = torch.fx.symbolic_trace(model)
+    gm = torch.fx.GraphModule(model, _Tracer().trace(model))
     modules = dict(gm.named_modules())
     canon = canonical_names(model)
     shapes: dict[str, Any] = {}
@@ -223,6 +281,19 @@ def analyse(model: nn.Module, example: torch.Tensor | None = None) -> GraphAnaly
     members: dict[int, list[Axis]] = defaultdict(list)
     where: dict[Axis, int] = {}  # a tensor axis -> the space it was put in
     sizes: set[str] = set()  # nodes that are sizes, not tensors (x.size(0), x.shape)
+    heads: list[tuple[tuple[Axis, ...], tuple[Axis, ...], int, int]] = []
+
+    # attention heads of hand-written attention: a projection's units viewed as (heads, units
+    # per head), queries against keys, scores against values, merged back before the output
+    # projection. A *part* is a range of one space's units (a packed q|k|v projection has
+    # three); a headed value carries its part(s) and where its part, head and unit axes are.
+    parts: list[dict[str, Any]] = []
+    parted: dict[int, list[int]] = defaultdict(list)
+    hv: dict[str, tuple[tuple[int, ...], int | None, int, int]] = {}
+    pvs: dict[str, tuple[int, int]] = {}  # a part not yet split into heads: (part, axis)
+    hseq: dict[str, list[Any]] = {}  # tuple nodes holding parts or headed values
+    sc: dict[str, tuple[int, int, int]] = {}  # attention scores: (q part, k part, head axis)
+    links: list[tuple[int, int, int]] = []  # the (q, k, v) parts of one attention
 
     def name_of(n: str) -> str:
         return canon.get(n, n)
@@ -390,7 +461,9 @@ def analyse(model: nn.Module, example: torch.Tensor | None = None) -> GraphAnaly
         for j in range(len(so)):
             if math.prod(so[:j]) == before and so[j] == si[v[1]]:
                 return (v[0], j)  # the axis kept whole, with everything before it
-        fix(v)  # split (attention heads) or mixed with positions
+        if heads_from(node, v, x):
+            return None  # split into attention heads: followed as parts of the space
+        fix(v)  # mixed with positions
         return None
 
     def moved(node: torch.fx.Node, x: object) -> Value:
@@ -496,8 +569,24 @@ def analyse(model: nn.Module, example: torch.Tensor | None = None) -> GraphAnaly
         else:
             for v in vals:
                 fix(v)
-            fixed_params.update(name_of(f"{node.target}.{p}") for p, _ in m.named_parameters()
-                                if not p.startswith("out_proj"))  # fmt: skip
+        if m.bias_k is None and m.bias_v is None:
+            # heads as blocks, and units within a head: queries with keys, values with the
+            # output projection's inputs
+            E, t = m.embed_dim, node.target
+            qk: list[Axis] = []
+            vo: list[Axis] = []
+            if m._qkv_same_embed_dim:
+                qk += [(name_of(f"{t}.in_proj_weight"), 0, 0), (name_of(f"{t}.in_proj_weight"), 0, E)]
+                vo += [(name_of(f"{t}.in_proj_weight"), 0, 2 * E)]
+            else:
+                qk += [(name_of(f"{t}.q_proj_weight"), 0, 0), (name_of(f"{t}.k_proj_weight"), 0, 0)]
+                vo += [(name_of(f"{t}.v_proj_weight"), 0, 0)]
+            if m.in_proj_bias is not None:
+                b = name_of(f"{t}.in_proj_bias")
+                qk += [(b, 0, 0), (b, 0, E)]
+                vo += [(b, 0, 2 * E)]
+            vo += [(name_of(f"{t}.out_proj.weight"), 1, 0)]
+            heads.append((tuple(qk), tuple(vo), E, m.head_dim))
         s = uf.make()
         add(s, f"{node.target}.out_proj.weight", 0)
         if m.out_proj.bias is not None:
@@ -506,9 +595,220 @@ def analyse(model: nn.Module, example: torch.Tensor | None = None) -> GraphAnaly
         axis = len(out_shape[0]) - 1 if isinstance(out_shape, list) and out_shape[0] else 2
         seq[node.name] = [(s, axis), None]
 
+    def new_part(space: int, offset: int, n: int, H: int | None = None, d: int | None = None) -> int:
+        parts.append({"space": space, "offset": offset, "n": n, "H": H, "d": d, "merged": None,
+                      "failed": False})  # fmt: skip
+        parted[space].append(len(parts) - 1)
+        return len(parts) - 1
+
+    def split_heads(si: tuple[int, ...], so: tuple[int, ...], axis: int) -> tuple[int, int] | None:
+        """(j, m): ``axis`` of ``si`` became axes j..j+m-1 of ``so`` (m = 2: heads, units;
+        m = 3: packed parts, heads, units), everything else kept."""
+        before, after = math.prod(si[:axis]), math.prod(si[axis + 1 :])
+        for m in (2, 3):
+            for j in range(len(so) - m + 1):
+                if (math.prod(so[:j]) == before and math.prod(so[j : j + m]) == si[axis]
+                        and math.prod(so[j + m :]) == after and all(x > 1 for x in so[j : j + m])):  # fmt: skip
+                    return j, m
+        return None
+
+    def heads_from(node: torch.fx.Node, v: Value, x: object) -> bool:
+        """A view of a projection's units into heads: record its part(s)."""
+        si, so = shape(x), shapes.get(node.name)
+        if v is None or si is None or not isinstance(so, tuple):
+            return False
+        found = split_heads(si, so, v[1])
+        if found is None:
+            return False
+        j, m = found
+        if m == 2:
+            hv[node.name] = ((new_part(v[0], 0, si[v[1]], so[j], so[j + 1]),), None, j, j + 1)
+        else:
+            P, H, d = so[j : j + 3]
+            pids = tuple(new_part(v[0], i * H * d, H * d, H, d) for i in range(P))
+            hv[node.name] = (pids, j, j + 1, j + 2)
+        return True
+
+    def part_ids(name: str) -> list[int]:
+        if name in pvs:
+            return [pvs[name][0]]
+        if name in hv:
+            return list(hv[name][0])
+        if name in sc:
+            return list(sc[name][:2])
+        if name in hseq:
+            return [p for kind, h in hseq[name] for p in ([h[0]] if kind == "p" else h[0])]
+        return []
+
+    def scalar(a: object) -> bool:
+        return not isinstance(a, torch.fx.Node) or a.name in sizes or not isinstance(
+            shapes.get(a.name), tuple) or shapes.get(a.name) == ()  # fmt: skip
+
+    def broadcast_ok(a: object, axis: int, n_out: int) -> bool:
+        """Whether tensor ``a`` (a mask) is the same for every head (size 1 or absent there)."""
+        sh = shape(a)
+        if sh is None:
+            return False
+        k = n_out - axis  # the head axis counted from the right
+        return len(sh) < k or sh[len(sh) - k] == 1
+
+    def moved_axes(node: torch.fx.Node, axes: list[int | None], n: int) -> list[int | None] | None:
+        t, args = node.target, node.args[1:]
+        if t == "transpose" or t is torch.transpose:
+            d0, d1 = (norm_dim(int(d), n) for d in args[:2])  # type: ignore[call-overload]
+            return [None if a is None else d1 if a == d0 else d0 if a == d1 else a for a in axes]
+        if t == "permute" or t is torch.permute:
+            order = list(args[0]) if len(args) == 1 and isinstance(args[0], (tuple, list)) else list(args)
+            order = [norm_dim(int(d), n) for d in order]  # type: ignore[call-overload]
+            return [None if a is None else order.index(a) for a in axes]
+        return None
+
+    def heads_op(node: torch.fx.Node, a0: object) -> bool:
+        """Carry headed values, parts and scores through ``node``; False: not understood."""
+        t, method, name = node.target, node.op == "call_method", node.name
+        an = a0.name if isinstance(a0, torch.fx.Node) else ""
+        so = shapes.get(name)
+        n_in = nd(a0)
+        if node.op == "call_module":
+            m = modules[node.target]
+            if isinstance(m, (nn.Dropout, nn.Identity, nn.Softmax)) and an in (hv.keys() | sc.keys()):
+                (hv if an in hv else sc)[name] = (hv if an in hv else sc)[an]  # type: ignore[index]
+                return True
+            return False
+        if (method and t in _ELEMENTWISE_METHODS) or (not method and t in _ELEMENTWISE_FUNCS):
+            rest = [a for a in nodes_in((node.args[1:], node.kwargs)) if a.name not in sizes]
+            if an in sc and (t != "masked_fill" or all(broadcast_ok(a, sc[an][2], nd(node) or 0)
+                                                       for a in rest)):  # fmt: skip
+                sc[name] = sc[an]
+                return True
+            if an in hv and not rest:
+                hv[name] = hv[an]
+                return True
+            return False
+        if (not method and t in _BINARY_FUNCS) or (method and t in _BINARY_METHODS):
+            b = node.args[1] if len(node.args) > 1 else node.kwargs.get("other")
+            if an in hv and scalar(b):
+                hv[name] = hv[an]
+                return True
+            if isinstance(b, torch.fx.Node) and b.name in hv and scalar(a0) and t in (operator.mul, torch.mul):
+                hv[name] = hv[b.name]
+                return True
+            if an in sc and (scalar(b) or broadcast_ok(b, sc[an][2], nd(node) or 0)):
+                sc[name] = sc[an]
+                return True
+            return False
+        if t in ("transpose", "permute") or t in (torch.transpose, torch.permute):
+            if n_in is None:
+                return False
+            if an in hv:
+                pids, pa, ha, da = hv[an]
+                new = moved_axes(node, [pa, ha, da], n_in)
+                if new is None:
+                    return False
+                hv[name] = (pids, new[0], new[1], new[2])  # type: ignore[assignment]
+                return True
+            if an in sc:
+                new = moved_axes(node, [sc[an][2]], n_in)
+                if new is None:
+                    return False
+                sc[name] = (sc[an][0], sc[an][1], new[0])  # type: ignore[assignment]
+                return True
+            return False
+        if (method and t in ("view", "reshape")) or t is torch.reshape:
+            si = shape(a0)
+            if si is None or not isinstance(so, tuple):
+                return False
+            if an in pvs:
+                pid, axis = pvs[an]
+                found = split_heads(si, so, axis)
+                if found is None or found[1] != 2 or parts[pid]["H"] is not None:
+                    return False
+                j = found[0]
+                parts[pid]["H"], parts[pid]["d"] = so[j], so[j + 1]
+                hv[name] = ((pid,), None, j, j + 1)
+                return True
+            if an in hv:
+                pids, pa, ha, da = hv[an]
+                if pa is not None or da != ha + 1:
+                    return False
+                part = parts[pids[0]]
+                before, after = math.prod(si[:ha]), math.prod(si[da + 1 :])
+                for j in range(len(so)):
+                    if math.prod(so[:j]) == before and so[j] == part["n"] and math.prod(so[j + 1 :]) == after:
+                        if part["merged"] is None:
+                            part["merged"] = uf.make()
+                        ch[name] = (part["merged"], j)
+                        return True
+            return False
+        if (method and t == "unbind") or t is torch.unbind:
+            dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+            if an not in hv or n_in is None or not isinstance(dim, int):
+                return False
+            pids, pa, ha, da = hv[an]
+            if pa != norm_dim(dim, n_in):
+                return False
+            shift = [a - (a > pa) for a in (ha, da)]
+            hseq[name] = [("h", ((p,), None, shift[0], shift[1])) for p in pids]
+            return True
+        if t is operator.getitem:
+            i = node.args[1]
+            if an in hseq and isinstance(i, int):
+                kind, h = hseq[an][i]
+                (pvs if kind == "p" else hv)[name] = h
+                return True
+            if an in hv and isinstance(i, int) and hv[an][1] == 0:
+                pids, _, ha, da = hv[an]
+                hv[name] = ((pids[i],), None, ha - 1, da - 1)
+                return True
+            return False
+        if t in (operator.matmul, torch.matmul) or (method and t == "matmul"):
+            b = node.args[1]
+            bn = b.name if isinstance(b, torch.fx.Node) else ""
+            n_out = nd(node)
+            if n_out is None:
+                return False
+            if an in hv and bn in hv and len(hv[an][0]) == len(hv[bn][0]) == 1:
+                (pq,), _, hq, dq = hv[an]
+                (pk,), _, hk, dk = hv[bn]
+                if hq == hk and dq == n_out - 1 and dk == n_out - 2:
+                    sc[name] = (pq, pk, hq)
+                    return True
+            if an in sc and bn in hv and len(hv[bn][0]) == 1:
+                pq, pk, hs = sc[an]
+                (pv,), _, hvv, dv = hv[bn]
+                if hs == hvv and dv == n_out - 1:
+                    hv[name] = ((pv,), None, hs, dv)
+                    links.append((pq, pk, pv))
+                    return True
+            return False
+        if t is F.scaled_dot_product_attention:
+            q, k, vv = (list(node.args) + [node.kwargs.get(n) for n in ("query", "key", "value")])[:3]
+            names = [a.name if isinstance(a, torch.fx.Node) else "" for a in (q, k, vv)]
+            if not all(n in hv and len(hv[n][0]) == 1 for n in names):
+                return False
+            (pq,), _, hq, dq = hv[names[0]]
+            (pk,), _, hk, dk = hv[names[1]]
+            (pv,), _, hvv, dv = hv[names[2]]
+            if not (hq == hk == hvv and dq == dk == dv):
+                return False
+            hv[name] = ((pv,), None, hvv, dv)
+            links.append((pq, pk, pv))
+            return True
+        return False
+
     for node in gm.graph.nodes:
         a0 = node.args[0] if node.args else None
         out: Value = None
+        if node.op in ("call_function", "call_method", "call_module"):
+            heads_in = [n.name for n in nodes_in((node.args, node.kwargs))
+                        if n.name in hv or n.name in pvs or n.name in sc or n.name in hseq]  # fmt: skip
+            is_size = (node.op == "call_method" and node.target == "size") or node.target is getattr
+            if heads_in and not is_size:
+                if heads_op(node, a0):
+                    continue
+                for n in heads_in:
+                    for p in part_ids(n):
+                        parts[p]["failed"] = True
         if node.op == "placeholder":
             out = None
         elif node.op == "get_attr":
@@ -614,6 +914,15 @@ def analyse(model: nn.Module, example: torch.Tensor | None = None) -> GraphAnaly
                 pieces = len(sh) if isinstance(sh, list) else 0
                 if v is not None and n is not None and isinstance(d, int) and norm_dim(d, n) != v[1] and pieces:
                     seq[node.name] = [v] * pieces
+                elif v is not None and n is not None and isinstance(d, int) and pieces and all(
+                        isinstance(p, tuple) for p in sh):  # fmt: skip
+                    # along the units (a packed q|k|v projection): each piece is a part
+                    offs = [0]
+                    for piece in sh[:-1]:
+                        offs.append(offs[-1] + piece[v[1]])
+                    hseq[node.name] = [("p", (new_part(v[0], o, piece[v[1]]), v[1]))
+                                       for o, piece in zip(offs, sh, strict=True)]  # fmt: skip
+                    seq[node.name] = [None] * pieces
                 else:
                     fix(v)
                     seq[node.name] = [None] * pieces
@@ -639,10 +948,13 @@ def analyse(model: nn.Module, example: torch.Tensor | None = None) -> GraphAnaly
             ch[node.name] = out
 
     fixed_roots = {uf.find(s) for s in fixed}
+    merged = {p["merged"] for p in parts if p["merged"] is not None}
+    held = {uf.find(s) for s in parted} | {uf.find(s) for s in merged}
+    heads.extend(hand_written_heads(parts, parted, links, uf, members, fixed_roots))
     groups: dict[int, list[Axis]] = defaultdict(list)
     for s, axes in members.items():
         root = uf.find(s)
-        if root not in fixed_roots:
+        if root not in fixed_roots and root not in held:  # a part's space: only its heads move
             groups[root].extend(axes)
     groups = {r: axes for r, axes in groups.items()
               if not any(name in fixed_params for name, _ in axes)}  # fmt: skip
@@ -655,7 +967,58 @@ def analyse(model: nn.Module, example: torch.Tensor | None = None) -> GraphAnaly
     ]
     node_group = {name: uf.find(v[0]) for name, v in ch.items() if v is not None}
     node_axis = {name: v[1] for name, v in ch.items() if v is not None}
-    return GraphAnalysis(gm, dict(groups), node_group, acts, node_axis)
+    heads = [h for h in heads if not any(a[0] in fixed_params for a in h[0] + h[1])]
+    return GraphAnalysis(gm, dict(groups), node_group, acts, node_axis, heads)
+
+
+def hand_written_heads(
+    parts: list[dict[str, Any]],
+    parted: dict[int, list[int]],
+    links: list[tuple[int, int, int]],
+    uf: _UnionFind,
+    members: dict[int, list[Axis]],
+    fixed_roots: set[int],
+) -> list[tuple[tuple[Axis, ...], tuple[Axis, ...], int, int]]:
+    """The head groups of hand-written attention: a (q, k, v) link counts when each of its
+    parts has a head structure, q and k match, v is merged back into a space the output
+    projection reads, and every part of each projection it draws from is used by such a link
+    (else that projection stays in place)."""
+    spaces = list(uf.parent)
+
+    def alone(s: int) -> bool:  # not merged with any other space (no residual add, no tie)
+        root = uf.find(s)
+        return root not in fixed_roots and all(x == s or uf.find(x) != root for x in spaces)
+
+    used: dict[int, int] = {}
+    for q, k, v in links:
+        for p in (q, k, v):
+            used[p] = used.get(p, 0) + 1
+    ok = []
+    for q, k, v in links:
+        pq, pk, pv = parts[q], parts[k], parts[v]
+        fine = all(not p["failed"] and p["H"] is not None and used[i] == 1
+                   for i, p in ((q, pq), (k, pk), (v, pv)))  # fmt: skip
+        same = pq["H"] == pk["H"] == pv["H"] and pq["d"] == pk["d"] == pv["d"]
+        if fine and same and pv["merged"] is not None and alone(pv["merged"]):
+            ok.append((q, k, v))
+    while True:  # a projection counts only if all its parts are in counted links
+        inside = {p for link in ok for p in link}
+        bad = {s for s, pids in parted.items() if not alone(s) or not set(pids) <= inside}
+        keep = [link for link in ok if all(parts[p]["space"] not in bad for p in link)]
+        if keep == ok:
+            break
+        ok = keep
+
+    def entries(p: dict[str, Any]) -> list[Axis]:
+        return [(name, axis, p["offset"]) for name, axis in members.get(p["space"], [])]
+
+    out = []
+    for q, k, v in ok:
+        pv = parts[v]
+        qk = tuple(entries(parts[q]) + entries(parts[k]))
+        vo = tuple(entries(pv) + [(name, axis, 0) for name, axis in members.get(pv["merged"], [])])
+        out.append((qk, vo, pv["n"], pv["d"]))
+    return out
 
 
 def flattened_value(v: Value, si: tuple[int, ...] | None, so: object, start: object) -> Value:

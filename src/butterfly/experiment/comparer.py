@@ -22,6 +22,7 @@ from butterfly.align import (
     NoPermutationSpec,
     PermutationSpec,
     activation_matching,
+    analyse,
     apply_permutation,
     fixed_point_fraction,
     random_perms,
@@ -59,8 +60,8 @@ def movable(spec: PermutationSpec, model: nn.Module) -> PermutationSpec:
     """``spec`` without the permutations that would move a frozen parameter (butterfly never
     changes those, so their units stay in place)."""
     ok = set(trainable(model)) | set(running_statistics(model))
-    return PermutationSpec({p: axes for p, axes in spec.perm_to_axes.items()
-                            if all(name in ok for name, _ in axes)})  # fmt: skip
+    return spec.keep({p for p, axes in spec.perm_to_axes.items()
+                      if all(a[0] in ok for a in axes)})  # fmt: skip
 
 
 def last_linear(model: nn.Module) -> nn.Linear | None:
@@ -122,17 +123,28 @@ class Comparer:
                 self.skipped["alignment"] = str(err)
             else:
                 self._check_derived_spec()
+        if self.cfg.activation_matching and self.aligns:
+            try:  # activations are read from the traced graph
+                analyse(self.model, resized(self.x_train[:2], resize_of(self.model)))
+            except Exception as err:
+                reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+                self.skipped["activation_matching"] = (
+                    f"torch.fx cannot trace {type(self.model).__name__} to read its activations "
+                    f"({reason[:200]}); weight matching still aligns it"
+                )
 
     def _check_derived_spec(self) -> None:
-        """A spec derived from the traced graph must leave the function unchanged: checked
-        once on a few training inputs (a hand-written spec is the model's own business)."""
-        if callable(getattr(self.model, "permutation_spec", None)) or self._spec is None:
+        """A spec derived from the traced graph (or butterfly's spec of a Hugging Face model)
+        must leave the function unchanged: checked once on a few training inputs (a spec the
+        user wrote is the model's own business)."""
+        own = callable(getattr(self.model, "permutation_spec", None))
+        if (own and not getattr(self.model, "spec_checked", False)) or self._spec is None:
             return
         err = spec_error(self.model, self._spec, self.x_train[:16])
         if not err < 1e-4:
             self._spec = None
             self.skipped["alignment"] = (
-                f"the permutation spec derived from {type(self.model).__name__}'s graph changes "
+                f"the permutation spec derived for {type(self.model).__name__} changes "
                 f"its outputs (relative error {err:.2g}); give the model a permutation_spec() "
                 "method (README, 'Your own model')"
             )

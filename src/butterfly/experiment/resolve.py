@@ -371,7 +371,8 @@ def check_schedule(recipe: RecipeConfig) -> None:
 
 
 SKIPPED = {"alignment": "weight matching, activation matching and the permutation proxy",
-           "cka": "CKA", "ensemble": "the ensemble accuracy"}  # fmt: skip
+           "activation_matching": "activation matching", "cka": "CKA",
+           "ensemble": "the ensemble accuracy"}  # fmt: skip
 
 
 def model_warnings(
@@ -399,6 +400,7 @@ def model_warnings(
     ev = cfg.eval
     wanted = {
         "alignment": ev.weight_matching or ev.activation_matching or bool(ev.proxy_fractions),
+        "activation_matching": ev.activation_matching,
         "cka": ev.cka,
         "ensemble": ev.ensemble,
     }

@@ -23,8 +23,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from butterfly.align.spec import PermutationSpec
 from butterfly.hf_local import HFUnavailable, pickle_refused, resolve_path, transformers_module
 from butterfly.models.gpt import masked_mean
+from butterfly.models.hf_spec import hf_spec
 from butterfly.rng import generator
 
 
@@ -63,6 +65,7 @@ class HFClassifier(nn.Module):
     """A ``transformers`` sequence or image classifier behind butterfly's ``forward(x)``."""
 
     vmappable = False  # trained member by member ("loop"); vmap over HF internals is not safe
+    spec_checked = True  # its permutation spec is butterfly's: checked on the outputs once
 
     def __init__(self, path: str, input_shape: tuple[int, ...], n_classes: int,
                  fresh: bool = False):  # fmt: skip
@@ -114,6 +117,10 @@ class HFClassifier(nn.Module):
         """Draw the weights the checkpoint lacked (the head) from a generator keyed by ``seed``."""
         return draw_missing_(self, self.fresh, self.weight_init_var**0.5, seed)
 
+    def permutation_spec(self) -> PermutationSpec:
+        """BERT, GPT-2 and ViT: written from the architecture (:mod:`butterfly.models.hf_spec`)."""
+        return hf_spec(self.net, "net.")
+
     def _inputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.text:
             ids, types = x[:, 0], x[:, 1]
@@ -141,6 +148,7 @@ class HFCausalLM(nn.Module):
     output embeddings stay one parameter."""
 
     vmappable = False
+    spec_checked = True
 
     def __init__(self, path: str, input_shape: tuple[int, ...], fresh: bool = False):
         super().__init__()
@@ -173,6 +181,10 @@ class HFCausalLM(nn.Module):
     def init_fresh_(self, seed: int) -> list[str]:
         """Draw any weight the checkpoint lacked from a generator keyed by ``seed``."""
         return draw_missing_(self, self.fresh, self.weight_init_var**0.5, seed)
+
+    def permutation_spec(self) -> PermutationSpec:
+        """GPT-2: written from the architecture (:mod:`butterfly.models.hf_spec`)."""
+        return hf_spec(self.net, "net.")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(input_ids=x[:, 0], attention_mask=x[:, 1]).logits
