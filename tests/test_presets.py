@@ -260,6 +260,13 @@ def test_every_cpu_preset_runs_end_to_end(name: str, tmp_path: Path) -> None:
     if name == "finetune-vit":
         assert sorted(df.pretrain_steps.unique()) == [0, 14, 70]
         assert kids.barrier_train_loss.notna().all() and kids.cka.notna().all()
+    if name in ("finetune-vit", "finetune-minilm", "finetune-multibert"):
+        # Appendix C.5: weight matching (heads included) finds the identity for transformers
+        from butterfly.report.summary import identity_table
+
+        tab = identity_table(df)
+        assert int(tab["children"].sum()) == len(kids) and (tab["identity"] == tab["children"]).all()
+        assert (kids.barrier_train_loss_wm == kids.barrier_train_loss).all()
 
 
 def _threshold_bar(run: Path) -> None:

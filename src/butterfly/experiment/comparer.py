@@ -118,14 +118,14 @@ class Comparer:
             self.skipped["cka"] = "the model has no features() method and no Linear layer"
         if self.cfg.weight_matching or self.cfg.activation_matching or self.cfg.proxy_fractions:
             try:
-                self._spec = movable(spec_for(self.model, self.x_train[:2]), self.model)
+                self._spec = movable(spec_for(self.model, self._example(2)), self.model)
             except NoPermutationSpec as err:
                 self.skipped["alignment"] = str(err)
             else:
                 self._check_derived_spec()
         if self.cfg.activation_matching and self.aligns:
             try:  # activations are read from the traced graph
-                analyse(self.model, resized(self.x_train[:2], resize_of(self.model)))
+                analyse(self.model, self._example(2))
             except Exception as err:
                 reason = str(err).splitlines()[0] if str(err) else type(err).__name__
                 self.skipped["activation_matching"] = (
@@ -140,7 +140,7 @@ class Comparer:
         own = callable(getattr(self.model, "permutation_spec", None))
         if (own and not getattr(self.model, "spec_checked", False)) or self._spec is None:
             return
-        err = spec_error(self.model, self._spec, self.x_train[:16])
+        err = spec_error(self.model, self._spec, self._example(16))
         if not err < 1e-4:
             self._spec = None
             self.skipped["alignment"] = (
@@ -148,6 +148,11 @@ class Comparer:
                 f"its outputs (relative error {err:.2g}); give the model a permutation_spec() "
                 "method (README, 'Your own model')"
             )
+
+    def _example(self, n: int) -> torch.Tensor:
+        """The first ``n`` training inputs as the model's forward reads them (a traced graph
+        runs without the resize hook of ``model.resize``)."""
+        return resized(self.x_train[:n], resize_of(self.model))
 
     @torch.no_grad()
     def _classifies(self) -> bool:
@@ -160,7 +165,7 @@ class Comparer:
     @property
     def spec(self) -> PermutationSpec:
         if self._spec is None:
-            self._spec = movable(spec_for(self.model, self.x_train[:2]), self.model)
+            self._spec = movable(spec_for(self.model, self._example(2)), self.model)
         return self._spec
 
     @property
