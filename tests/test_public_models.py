@@ -61,8 +61,10 @@ def test_a_gpt_with_tied_embeddings_and_its_own_layernorm_from_yaml_and_python(
     df = results(tmp_path / "yaml")
     ctrl = df[df.member == "control"]
     assert len(ctrl) == 2 and (ctrl.l2 == 0.0).all() and (ctrl.barrier_test_loss == 0.0).all()
-    assert (df[df.kind == "gaussian"].l2 > 0).all()
-    # weight matching through the attention blocks (the residual stream, the MLP units)
+    kids = df[df.kind == "gaussian"].set_index("t")
+    assert (kids.l2 > 0).all()
+    assert kids.barrier_test_loss[0] > kids.barrier_test_loss[4] >= 0  # t = 0 against T/2
+    # weight matching through the attention blocks (the residual stream, the MLP units, heads)
     assert df.fixed_point_fraction_wm.notna().all() and (ctrl.fixed_point_fraction_wm == 1.0).all()
     # stored once, under the name named_parameters() gives it
     saved, _, _ = load_checkpoint(tmp_path / "yaml/parents/seed0/step0000004.safetensors")
@@ -216,18 +218,35 @@ def test_a_hugging_face_bert_from_a_config_draws_its_weights_per_seed(tmp_path: 
     with pytest.raises(ConfigError, match=r"model\.init = fresh draws a Hugging Face"):
         build_config({"model": {"name": "mlp", "init": "fresh"}})
     raw = {
-        "seeds": [0, 1],
-        "data": {"name": "sentiment", "max_length": 16, "max_train": 64},
+        "name": "bert", "seeds": [0, 1],
+        "data": {"name": "sentiment", "max_length": 16, "max_train": 256},
         "model": {"name": "hf", "path": str(folder), "init": "fresh"},
-        "recipe": {"optimizer": "adamw", "lr": 1e-3, "steps": 4, "batch_size": 8},
-        "perturb": {"times": [0.0], "sigmas": [1e-2], "kinds": ["gaussian"]},
-        "eval": SMALL_EVAL,
+        "recipe": {"optimizer": "adamw", "lr": 1e-2, "steps": 100, "batch_size": 16},
+        "perturb": {"times": [0.0, 0.5], "sigmas": [0.1, 0.5], "kinds": ["gaussian"]},
+        "eval": {**SMALL_EVAL, "weight_matching": True}, "runtime": {"workers": 1},
     }  # fmt: skip
-    out = run_sweep(build_config(raw), tmp_path / "run", quiet=True, workers=1)
-    assert out.control_ok
+    cfg = tmp_path / "bert.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    assert main(["run", str(cfg), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    df = results(tmp_path / "run")
+    ctrl = df[df.member == "control"]
+    assert len(ctrl) == 4 and (ctrl.l2 == 0.0).all() and (ctrl.barrier_train_loss == 0.0).all()
     theta0 = [load_checkpoint(tmp_path / f"run/parents/seed{s}/step0000000.safetensors")[0]
               for s in (0, 1)]  # fmt: skip
     assert not torch.equal(theta0[0][name], theta0[1][name])
+    kids = df[df.kind == "gaussian"]
+    # the butterfly effect, per size: a perturbation at t = 0 ends further apart than at T/2
+    by_t = kids.groupby(["sigma", "t"]).barrier_train_loss.mean()
+    for sigma in (0.1, 0.5):
+        assert by_t[(sigma, 0)] > by_t[(sigma, 50)] >= 0, by_t
+    # weight matching through BERT's heads (butterfly's spec for it: fx cannot trace it)
+    assert kids.fixed_point_fraction_wm.notna().all() and (ctrl.fixed_point_fraction_wm == 1.0).all()
+    # the same numbers from the Python API (seed 1)
+    py = butterfly.Experiment(config={**raw, "seeds": [1]}).run(out=tmp_path / "py", quiet=True,
+                                                                 report=False).results  # fmt: skip
+    cols = ["t", "member", "l2", "barrier_train_loss", "fixed_point_fraction_wm"]
+    a = py.sort_values(["t", "member"]).reset_index(drop=True)[cols]
+    assert a.equals(df[df.seed == 1][cols].reset_index(drop=True))
 
 
 def test_a_model_of_your_own_reads_the_built_in_text_data(tmp_path: Path) -> None:
@@ -356,8 +375,32 @@ def test_a_spec_is_derived_through_view_of_size_and_grouped_norms() -> None:
                                                 ("gn.weight", 0), ("gn.bias", 0),
                                                 ("conv2.weight", 1))]  # fmt: skip
     assert spec_error(one, spec, x) < 1e-5
-    two = ViewNet(groups=2)  # channels may not move between groups: nothing is permuted
-    assert derive_spec(two).perm_to_axes == {}
+    # two groups of 4: groups move as blocks and channels within a group, never between
+    two = ViewNet(groups=2)
+    spec = derive_spec(two)
+    assert list(spec.perm_to_axes.values()) == [(("conv1.weight", 0), ("conv1.bias", 0),
+                                                ("gn.weight", 0), ("gn.bias", 0),
+                                                ("conv2.weight", 1))]  # fmt: skip
+    assert spec.heads == {"P_0": ("G0", 4)}
+    assert spec_error(two, spec, x) < 1e-5
+    from butterfly.align import (
+        activation_matching,
+        apply_permutation,
+        random_perms,
+        weight_matching,
+    )
+
+    theta = {k: v.detach() for k, v in two.named_parameters()}
+    perms = random_perms(spec, theta, 0.0, torch.Generator().manual_seed(0))
+    assert set((perms["P_0"].view(2, 4) // 4)[:, 0].tolist()) == {0, 1}  # groups swapped whole
+    moved = apply_permutation(spec, perms, theta)
+    for found in (weight_matching(spec, theta, moved).perms,
+                  activation_matching(two, spec, theta, moved, torch.randn(64, 3, 4, 4))):  # fmt: skip
+        back = apply_permutation(spec, found, moved)
+        assert all(torch.equal(back[k], theta[k]) for k in theta)
+    # a channel moved to the other group would change the statistics: the check sees it
+    wrong = type(spec)(spec.perm_to_axes)  # the same axes without the group structure
+    assert spec_error(two, wrong, x) > 1e-2
 
 
 # ---- BatchNorm with running statistics -------------------------------------------------------

@@ -19,6 +19,7 @@ from torch import nn
 
 from butterfly.align.permute import Perms
 from butterfly.align.spec import PermutationSpec, analyse
+from butterfly.align.weight_matching import heads_assignment
 
 Tensors = dict[str, torch.Tensor]
 
@@ -55,7 +56,7 @@ def hidden_activations(
     """For each permutation, the (rows, units) matrix of the activations it reorders."""
     analysis = analyse(model, x[:2])
     nodes = {p: analysis.activation_nodes(axes) for p, axes in spec.perm_to_axes.items()
-             if p not in spec.heads}  # fmt: skip
+             if p not in spec.attention_perms()}  # fmt: skip
     missing = [p for p, ns in nodes.items() if not ns]
     if missing:
         raise NoActivations(
@@ -93,12 +94,16 @@ def activation_matching(
     place (weight matching moves them)."""
     acts_a = hidden_activations(model, a, x, spec)
     acts_b = hidden_activations(model, b, x, spec)
-    perms: Perms = {p: torch.arange(n) for p, n in spec.sizes(a).items() if p in spec.heads}
+    heads = spec.attention_perms()
+    perms: Perms = {p: torch.arange(n) for p, n in spec.sizes(a).items() if p in heads}
     for p in acts_a:
         c = np.nan_to_num(correlation(acts_a[p], acts_b[p]).numpy())
         # units that never fire correlate with nothing; break such exact ties by leaving the
         # unit in place (a bonus far below any real correlation difference)
         c[np.diag_indices_from(c)] += 1e-9
+        if p in spec.heads:  # a GroupNorm's channels: groups as blocks, channels within
+            perms[p] = torch.from_numpy(heads_assignment([c], spec.heads[p][1])[0]).long()
+            continue
         rows, cols = linear_sum_assignment(c, maximize=True)
         assert (rows == np.arange(len(rows))).all()
         perms[p] = torch.from_numpy(cols).long()

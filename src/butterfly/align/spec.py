@@ -79,6 +79,10 @@ class PermutationSpec:
                 out[self.heads[p][0]].append(p)
         return dict(out)
 
+    def attention_perms(self) -> set[str]:
+        """The permutations of attention head groups (several sharing one head order)."""
+        return {p for ps in self.head_groups().values() if len(ps) > 1 for p in ps}
+
     def keep(self, ok: set[str]) -> PermutationSpec:
         """This spec with only the permutations in ``ok``; a head group loses all its
         permutations when it loses one (they share the head order)."""
@@ -185,6 +189,8 @@ class GraphAnalysis:
     node_axis: dict[str, int] = field(default_factory=dict)
     # attention layers: (query/key entries, value/output entries, units, units per head)
     heads: list[tuple[tuple[Axis, ...], tuple[Axis, ...], int, int]] = field(default_factory=list)
+    # groups normalised by a GroupNorm: root -> channels per group (moved as blocks)
+    blocks: dict[int, int] = field(default_factory=dict)
 
     def activation_nodes(self, axes: tuple[Axis, ...]) -> list[str]:
         """The nonlinearity outputs whose channels a permutation with these axes reorders."""
@@ -201,7 +207,9 @@ def derive_spec(model: nn.Module, example: torch.Tensor | None = None) -> Permut
     an = analyse(model, example)
     perms: dict[str, tuple[Axis, ...]] = {f"P_{i}": tuple(v) for i, v in enumerate(an.groups.values())}
     size: dict[str, int] = {}
-    heads: dict[str, tuple[str, int]] = {}
+    # a GroupNorm's channels: groups as blocks, channels within each (a head group of one)
+    heads: dict[str, tuple[str, int]] = {f"P_{i}": (f"G{i}", an.blocks[r])
+                                         for i, r in enumerate(an.groups) if r in an.blocks}  # fmt: skip
     for j, (qk, vo, n, d) in enumerate(an.heads):
         for part, axes in (("qk", qk), ("vo", vo)):
             perms[f"H{j}_{part}"] = axes
@@ -282,6 +290,7 @@ def analyse(model: nn.Module, example: torch.Tensor | None = None) -> GraphAnaly
     where: dict[Axis, int] = {}  # a tensor axis -> the space it was put in
     sizes: set[str] = set()  # nodes that are sizes, not tensors (x.size(0), x.shape)
     heads: list[tuple[tuple[Axis, ...], tuple[Axis, ...], int, int]] = []
+    blocks: dict[int, set[int]] = defaultdict(set)  # GroupNorm spaces: channels per group
 
     # attention heads of hand-written attention: a projection's units viewed as (heads, units
     # per head), queries against keys, scores against values, merged back before the output
@@ -839,7 +848,8 @@ def analyse(model: nn.Module, example: torch.Tensor | None = None) -> GraphAnaly
                         add(v[0], f"{t}.running_mean", 0)
                         add(v[0], f"{t}.running_var", 0)
                     if isinstance(m, nn.GroupNorm) and 1 < m.num_groups < m.num_channels:
-                        fix(v)  # statistics per group: only permutations within groups
+                        # statistics per group: groups move as blocks, channels within a group
+                        blocks[v[0]].add(m.num_channels // m.num_groups)
                     out = v
                 else:
                     out = opaque(node)
@@ -958,6 +968,11 @@ def analyse(model: nn.Module, example: torch.Tensor | None = None) -> GraphAnaly
             groups[root].extend(axes)
     groups = {r: axes for r, axes in groups.items()
               if not any(name in fixed_params for name, _ in axes)}  # fmt: skip
+    block_of: dict[int, set[int]] = defaultdict(set)
+    for space, sizes_ in blocks.items():
+        block_of[uf.find(space)] |= sizes_
+    # two GroupNorms with other group sizes on one space: it stays in place
+    groups = {r: axes for r, axes in groups.items() if len(block_of.get(r, ())) <= 1}
     acts = [
         n.name
         for n in gm.graph.nodes
@@ -968,7 +983,8 @@ def analyse(model: nn.Module, example: torch.Tensor | None = None) -> GraphAnaly
     node_group = {name: uf.find(v[0]) for name, v in ch.items() if v is not None}
     node_axis = {name: v[1] for name, v in ch.items() if v is not None}
     heads = [h for h in heads if not any(a[0] in fixed_params for a in h[0] + h[1])]
-    return GraphAnalysis(gm, dict(groups), node_group, acts, node_axis, heads)
+    group_blocks = {r: next(iter(block_of[r])) for r in groups if block_of.get(r)}
+    return GraphAnalysis(gm, dict(groups), node_group, acts, node_axis, heads, group_blocks)
 
 
 def hand_written_heads(

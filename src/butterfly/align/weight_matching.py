@@ -58,7 +58,7 @@ def _assign(A: np.ndarray) -> np.ndarray:
     return cols
 
 
-def _heads(blocks: list[np.ndarray], d: int) -> list[np.ndarray]:
+def heads_assignment(blocks: list[np.ndarray], d: int) -> list[np.ndarray]:
     """The best block-structured permutations for similarity matrices sharing a head order."""
     H = blocks[0].shape[0] // d
     value = np.zeros((H, H))
@@ -88,12 +88,14 @@ def weight_matching(
     With attention heads and no ``init``, the other permutations are matched first on the
     tensors no head permutation touches (a head permutation still unknown would blur every
     tensor it shares), and the whole spec is then matched from there."""
-    if init is None and spec.heads:
-        touched = {a[0] for p in spec.heads for a in spec.perm_to_axes[p]}
+    attention = spec.attention_perms()
+    if init is None and attention:
+        touched = {x[0] for p in attention for x in spec.perm_to_axes[p]}
         rest = PermutationSpec(
-            {p: kept for p, axes in spec.perm_to_axes.items() if p not in spec.heads
+            {p: kept for p, axes in spec.perm_to_axes.items() if p not in attention
              and (kept := tuple(x for x in axes if x[0] not in touched))},
-            {p: n for p, n in spec.sizes(a).items() if p not in spec.heads})  # fmt: skip
+            {p: n for p, n in spec.sizes(a).items() if p not in attention},
+            {p: h for p, h in spec.heads.items() if p not in attention})  # fmt: skip
         first = weight_matching(rest, a, b, max_iter, seed).perms
         init = {**identity(spec, a), **first}
     perms = {k: v.clone() for k, v in (init or identity(spec, a)).items()}
@@ -106,7 +108,7 @@ def weight_matching(
             unit = units[i]
             As = [_similarity(spec, perms, p, a, b) for p in unit]
             if unit[0] in spec.heads:
-                found = _heads(As, spec.heads[unit[0]][1])
+                found = heads_assignment(As, spec.heads[unit[0]][1])
             else:
                 found = [_assign(As[0])]
             at = np.arange(len(found[0]))
