@@ -6,8 +6,13 @@ cell at a time, in one process, with ``torch.nn`` modules and ``torch.optim``. B
 the same data, batches, recipe, perturbations and metrics (L2, train-loss and test-error
 barriers), and both carry a sigma = 0 control per seed whose divergence must be exactly 0.
 
-    python benchmarks/sweep_speed.py            # the default sweep grid (about 15 minutes)
+    python benchmarks/sweep_speed.py            # the default sweep grid (about 20 minutes)
     python benchmarks/sweep_speed.py --quick    # a small grid (under 2 minutes)
+
+It measures this machine's single-thread sgemm peak in the same run and prints the sweep's
+achieved training GFLOP/s per core as a fraction of it; the naive design runs twice, in one
+process and with as many processes side by side as butterfly has workers (equal resources);
+the load average is printed before and after, so a loaded run says so.
 
 Also prints population-training throughput (samples/s, all members counted) against a single
 model on the same batch, for population sizes 1-32.
@@ -115,22 +120,77 @@ def _perturb_naive(cfg, data, net, info, seed, t, kind, sigma) -> None:
             params[n].add_(e, alpha=sigma)
 
 
-def run_naive(cfg: RunConfig) -> dict:
-    data = load_dataset(cfg.data)
-    start = time.perf_counter()
-    steps = 0
-    rows = []
+def _cells(cfg: RunConfig) -> list[tuple[int, int, str | None, float]]:
+    """Every cell of the grid: a control per seed, then (seed, t, kind, sigma)."""
+    out: list[tuple[int, int, str | None, float]] = []
     for seed in cfg.seeds:
-        ctrl = naive_cell(cfg, data, seed, 0, None, 0.0)
-        steps += ctrl["steps"]
-        rows.append({"seed": seed, "t": 0, "control": 1, **ctrl})
+        out.append((seed, 0, None, 0.0))
         for t in cfg.perturbation_steps():
             for kind in cfg.perturb.kinds:
                 for sigma in cfg.perturb.sigmas:
-                    r = naive_cell(cfg, data, seed, t, kind, sigma)
-                    steps += r["steps"]
-                    rows.append({"seed": seed, "t": t, "control": 0, "kind": kind, **r})
+                    out.append((seed, t, kind, sigma))
+    return out
+
+
+_POOL_CFG: RunConfig | None = None
+
+
+def _pool_cell(cell: tuple[int, int, str | None, float]) -> dict:
+    torch.set_num_threads(1)
+    assert _POOL_CFG is not None
+    seed, t, kind, sigma = cell
+    r = naive_cell(_POOL_CFG, load_dataset(_POOL_CFG.data), seed, t, kind, sigma)
+    return {"seed": seed, "t": t, "control": int(kind is None), "kind": kind, **r}
+
+
+def run_naive(cfg: RunConfig, processes: int = 1) -> dict:
+    """The naive design, one cell at a time in this process, or ``processes`` cells side by
+    side (one process each, as a user's loop of single-cell jobs would run them)."""
+    global _POOL_CFG
+    data = load_dataset(cfg.data)
+    start = time.perf_counter()
+    if processes > 1:
+        import multiprocessing as mp
+
+        _POOL_CFG = cfg
+        with mp.get_context("fork").Pool(processes) as pool:
+            rows = pool.map(_pool_cell, _cells(cfg), chunksize=1)
+    else:
+        rows = [{"seed": seed, "t": t, "control": int(kind is None), "kind": kind,
+                 **naive_cell(cfg, data, seed, t, kind, sigma)}
+                for seed, t, kind, sigma in _cells(cfg)]  # fmt: skip
+    steps = sum(r["steps"] for r in rows)
     return {"wall_s": time.perf_counter() - start, "steps": steps, "rows": rows}
+
+
+# ---- how close to the machine ------------------------------------------------------------------
+
+
+def sgemm_peak(n: int = 1024, repeats: int = 7) -> float:
+    """This machine's single-thread float32 matrix-product rate (GFLOP/s, median of
+    ``repeats``) on an n x n product."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def training_flops(cfg: RunConfig) -> float:
+    """FLOPs of one member-step of training: about 6 x multiply-adds-weights x batch (2 for the
+    forward pass, 4 for the backward pass), counting the model's weight matrices."""
+    data = load_dataset(cfg.data)
+    model = build_model(cfg.model, data.input_shape, data.n_classes, 0)
+    weights = sum(p.numel() for p in model.parameters() if p.dim() > 1)
+    return 6.0 * weights * cfg.recipe.batch_size
+
+
+def load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"{one:.2f} (1 min), {five:.2f} (5 min)"
 
 
 # ---- throughput ----------------------------------------------------------------------------
@@ -219,14 +279,20 @@ def main() -> int:
         f"grid: {grid}; torch {torch.__version__}, {os.cpu_count()} cores, 1 intra-op thread/process"
     )
     load_dataset(cfg.data)  # warm the data cache outside the timings
+    load_before = load()
+    workers = args.workers or os.cpu_count() or 1
+    peak = sgemm_peak()
+    print(f"load average before: {load_before}; single-thread sgemm peak {peak:.1f} GFLOP/s")
 
     with tempfile.TemporaryDirectory() as tmp:
         ours_start = time.perf_counter()
-        ours = run_sweep(cfg, Path(tmp) / "run", workers=args.workers or None, quiet=True)
+        ours = run_sweep(cfg, Path(tmp) / "run", workers=workers, quiet=True)
         ours_wall = time.perf_counter() - ours_start
-    print(f"butterfly: {ours_wall:8.1f} s wall, {ours.steps} member-steps")
+    print(f"butterfly: {ours_wall:8.1f} s wall, {ours.steps} member-steps, {workers} workers")
     naive = run_naive(cfg)
-    print(f"naive    : {naive['wall_s']:8.1f} s wall, {naive['steps']} member-steps")
+    print(f"naive    : {naive['wall_s']:8.1f} s wall, {naive['steps']} member-steps, 1 process")
+    wide = run_naive(cfg, workers) if workers > 1 else naive
+    print(f"naive    : {wide['wall_s']:8.1f} s wall, {workers} processes side by side")
 
     minimum = ours.minimum_steps
     df = ours.results
@@ -241,8 +307,17 @@ def main() -> int:
     print(f"{'steps / minimum':24s}{naive['steps'] / minimum:14.2f}{ours.steps / minimum:14.2f}")
     print(f"{'control divergence':24s}{naive_ctrl:14.3g}{ours_ctrl:14.3g}")
     print(
-        f"speed-up (naive wall / butterfly wall): {naive['wall_s'] / ours_wall:.2f}x "
-        f"(minimum member-steps for this grid: {minimum})"
+        f"speed-up (naive wall / butterfly wall): {naive['wall_s'] / ours_wall:.2f}x against one "
+        f"naive process, {wide['wall_s'] / ours_wall:.2f}x at equal resources ({workers} naive "
+        f"processes against {workers} workers); minimum member-steps for this grid: {minimum}"
+    )
+    flops = training_flops(cfg)
+    achieved = flops * ours.steps / ours_wall / workers / 1e9
+    print(
+        f"training arithmetic: {flops / 1e6:.2f} MFLOP per member-step, {flops * ours.steps / 1e12:.2f} "
+        f"TFLOP for the sweep; butterfly achieves {achieved:.1f} GFLOP/s per core = "
+        f"{achieved / peak:.2f} of the sgemm peak (the sweep's FLOP limit on {workers} cores: "
+        f"{flops * minimum / (peak * 1e9 * workers):.1f} s at the minimum member-steps)"
     )
 
     # same per-child semantics: mean barrier per t in both designs
@@ -267,7 +342,10 @@ def main() -> int:
         for mode, P, sps in throughput(cfg, [1, 2, 4, 8, 16, 32], 40 if args.quick else 150):
             ref = ref or sps
             print(f"  {mode:18s} P = {P:2d}: {sps:12.0f}  ({sps / ref:5.2f}x single model)")
-    ok = naive_ctrl == 0.0 and ours_ctrl == 0.0 and ours.control_ok and not math.isnan(ours_ctrl)
+    print(f"\nload average after: {load()} (before: {load_before})")
+    wide_ctrl = max(max(r["l2"], abs(r["barrier_train_loss"])) for r in wide["rows"] if r["control"])
+    ok = (naive_ctrl == 0.0 and wide_ctrl == 0.0 and ours_ctrl == 0.0 and ours.control_ok
+          and not math.isnan(ours_ctrl))  # fmt: skip
     if not ok:
         print("DETERMINISM FAILURE: a control diverged", file=sys.stderr)
         return 1

@@ -114,9 +114,17 @@ def test_random_head_permutations_move_heads_as_blocks_with_the_requested_fixed_
             blocks = p.view(6, 4) // 4
             assert (blocks == blocks[:, :1]).all()  # each head lands whole in one head
             orders.append(blocks[:, 0])
-            # one unit more may stay when a part-fixed head leaves a single unit to move
-            assert int((p == torch.arange(24)).sum()) - round(f * 24) in (0, 1), (f, p)
+            assert int((p == torch.arange(24)).sum()) == round(f * 24), (f, p)
         assert torch.equal(orders[0], orders[1])
+    # every count of units in place is met exactly, but n - 1 (one unit cannot move alone)
+    from butterfly.align.permute import head_plan
+
+    for H, d in ((4, 4), (3, 5), (2, 3)):
+        n = H * d
+        for m in range(n + 1):
+            order, kept = head_plan(H, d, m / n, generator("test", m))
+            fixed = sum(kept[h] for h in range(H) if order[h] == h)
+            assert fixed == m or m == n - 1, (H, d, m, fixed)
 
 
 def _dataset(shape: tuple[int, ...], n: int = 300) -> Dataset:

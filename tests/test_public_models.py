@@ -809,3 +809,45 @@ def test_hugging_face_bert_gpt2_and_vit_are_aligned_heads_included(tmp_path: Pat
         found = weight_matching(spec, theta, moved).perms
         back = apply_permutation(spec, found, moved)
         assert all(torch.equal(back[k], theta[k]) for k in theta), name
+
+
+class OddAttention(nn.Module):
+    """Forms attention code also takes: keyword dims, a per-head (ALiBi-style) bias, one
+    nn.MultiheadAttention called twice, per-head attention weights used downstream."""
+
+    def __init__(self, form: str, E: int = 8, H: int = 2):
+        super().__init__()
+        self.form, self.E, self.H = form, E, H
+        self.inp, self.qkv = nn.Linear(4, E), nn.Linear(E, 3 * E)
+        self.o, self.out = nn.Linear(E, E), nn.Linear(E, 3)
+        self.mha = nn.MultiheadAttention(E, H, batch_first=True)
+        self.register_buffer("bias", torch.randn(1, H, 5, 5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x)
+        N, T, E = h.shape
+        if self.form in ("keywords", "alibi"):
+            q, k, v = self.qkv(h).view(N, T, 3, self.H, E // self.H).permute(dims=(2, 0, 3, 1, 4)).unbind(0)
+            scores = torch.matmul(q, other=k.transpose(dim0=-2, dim1=-1))
+            if self.form == "alibi":
+                scores = scores + self.bias  # a bias per head: heads may not move
+            a = (scores.softmax(-1) @ v).transpose(1, 2).reshape(N, T, E)
+            return self.out(h + self.o(a))
+        if self.form == "mha-twice":
+            h = h + self.mha(h, h, h, need_weights=False)[0]
+            return self.out(h + self.mha(h, h, h, need_weights=False)[0])
+        a, w = self.mha(h, h, h, average_attn_weights=False)  # (N, H, T, T), per head
+        return self.out(h + a).mean(1) + w[:, 0].amax((-1, -2))[:, None]
+
+
+@pytest.mark.parametrize("form,heads", [("keywords", 1), ("alibi", 0), ("mha-twice", 1),
+                                        ("per-head-weights", 0)])  # fmt: skip
+def test_attention_forms_get_heads_only_where_heads_may_move(form: str, heads: int) -> None:
+    from butterfly.align import derive_spec, spec_error
+
+    torch.manual_seed(0)
+    model, x = OddAttention(form).double().eval(), torch.randn(8, 5, 4).double()
+    spec = derive_spec(model, x[:2])
+    assert len(spec.head_groups()) == heads, spec.heads
+    assert spec_error(model, spec, x) < 1e-12  # the residual stream is aligned in every form
+    assert len(spec.perm_to_axes) >= 1 + 2 * heads

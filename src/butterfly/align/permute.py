@@ -80,7 +80,7 @@ def random_perms(
     """A random permutation of every permutation of ``spec`` leaving round(f n) of its n units
     in place; those of a head group move heads as blocks (one head order for the group)."""
     sizes = spec.sizes(params)
-    plans: dict[str, tuple[torch.Tensor, int, int, int]] = {}
+    plans: dict[str, tuple[torch.Tensor, dict[int, int]]] = {}
     out: Perms = {}
     for p, n in sizes.items():
         if p not in spec.heads:
@@ -89,37 +89,45 @@ def random_perms(
         group, d = spec.heads[p]
         if group not in plans:
             plans[group] = head_plan(n // d, d, fixed_fraction, g)
-        order, partial, r, lone = plans[group]
+        order, kept = plans[group]
         within = []
         for h in range(n // d):
             if order[h] != h:
                 within.append(torch.randperm(d, generator=g))  # a moved head: every unit moves
-            elif h == partial:
-                within.append(random_permutation(d, r / d, g))
-            elif h == lone:  # the one head left to move keeps its place: its units move
-                within.append(random_permutation(d, 0.0, g))
-            else:
+            elif kept[h] == d:
                 within.append(torch.arange(d))
+            else:
+                within.append(random_permutation(d, kept[h] / d, g))
         out[p] = (order[:, None] * d + torch.stack(within)).reshape(-1)
     return out
 
 
 def head_plan(
     H: int, d: int, fixed_fraction: float, g: torch.Generator
-) -> tuple[torch.Tensor, int, int, int]:
-    """(head order, the head with r of its units fixed or -1, r, a lone head or -1) for
-    round(f H d) fixed units: whole heads fixed, one head partly, the rest moved in a cycle
-    (a single head left to move keeps its place and moves all its units instead)."""
+) -> tuple[torch.Tensor, dict[int, int]]:
+    """(head order, units left in place per head that keeps its place) for round(f H d) fixed
+    units: whole heads fixed, one head (or two, when one would have to move a single unit) partly,
+    the rest moved in a cycle; a single head left to move keeps its place and moves all its
+    units instead. Exact except for n - 1 fixed units, or an odd number with two units a head."""
     m = round(fixed_fraction * H * d)
     whole, r = divmod(m, d)
-    heads = torch.randperm(H, generator=g)
+    heads = torch.randperm(H, generator=g).tolist()
+    kept = {h: d for h in heads[:whole]}
+    rest = heads[whole:]
+    if r and r == d - 1 and d >= 3 and len(rest) >= 2:  # d - 1 in one head cannot be: split
+        kept[rest[0]], kept[rest[1]] = d - 2, 1
+        rest = rest[2:]
+    elif r and rest:
+        kept[rest[0]] = r
+        rest = rest[1:]
+    if len(rest) == 1:
+        kept[rest[0]] = 0
+        rest = []
     order = torch.arange(H)
-    partial = int(heads[whole]) if r and whole < H else -1
-    moved = heads[whole + (1 if partial >= 0 else 0) :]
-    lone = int(moved[0]) if len(moved) == 1 else -1
-    if len(moved) >= 2:
+    if rest:
+        moved = torch.tensor(rest)
         order[moved] = moved.roll(1)
-    return order, partial, r, lone
+    return order, kept
 
 
 @torch.no_grad()

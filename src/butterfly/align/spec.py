@@ -10,6 +10,7 @@ agree), and :func:`spec_for` uses it for models without a spec of their own.
 
 from __future__ import annotations
 
+import itertools
 import math
 import operator
 from collections import defaultdict
@@ -291,6 +292,7 @@ def analyse(model: nn.Module, example: torch.Tensor | None = None) -> GraphAnaly
     sizes: set[str] = set()  # nodes that are sizes, not tensors (x.size(0), x.shape)
     heads: list[tuple[tuple[Axis, ...], tuple[Axis, ...], int, int]] = []
     blocks: dict[int, set[int]] = defaultdict(set)  # GroupNorm spaces: channels per group
+    mha_done: set[str] = set()
 
     # attention heads of hand-written attention: a projection's units viewed as (heads, units
     # per head), queries against keys, scores against values, merged back before the output
@@ -484,13 +486,9 @@ def analyse(model: nn.Module, example: torch.Tensor | None = None) -> GraphAnaly
         args = node.args[1:]
         if n is None:
             return opaque(node)
-        if t == "transpose" or t is torch.transpose:
-            d0, d1 = (norm_dim(int(d), n) for d in args[:2])  # type: ignore[call-overload]
-            return (v[0], d1 if a == d0 else d0 if a == d1 else a)
-        if t == "permute" or t is torch.permute:
-            order = list(args[0]) if len(args) == 1 and isinstance(args[0], (tuple, list)) else list(args)
-            order = [norm_dim(int(d), n) for d in order]  # type: ignore[call-overload]
-            return (v[0], order.index(a))
+        if t in ("transpose", "permute") or t in (torch.transpose, torch.permute):
+            where_to = moved_to(node, n)
+            return opaque(node) if where_to is None else (v[0], where_to[a])
         if t == "unsqueeze" or t is torch.unsqueeze:
             d = norm_dim(int(args[0]), n + 1)  # type: ignore[call-overload]
             return (v[0], a + 1 if d <= a else a)
@@ -566,7 +564,8 @@ def analyse(model: nn.Module, example: torch.Tensor | None = None) -> GraphAnaly
         return (known[0][0], axis)
 
     def attention(node: torch.fx.Node, m: nn.MultiheadAttention) -> None:
-        q, k, vv = (node.args + tuple(node.kwargs.get(n) for n in ("query", "key", "value")))[:3]
+        given = list(node.args[:3])
+        q, k, vv = given + [node.kwargs.get(n) for n in ("query", "key", "value")[len(given):]]
         vals = [val(a) for a in (q, k, vv)]
         # self-attention: query, key and value in one space (the same value, or one norm's
         # outputs), read by one input projection
@@ -578,9 +577,12 @@ def analyse(model: nn.Module, example: torch.Tensor | None = None) -> GraphAnaly
         else:
             for v in vals:
                 fix(v)
-        if m.bias_k is None and m.bias_v is None:
+        per_head = node.kwargs.get("average_attn_weights", True) is False or (
+            len(node.args) > 6 and node.args[6] is False)
+        if m.bias_k is None and m.bias_v is None and not per_head and node.target not in mha_done:
             # heads as blocks, and units within a head: queries with keys, values with the
-            # output projection's inputs
+            # output projection's inputs (once per module, however often it is called)
+            mha_done.add(node.target)
             E, t = m.embed_dim, node.target
             qk: list[Axis] = []
             vo: list[Axis] = []
@@ -662,15 +664,8 @@ def analyse(model: nn.Module, example: torch.Tensor | None = None) -> GraphAnaly
         return len(sh) < k or sh[len(sh) - k] == 1
 
     def moved_axes(node: torch.fx.Node, axes: list[int | None], n: int) -> list[int | None] | None:
-        t, args = node.target, node.args[1:]
-        if t == "transpose" or t is torch.transpose:
-            d0, d1 = (norm_dim(int(d), n) for d in args[:2])  # type: ignore[call-overload]
-            return [None if a is None else d1 if a == d0 else d0 if a == d1 else a for a in axes]
-        if t == "permute" or t is torch.permute:
-            order = list(args[0]) if len(args) == 1 and isinstance(args[0], (tuple, list)) else list(args)
-            order = [norm_dim(int(d), n) for d in order]  # type: ignore[call-overload]
-            return [None if a is None else order.index(a) for a in axes]
-        return None
+        where_to = moved_to(node, n)
+        return None if where_to is None else [None if a is None else where_to[a] for a in axes]
 
     def heads_op(node: torch.fx.Node, a0: object) -> bool:
         """Carry headed values, parts and scores through ``node``; False: not understood."""
@@ -771,7 +766,7 @@ def analyse(model: nn.Module, example: torch.Tensor | None = None) -> GraphAnaly
                 return True
             return False
         if t in (operator.matmul, torch.matmul) or (method and t == "matmul"):
-            b = node.args[1]
+            b = node.args[1] if len(node.args) > 1 else node.kwargs.get("other")
             bn = b.name if isinstance(b, torch.fx.Node) else ""
             n_out = nd(node)
             if n_out is None:
@@ -791,10 +786,14 @@ def analyse(model: nn.Module, example: torch.Tensor | None = None) -> GraphAnaly
                     return True
             return False
         if t is F.scaled_dot_product_attention:
-            q, k, vv = (list(node.args) + [node.kwargs.get(n) for n in ("query", "key", "value")])[:3]
+            given = list(node.args[:3])
+            q, k, vv = given + [node.kwargs.get(n) for n in ("query", "key", "value")[len(given):]]
             names = [a.name if isinstance(a, torch.fx.Node) else "" for a in (q, k, vv)]
             if not all(n in hv and len(hv[n][0]) == 1 for n in names):
                 return False
+            mask = node.args[3] if len(node.args) > 3 else node.kwargs.get("attn_mask")
+            if isinstance(mask, torch.fx.Node) and not broadcast_ok(mask, hv[names[0]][2], nd(node) or 0):
+                return False  # a mask per head (ALiBi): the heads keep their places
             (pq,), _, hq, dq = hv[names[0]]
             (pk,), _, hk, dk = hv[names[1]]
             (pv,), _, hvv, dv = hv[names[2]]
@@ -811,9 +810,14 @@ def analyse(model: nn.Module, example: torch.Tensor | None = None) -> GraphAnaly
         if node.op in ("call_function", "call_method", "call_module"):
             heads_in = [n.name for n in nodes_in((node.args, node.kwargs))
                         if n.name in hv or n.name in pvs or n.name in sc or n.name in hseq]  # fmt: skip
-            is_size = (node.op == "call_method" and node.target == "size") or node.target is getattr
+            is_size = (node.op == "call_method" and node.target == "size") or (
+                node.target is getattr and node.args[1] in ("shape", "ndim", "dtype", "device"))
             if heads_in and not is_size:
-                if heads_op(node, a0):
+                try:
+                    handled = heads_op(node, a0)
+                except (KeyError, IndexError, TypeError, ValueError):
+                    handled = False  # a form not understood: those heads keep their places
+                if handled:
                     continue
                 for n in heads_in:
                     for p in part_ids(n):
@@ -987,6 +991,28 @@ def analyse(model: nn.Module, example: torch.Tensor | None = None) -> GraphAnaly
     return GraphAnalysis(gm, dict(groups), node_group, acts, node_axis, heads, group_blocks)
 
 
+def moved_to(node: torch.fx.Node, n: int) -> list[int] | None:
+    """For ``transpose``/``permute`` of an n-axis value (positional or keyword dims): where
+    each axis goes; None for a form not understood."""
+    t = node.target
+    args = list(node.args[1:])
+    try:
+        if t == "transpose" or t is torch.transpose:
+            if len(args) < 2:
+                args = [*args, *(node.kwargs[k] for k in ("dim0", "dim1")[len(args):])]
+            d0, d1 = (int(d) % n for d in args[:2])  # type: ignore[call-overload]
+            return [d1 if a == d0 else d0 if a == d1 else a for a in range(n)]
+        if t == "permute" or t is torch.permute:
+            dims = args[0] if len(args) == 1 else args if args else node.kwargs["dims"]
+            order = [int(d) % n for d in (dims if isinstance(dims, (tuple, list)) else [dims])]  # type: ignore[union-attr]
+            if sorted(order) != list(range(n)):
+                return None
+            return [order.index(a) for a in range(n)]
+    except (KeyError, TypeError, ValueError):
+        return None
+    return None
+
+
 def hand_written_heads(
     parts: list[dict[str, Any]],
     parted: dict[int, list[int]],
@@ -1015,11 +1041,19 @@ def hand_written_heads(
         fine = all(not p["failed"] and p["H"] is not None and used[i] == 1
                    for i, p in ((q, pq), (k, pk), (v, pv)))  # fmt: skip
         same = pq["H"] == pk["H"] == pv["H"] and pq["d"] == pk["d"] == pv["d"]
-        if fine and same and pv["merged"] is not None and alone(pv["merged"]):
+        # the merged heads must be read by weights (not viewed into heads again)
+        if fine and same and pv["merged"] is not None and alone(pv["merged"]) and pv["merged"] not in parted:
             ok.append((q, k, v))
+    merged = {p["merged"] for p in parts if p["merged"] is not None}
+
+    def overlapping(pids: list[int]) -> bool:
+        spans = sorted((parts[p]["offset"], parts[p]["offset"] + parts[p]["n"]) for p in pids)
+        return any(a[1] > b[0] for a, b in itertools.pairwise(spans))
+
     while True:  # a projection counts only if all its parts are in counted links
         inside = {p for link in ok for p in link}
-        bad = {s for s, pids in parted.items() if not alone(s) or not set(pids) <= inside}
+        bad = {s for s, pids in parted.items() if not alone(s) or not set(pids) <= inside
+               or overlapping(pids) or s in merged}  # fmt: skip
         keep = [link for link in ok if all(parts[p]["space"] not in bad for p in link)]
         if keep == ok:
             break
