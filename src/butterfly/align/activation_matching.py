@@ -97,7 +97,7 @@ def activation_matching(
     heads = spec.attention_perms()
     perms: Perms = {p: torch.arange(n) for p, n in spec.sizes(a).items() if p in heads}
     for p in acts_a:
-        c = np.nan_to_num(correlation(acts_a[p], acts_b[p]).numpy())
+        c = np.nan_to_num(correlation(acts_a[p], acts_b[p]).cpu().numpy())
         # units that never fire correlate with nothing; break such exact ties by leaving the
         # unit in place (a bonus far below any real correlation difference)
         c[np.diag_indices_from(c)] += 1e-9

@@ -40,7 +40,7 @@ class MatchResult:
 
 def _similarity(spec: PermutationSpec, perms: Perms, p: str, a: Tensors, b: Tensors) -> np.ndarray:
     n = spec.sizes(a)[p]
-    A = torch.zeros(n, n, dtype=torch.float64)
+    A = torch.zeros(n, n, dtype=torch.float64, device=next(iter(a.values())).device)
     for ax in spec.perm_to_axes[p]:
         name, axis, off = entry(ax)
         if name not in a and name.rsplit(".", 1)[-1] in RUNNING_BUFFERS:
@@ -49,7 +49,7 @@ def _similarity(spec: PermutationSpec, perms: Perms, p: str, a: Tensors, b: Tens
         wb = permute_param(spec, perms, name, b[name].detach().to(torch.float64), (axis, off))
         wb = wb.narrow(axis, off, n).movedim(axis, 0)
         A += wa.reshape(n, -1) @ wb.reshape(n, -1).T
-    return A.numpy()
+    return A.cpu().numpy()  # computed where the weights are (a GPU's), assigned on the CPU
 
 
 def _assign(A: np.ndarray) -> np.ndarray:
