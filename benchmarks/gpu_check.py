@@ -83,7 +83,7 @@ def main() -> int:
                      "perturb.times=[0.0,0.5]", "perturb.sigmas=[0.001,0.1]",
                      "perturb.kinds=[batch]", "eval.weight_matching=false",
                      "eval.activation_matching=false", "eval.proxy_fractions=[]",
-                     "eval.max_train_examples=2000", "eval.trajectory_points=0"],  # fmt: skip
+                     "eval.max_train_examples=2000", "eval.trajectory_points=0"],
     }
     for name, sets in runs.items():
         a = sweep(out, f"{name}-a", sets, log)
