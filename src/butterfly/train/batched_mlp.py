@@ -7,7 +7,7 @@ several times faster (see ``benchmarks/sweep_speed.py``). The maths is that of
 
     z_l = h_{l-1} W_l^T + b_l,   h_l = relu(z_l),   logits = h_L W_out^T + b_out
     dlogits = (softmax(logits) - onehot(y)) / B
-    dW_l = dz_l^T h_{l-1},  db_l = sum_b dz_l,  dh_{l-1} = dz_l W_l,  dz_l = dh_l * [z_l > 0]
+    dW_l = dz_l^T h_{l-1},  db_l = sum_b dz_l,  dh_{l-1} = dz_l W_l,  dz_l = dh_l * [h_l > 0]
 
 Every operation is a per-member batched matrix product, an element-wise op or a reduction
 within one member, so a member's numbers never depend on the other members.
@@ -20,6 +20,7 @@ import torch
 from butterfly.models import MLP
 
 Tensors = dict[str, torch.Tensor]
+_relu_backward = torch.ops.aten.threshold_backward  # grad where out > 0, else 0
 
 
 class BatchedMLP:
@@ -51,12 +52,10 @@ class BatchedMLP:
         P = params[self.layers[0][0]].shape[0]
         B = x.shape[0]
         acts = [x.flatten(1).expand(P, -1, -1)]  # inputs to each layer
-        pre: list[torch.Tensor] = []
         for i, (w, b) in enumerate(self.layers):
             z = torch.baddbmm(params[b].unsqueeze(1), acts[-1], params[w].transpose(1, 2))
             if i < len(self.layers) - 1:
-                pre.append(z)
-                acts.append(torch.relu(z))
+                acts.append(z.relu_())  # in place: the backward pass needs only relu(z) > 0
             else:
                 logits = z
         logp = torch.log_softmax(logits, dim=-1)
@@ -71,5 +70,7 @@ class BatchedMLP:
             grads[w] = torch.bmm(g.transpose(1, 2), acts[i])
             grads[b] = g.sum(1)
             if i > 0:
-                g = torch.bmm(g, params[w]) * (pre[i - 1] > 0)
+                # relu's backward as autograd computes it: one fused kernel (a float-by-bool
+                # mask product was a third of the step), bit-identical
+                g = _relu_backward(torch.bmm(g, params[w]), acts[i], 0.0)
         return grads, losses
