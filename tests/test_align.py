@@ -170,6 +170,39 @@ def test_comparer_on_a_permuted_copy_and_on_itself() -> None:
     assert itself["ensemble_test_acc"] == pytest.approx(itself["test_acc_a"], abs=1e-12)
 
 
+def test_an_identity_alignment_reuses_the_plain_barriers_instead_of_evaluating_again() -> None:
+    # Appendix C.5: for fine-tuned transformers weight matching returns the identity; the
+    # aligned network is then the child itself, so its barriers are the plain ones (no second
+    # pass over the path), while a real permutation is still evaluated
+    m, shape, params = _model("mlp")
+    m = m.float()
+    a = {k: v.float() for k, v in params.items()}
+    near = {k: v + 1e-3 * torch.randn(v.shape, generator=generator("near", 0)) for k, v in a.items()}
+    spec = spec_for(m)
+    far = apply_permutation(spec, random_perms(spec, a, 0.25, generator("test", 4)), near)
+    cfg = EvalConfig(cka_examples=100, align_examples=200, activation_matching=False,
+                     cka=False, ensemble=False)  # fmt: skip
+    cmp = Comparer(m, _dataset(shape), cfg)
+    calls = []
+    evaluate = cmp.evaluate
+    cmp.evaluate = lambda p, x, y: calls.append(len(x)) or evaluate(p, x, y)  # type: ignore[method-assign]
+    plain = Comparer(m, _dataset(shape), cfg.model_copy(update={"weight_matching": False}))
+    base = plain.compare(a, near)
+
+    r = cmp.compare(a, near)
+    assert r["fixed_point_fraction_wm"] == 1.0
+    assert r["barrier_train_loss_wm"] == r["barrier_train_loss"] == base["barrier_train_loss"]
+    assert r["barrier_test_error_wm"] == r["barrier_test_error"]
+    assert r["l2_wm"] == r["l2"] > 0
+    # 2 endpoints x 2 sets + 9 inner points x 2 sets: the path once, not twice
+    assert len(calls) == 2 * 2 + 2 * (len(cmp.ws) - 2)
+    calls.clear()
+    moved = cmp.compare(a, far)
+    assert moved["fixed_point_fraction_wm"] < 0.5
+    assert moved["l2_wm"] == pytest.approx(r["l2"], rel=1e-5)  # the permutation undone
+    assert len(calls) == 2 * (2 * 2 + 2 * (len(cmp.ws) - 2)) - 2  # a's endpoint is reused
+
+
 def test_models_without_a_spec_say_how_to_give_one() -> None:
     from butterfly.align import NoPermutationSpec
     from butterfly.config import ModelConfig

@@ -10,6 +10,7 @@ from butterfly.align.permute import (
     compose,
     fixed_point_fraction,
     identity,
+    is_identity,
     random_perms,
     spec_error,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "fixed_point_fraction",
     "hidden_activations",
     "identity",
+    "is_identity",
     "random_perms",
     "spec_error",
     "spec_for",

@@ -63,6 +63,11 @@ def fixed_point_fraction(perms: Perms) -> tuple[float, dict[str, float]]:
     return pooled, per
 
 
+def is_identity(perms: Perms) -> bool:
+    """Whether every permutation leaves every unit in place (permuting by it changes nothing)."""
+    return all(torch.equal(v, torch.arange(len(v), device=v.device)) for v in perms.values())
+
+
 def random_permutation(n: int, fixed_fraction: float, g: torch.Generator) -> torch.Tensor:
     """A permutation of ``n`` with exactly round(f n) fixed points (one more if the rest is 1)."""
     k = round(fixed_fraction * n)

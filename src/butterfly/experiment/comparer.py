@@ -25,6 +25,7 @@ from butterfly.align import (
     analyse,
     apply_permutation,
     fixed_point_fraction,
+    is_identity,
     random_perms,
     spec_error,
     spec_for,
@@ -303,9 +304,10 @@ class Comparer:
             "test_acc_a": None if ea[3] is None else 1.0 - ea[3],
             "test_acc_b": None if eb[3] is None else 1.0 - eb[3],
         }
+        plain = (out, eb)
         if self.cfg.weight_matching and self.aligns:
             res = weight_matching(self.spec, a, b, self.cfg.wm_max_iter, self.seed)
-            out.update(self._aligned(a, b, res.perms, ea, "wm"))
+            out.update(self._aligned(a, b, res.perms, ea, "wm", plain))
             out["wm_iterations"] = res.iterations
         if self.cfg.activation_matching and self.aligns and "activation_matching" not in self.skipped:
             try:
@@ -314,7 +316,7 @@ class Comparer:
             except NoActivations as err:
                 self.skipped["activation_matching"] = str(err)
             else:
-                out.update(self._aligned(a, b, perms, ea, "am"))
+                out.update(self._aligned(a, b, perms, ea, "am", plain))
         if self.cfg.cka and "cka" not in self.skipped:
             fa = self.features(a) if feats_a is None else feats_a
             fb = self.features(b)
@@ -342,11 +344,31 @@ class Comparer:
         return logits_of(self.model, self.full(p), self.x_test, self.cfg.batch_size)
 
     def _aligned(
-        self, a: Tensors, b: Tensors, perms: dict[str, torch.Tensor], ea: Endpoint, tag: str
+        self,
+        a: Tensors,
+        b: Tensors,
+        perms: dict[str, torch.Tensor],
+        ea: Endpoint,
+        tag: str,
+        plain: tuple[dict[str, Any], Endpoint] | None = None,
     ) -> dict[str, Any]:
+        """The barriers and L2 between ``a`` and ``b`` with ``b``'s units permuted by
+        ``perms``. ``plain``: the unaligned measures (and ``b``'s endpoint), reused when every
+        permutation is the identity (the permuted network is ``b`` itself, bit for bit; what
+        weight matching finds for fine-tuned transformers, Appendix C.5), which saves the
+        path's evaluations."""
+        pooled, per = fixed_point_fraction(perms)
+        if plain is not None and is_identity(perms):
+            measured, _ = plain
+            return {
+                f"barrier_train_loss_{tag}": measured["barrier_train_loss"],
+                f"barrier_test_error_{tag}": measured["barrier_test_error"],
+                f"fixed_point_fraction_{tag}": pooled,
+                f"fixed_points_{tag}": json.dumps(per, sort_keys=True),
+                f"l2_{tag}": measured["l2"],
+            }
         bp = self.permuted(perms, b)
         bars = self.barriers(a, bp, ea, self.endpoint(bp))
-        pooled, per = fixed_point_fraction(perms)
         return {
             f"barrier_train_loss_{tag}": bars["barrier_train_loss"],
             f"barrier_test_error_{tag}": bars["barrier_test_error"],
