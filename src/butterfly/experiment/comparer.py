@@ -304,7 +304,7 @@ class Comparer:
             "test_acc_a": None if ea[3] is None else 1.0 - ea[3],
             "test_acc_b": None if eb[3] is None else 1.0 - eb[3],
         }
-        plain = (out, eb)
+        plain = out
         if self.cfg.weight_matching and self.aligns:
             res = weight_matching(self.spec, a, b, self.cfg.wm_max_iter, self.seed)
             out.update(self._aligned(a, b, res.perms, ea, "wm", plain))
@@ -350,16 +350,16 @@ class Comparer:
         perms: dict[str, torch.Tensor],
         ea: Endpoint,
         tag: str,
-        plain: tuple[dict[str, Any], Endpoint] | None = None,
+        plain: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """The barriers and L2 between ``a`` and ``b`` with ``b``'s units permuted by
-        ``perms``. ``plain``: the unaligned measures (and ``b``'s endpoint), reused when every
+        ``perms``. ``plain``: the unaligned measures, reused when every
         permutation is the identity (the permuted network is ``b`` itself, bit for bit; what
         weight matching finds for fine-tuned transformers, Appendix C.5), which saves the
         path's evaluations."""
         pooled, per = fixed_point_fraction(perms)
         if plain is not None and is_identity(perms):
-            measured, _ = plain
+            measured = plain
             return {
                 f"barrier_train_loss_{tag}": measured["barrier_train_loss"],
                 f"barrier_test_error_{tag}": measured["barrier_test_error"],
