@@ -25,8 +25,10 @@ COMPARED = [c for c in names("results") if c != "unit_wall_s"]
 
 
 def _slow_config():
-    """Four units of about a second each: long enough to be killed part way."""
+    """Three seeds of four units, about a second each (on two workers: two whole seeds, then
+    the third in two pieces): long enough to be killed part way."""
     return tiny_config(
+        seeds=[0, 1, 2],
         recipe={"steps": 600},
         perturb={"times": [0.0, 0.25, 0.5, 0.75]},
         eval={"activation_matching": False},
@@ -67,7 +69,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None
     with sqlite3.connect(db) as c:
         assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         done_before = c.execute("SELECT COUNT(*) FROM units").fetchone()[0]
-    assert 1 <= done_before < 4
+    assert 1 <= done_before < 12
     assert not is_locked(killed), "the kernel releases the lock of a killed process"
 
     resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
@@ -78,7 +80,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None
             "SELECT COUNT(*) FROM (SELECT seed, t, member FROM results GROUP BY seed, t, member "
             "HAVING COUNT(*) > 1)"
         ).fetchone()[0]
-    assert len(units) == 4 and all(n == 1 for *_, n in units) and dupes == 0
+    assert len(units) == 12 and all(n == 1 for *_, n in units) and dupes == 0
 
     clean = tmp_path / "clean"
     run_sweep(cfg, clean, workers=2, quiet=True)
@@ -104,31 +106,32 @@ def test_force_new_starts_a_fresh_folder(tmp_path: Path, tiny) -> None:
 
 
 def test_a_failing_unit_is_recorded_the_rest_finish_and_a_rerun_retries(
-    tmp_path: Path, tiny, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    real = scheduler_mod.run_unit
+    cfg = tiny_config(seeds=[0, 1])
+    real = scheduler_mod.run_seed
 
-    def flaky(cfg, unit, run_dir, reporter=None):
-        if unit.t == 30:
+    def flaky(cfg, task, run_dir, reporter=None):
+        if task.seed == 1:
             raise OSError("simulated worker crash")
-        return real(cfg, unit, run_dir, reporter)
+        return real(cfg, task, run_dir, reporter)
 
-    monkeypatch.setattr(scheduler_mod, "run_unit", flaky)
-    with pytest.raises(SweepFailed, match=r"1 unit failed \(first: seed 0 t=30: simulated"):
-        run_sweep(tiny, tmp_path / "run", quiet=True)
+    monkeypatch.setattr(scheduler_mod, "run_seed", flaky)
+    with pytest.raises(SweepFailed, match=r"1 unit failed \(first: seed 1 t=0: simulated"):
+        run_sweep(cfg, tmp_path / "run", quiet=True)
     with Store(tmp_path / "run" / "results.db") as s:
-        assert s.finished_units() == {(0, 0)}
-        assert list(s.failures().t) == [30]
+        assert s.finished_units() == {(0, 0), (0, 30)}  # the other seed's units are all kept
+        assert list(s.failures().t) == [0]
     assert main(["status", str(tmp_path / "run")]) == 1
     out = capsys.readouterr().out
-    assert "1/2 units done" in out and "simulated worker crash" in out
+    assert "2/4 units done" in out and "simulated worker crash" in out
 
-    monkeypatch.setattr(scheduler_mod, "run_unit", real)
-    again = run_sweep(tiny, tmp_path / "run", quiet=True)
-    assert again.units_run == 1 and again.units_skipped == 1
+    monkeypatch.setattr(scheduler_mod, "run_seed", real)
+    again = run_sweep(cfg, tmp_path / "run", quiet=True)
+    assert again.units_run == 2 and again.units_skipped == 2
     assert main(["status", str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out
-    assert "2/2 units done" in out and "determinism check: all 2" in out and "failed" not in out
+    assert "4/4 units done" in out and "determinism check: all 4" in out and "failed" not in out
 
 
 def _readonly(path: Path) -> None:

@@ -216,26 +216,19 @@ def test_schedules_are_pure_functions_of_the_step() -> None:
 def test_a_resumed_run_with_a_user_optimizer_and_multistep_decay_is_bit_identical(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import butterfly.sweep.scheduler as scheduler_mod
-    from butterfly.sweep import SweepFailed
+    import sqlite3
 
     recipe = {"optimizer": "optim_zoo:Lion", "lr": 1e-3, "schedule": "multistep",
               "milestones": [0.3, 0.6], "optimizer_kwargs": {"betas": [0.9, 0.99]}}  # fmt: skip
     cfg = tiny_config(recipe=recipe, perturb={"times": [0.0, 0.5]})
     whole = run_sweep(cfg, tmp_path / "whole", quiet=True)
-    real = scheduler_mod.run_unit
-
-    def killed(resolved, unit, run_dir, reporter=None):  # type: ignore[no-untyped-def]
-        if unit.t > 0:
-            raise RuntimeError("killed")
-        return real(resolved, unit, run_dir, reporter)
-
-    monkeypatch.setattr(scheduler_mod, "run_unit", killed)
-    with pytest.raises(SweepFailed):
-        run_sweep(cfg, tmp_path / "resumed", quiet=True)
-    monkeypatch.setattr(scheduler_mod, "run_unit", real)
+    first = run_sweep(cfg, tmp_path / "resumed", quiet=True)
+    with sqlite3.connect(first.run_dir / "results.db") as db:  # as if stopped before t = 30
+        for table in ("units", "results", "trajectories", "training"):
+            db.execute(f"DELETE FROM {table} WHERE t = 30")
     resumed = run_sweep(cfg, tmp_path / "resumed", quiet=True)  # from the saved parent state
     assert resumed.units_run == 1 and resumed.control_ok
+    assert resumed.steps == 6 * 30  # the original and 5 members from t = 30: nothing before
     cols = [c for c in whole.results.columns if c != "unit_wall_s"]
     a = whole.results.sort_values(["t", "member"]).reset_index(drop=True)[cols]
     b = resumed.results.sort_values(["t", "member"]).reset_index(drop=True)[cols]

@@ -38,9 +38,8 @@ def test_sweep_end_to_end(tmp_path: Path, tiny) -> None:
     ratio = kids.noise_l2 / kids.sigma
     assert ratio.max() == pytest.approx(ratio.min(), rel=1e-5)
     assert out.control_ok
-    # member-steps: the parent to the last t, then each population (6 members) from t to T
-    assert out.steps == 30 + 6 * (60 - 0) + 6 * (60 - 30)
-    assert out.minimum_steps == 60 + 5 * (60 + 30)
+    # member-steps: one original from 0 to T, the control and 4 children of each t from t
+    assert out.steps == out.minimum_steps == 60 + 5 * (60 + 30)
     # the csv export equals the database
     csv = pd.read_csv(tmp_path / "run" / "results.csv")
     assert len(csv) == len(df) and set(csv.columns) == set(names("results"))

@@ -28,7 +28,8 @@ def trajectory_distances(params: Tensors, init: Tensors) -> tuple[list[float], l
     initialisation, in float64."""
     to_orig = None
     from_init = None
-    for k, v in params.items():
+    for k in sorted(params):  # in sorted name order, as l2_distance sums
+        v = params[k]
         v64 = v.to(torch.float64).flatten(1)
         a = (v64 - v64[:1]).square().sum(1)
         b = (v64 - init[k].to(torch.float64).flatten().to(v.device)).square().sum(1)
@@ -94,12 +95,18 @@ def training_row(
 ) -> dict[str, Any]:
     """The original's training curve at ``step``: its mean minibatch loss since the previous
     record, and its loss on the full training set and accuracy on the test set."""
-    values: dict[str, Any] = {"seed": seed, "t": t, "step": step, "batch_loss": batch_loss}
-    if not diverged and is_finite(original):
-        tr_loss, _, te_loss, te_err = cmp.endpoint(original)
-        values.update(train_loss=tr_loss, test_loss=te_loss,
-                      test_acc=None if te_err is None else 1.0 - te_err)  # fmt: skip
-    return rows.make_row("training", **values)
+    return rows.make_row("training", seed=seed, t=t, step=step, batch_loss=batch_loss,
+                         **original_measures(cmp, original, diverged))  # fmt: skip
+
+
+def original_measures(cmp: Comparer, original: Tensors, diverged: bool) -> dict[str, Any]:
+    """The measures of a training-curve row: the original's loss on the full training set and
+    its test loss and accuracy (none once it diverged)."""
+    if diverged or not is_finite(original):
+        return {}
+    tr_loss, _, te_loss, te_err = cmp.endpoint(original)
+    return {"train_loss": tr_loss, "test_loss": te_loss,
+            "test_acc": None if te_err is None else 1.0 - te_err}  # fmt: skip
 
 
 def measure_children(

@@ -25,7 +25,13 @@ import torch
 
 from butterfly.config import RunConfig
 from butterfly.data import BatchStream
-from butterfly.experiment.measure import same_bits, training_row, trajectory_rows
+from butterfly.experiment import rows
+from butterfly.experiment.measure import (
+    original_measures,
+    same_bits,
+    training_row,
+    trajectory_rows,
+)
 from butterfly.experiment.members import TWIN_REFUSED, Member, TrainedMember
 from butterfly.experiment.perturb import Perturber, apply_perturbation
 from butterfly.experiment.setup import Setup
@@ -98,6 +104,38 @@ def spawn_stream(setup: Setup, t: int, direction: int) -> BatchStream:
     )
 
 
+LaneSpec = tuple[list[int], int, Callable[[int], float] | None, BatchStream | None, str | None]
+
+
+def lane_specs(
+    setup: Setup, members: tuple[Member, ...], t: int, main_size: int | None = None
+) -> list[LaneSpec]:
+    """Who of a population's ``members`` (perturbed at ``t``) trains in which lane: (member
+    indices, until, schedule, batch stream, code path). The first lane is the main one (the
+    original's schedule and batches): it holds the original and the control, and the
+    perturbed children when they train as the original does. ``main_size``: the size of the
+    main lane's population, when it is more than its members here (a twin's code path is
+    another than the main lane's)."""
+    cfg = setup.cfg
+    lr = child_lr(cfg, t)
+    end = cfg.child_end(t)
+    same = lr is None and end == cfg.recipe.steps
+    main = [i for i, c in enumerate(members) if c.kind in ("original", "control")]
+    treated = [i for i, c in enumerate(members) if c.kind in ("batch", "gaussian")]
+    if same:
+        main += treated
+    specs: list[LaneSpec] = [(main, cfg.recipe.steps, None, None, None)]
+    if not same and treated:
+        specs.append((treated, end, lr, None, None))
+    for i, c in enumerate(members):
+        if c.kind == "spawn":
+            specs.append(([i], end, lr, spawn_stream(setup, t, c.direction), None))
+        if c.kind == "twin":  # the original's schedule and batches, another code path
+            specs.append(([i], cfg.recipe.steps, None, None,
+                          twin_mode(setup, main_size or len(main))))  # fmt: skip
+    return specs
+
+
 def make_lanes(
     setup: Setup,
     members: tuple[Member, ...],
@@ -107,27 +145,9 @@ def make_lanes(
 ) -> tuple[list[Lane], list[int]]:
     """Group a population's members into lanes, and the order that maps the lanes'
     concatenated members back to ``members``. The original and the control share lane 0."""
-    cfg = setup.cfg
-    lr = child_lr(cfg, t)
-    end = cfg.child_end(t)
-    same = lr is None and end == cfg.recipe.steps
-    groups: list[tuple[list[int], int, Callable[[int], float] | None, BatchStream | None,
-                       str | None]] = []  # fmt: skip
-    main = [i for i, c in enumerate(members) if c.kind in ("original", "control")]
-    treated = [i for i, c in enumerate(members) if c.kind in ("batch", "gaussian")]
-    if same:
-        main += treated
-    groups.append((main, cfg.recipe.steps, None, None, None))
-    if not same and treated:
-        groups.append((treated, end, lr, None, None))
-    for i, c in enumerate(members):
-        if c.kind == "spawn":
-            groups.append(([i], end, lr, spawn_stream(setup, t, c.direction), None))
-        if c.kind == "twin":  # the original's schedule and batches, another code path
-            groups.append(([i], cfg.recipe.steps, None, None, twin_mode(setup, len(main))))
     lanes = []
     order: list[int] = []
-    for idx, until, lane_lr, stream, mode in groups:
+    for idx, until, lane_lr, stream, mode in lane_specs(setup, members, t):
         pop = Population.from_members(
             [members[i].name for i in idx],
             [member_params[i] for i in idx],
@@ -304,6 +324,30 @@ def _chunked(
     )  # fmt: skip
 
 
+def perturbed(
+    perturber: Perturber, members: tuple[Member, ...], params_t: Tensors
+) -> tuple[list[Tensors], dict[str, tuple[float, int]], dict[str, str]]:
+    """Each member's weights at t (a copy of ``params_t``, perturbed for a batch or Gaussian
+    child), leaving out the children whose perturbation is undefined; the noise each was
+    given (‖σε‖, weights perturbed) and, for those left out, why."""
+    member_params: list[Tensors] = []
+    noise_of: dict[str, tuple[float, int]] = {}
+    undefined: dict[str, str] = {}
+    for m in members:
+        p = clone(params_t)
+        noise_of[m.name] = (0.0, 0)
+        if m.kind in ("batch", "gaussian"):
+            try:
+                pert = perturber.perturbation(m.kind, m.fraction, m.direction)
+            except FloatingPointError as err:
+                undefined[m.name] = str(err)
+                continue
+            apply_perturbation(p, pert, m.sigma)
+            noise_of[m.name] = (m.sigma * l2_norm(pert.eps), pert.n_masked)
+        member_params.append(p)
+    return member_params, noise_of, undefined
+
+
 def _train(
     setup: Setup,
     members: tuple[Member, ...],
@@ -319,23 +363,7 @@ def _train(
     original's training curve and the original's and control's trajectory rows are not
     measured."""
     all_members = members
-    member_params: list[Tensors] = []
-    noise_of: dict[str, tuple[float, int]] = {}
-    undefined: dict[str, str] = {}
-    for m in all_members:
-        p = clone(params_t)
-        if m.kind in ("batch", "gaussian"):
-            try:
-                pert = perturber.perturbation(m.kind, m.fraction, m.direction)
-            except FloatingPointError as err:
-                undefined[m.name] = str(err)
-                noise_of[m.name] = (0.0, 0)
-                continue
-            apply_perturbation(p, pert, m.sigma)
-            noise_of[m.name] = (m.sigma * l2_norm(pert.eps), pert.n_masked)
-        else:
-            noise_of[m.name] = (0.0, 0)
-        member_params.append(p)
+    member_params, noise_of, undefined = perturbed(perturber, members, params_t)
     # members' numbers do not depend on who else trains with them: leaving out the children
     # with no defined perturbation changes nothing for the others
     members = tuple(m for m in all_members if m.name not in undefined)
@@ -388,3 +416,180 @@ def _train(
         training=training,
         member_steps=sum((lane.until - t) * lane.pop.size for lane in lanes),
     )
+
+
+# ---- one original for every t: a seed's populations joined --------------------------------
+
+
+@dataclass
+class JoinedRun:
+    """A seed's populations trained as one (:func:`run_joined`): one
+    :class:`PopulationRun` per perturbation time, the original's state at each t (with
+    ``keep_states``), and the member-steps trained in all."""
+
+    runs: dict[int, PopulationRun]
+    states: dict[int, tuple[Tensors, OptState]]
+    member_steps: int
+
+
+def run_joined(
+    setup: Setup,
+    joinings: list[tuple[int, tuple[Member, ...]]],
+    start: tuple[Tensors, OptState, int] | None = None,
+    on_state: Callable[[int, Tensors, OptState], None] | None = None,
+    state_steps: tuple[int, ...] = (),
+    on_step: Callable[[int], None] | None = None,
+    reference: bool = True,
+    keep_states: bool = False,
+) -> JoinedRun:
+    """Train one original from θ0 (or from ``start`` = (params, optimizer state, step)) to
+    T, and let the members of every perturbation time join its population at their t:
+    ``joinings`` holds (t, [original, control, children...]) as a unit does.
+
+    At t the members are made from the original's state at that step (weights, optimizer
+    state, running statistics; children perturbed as :func:`run_population` does) and train
+    in the same population as the original from then on, in lanes as
+    :func:`make_lanes` groups them: the original's lane grows, lanes with another schedule or
+    batch stream start at t. So every member is compared with the original it lives beside,
+    and each t's σ = 0 control proves that joining and training beside others changed no bit;
+    the sweep trains its minimum of member-steps (one original per seed, not one per t).
+    Each member's arithmetic is independent of the others' on CPU, so every t's numbers equal
+    those of a population of its own started from the same state.
+
+    ``on_state(step, params, state)`` receives the original's state at every step of
+    ``state_steps`` (the parent's checkpoints). Without ``reference`` (a later piece of a seed
+    whose children are split over workers, whose original repeats the first piece's), the
+    original's training curve and trajectory rows are not measured.
+    """
+    cfg, cmp = setup.cfg, setup.comparer
+    T = cfg.recipe.steps
+    if start is None:
+        pop = Population.fresh(setup.trainer.update, setup.init, name="original")
+    else:
+        params0, state0, step0 = start
+        pop = Population.from_members(["original"], [clone(params0)],
+                                      [{s: clone(d) for s, d in state0.items()}], step0)  # fmt: skip
+    first = pop.step
+    groups = {t: members for t, members in joinings}
+    if any(t < first for t in groups) or any(m[0].kind != "original" for m in groups.values()):
+        raise ValueError("members join the original at or after its starting step")
+    setup.trainer.running_of(pop)  # BatchNorm's statistics are part of the state handed out
+    lanes = [Lane(pop, T)]
+    lanes[0].losses = []  # the original's minibatch losses: its training curve
+    where: dict[tuple[int, str], tuple[int, int]] = {}
+    joined: dict[int, tuple[Member, ...]] = {}
+    noise: dict[tuple[int, str], tuple[float, int]] = {}
+    undefined: dict[tuple[int, str], str] = {}
+    states: dict[int, tuple[Tensors, OptState]] = {}
+    steps_of: dict[int, int] = {}
+    traj_marks: dict[int, list[int]] = {}
+    curve_marks: dict[int, list[int]] = {}
+    trajectory: dict[int, list[dict[str, Any]]] = {t: [] for t in groups}
+    training: dict[int, list[dict[str, Any]]] = {t: [] for t in groups}
+    last_mark: dict[int, int] = {}
+    hand_out = set(state_steps)
+
+    def join(t: int, lanes: list[Lane]) -> None:
+        members = groups[t]
+        params_t = clone(member(pop.params, 0))
+        state_t = {s: clone(d) for s, d in member_state(pop.state, 0).items()}
+        if keep_states:
+            states[t] = (params_t, state_t)
+        member_params, noise_of, why = perturbed(Perturber(setup, params_t, state_t, t),
+                                                 members, params_t)  # fmt: skip
+        noise.update({(t, n): v for n, v in noise_of.items()})
+        undefined.update({(t, n): v for n, v in why.items()})
+        defined = tuple(m for m in members if m.name not in why)
+        joined[t] = defined
+        joining_main = len(lane_specs(setup, defined, t)[0][0]) - 1  # all but the original
+        specs = lane_specs(setup, defined, t, main_size=pop.size + joining_main)
+        where[(t, "original")] = (0, 0)
+        steps = 0
+        for k, (idx, until, lane_lr, stream, mode) in enumerate(specs):
+            idx = [i for i in idx if i != 0]  # the original is already there
+            if not idx:
+                continue
+            names = [defined[i].name for i in idx]
+            own = [member_params[i] for i in idx]
+            own_states = [{s: clone(d) for s, d in state_t.items()} for _ in idx]
+            if k == 0:
+                at = pop.size
+                pop.join(names, own, own_states)
+                where.update({(t, n): (0, at + j) for j, n in enumerate(names)})
+            else:
+                lanes.append(Lane(Population.from_members(names, own, own_states, t), until,
+                                  lane_lr, stream, mode=mode))  # fmt: skip
+                where.update({(t, n): (len(lanes) - 1, j) for j, n in enumerate(names)})
+            steps += (until - t) * len(idx)
+        steps_of[t] = steps
+        last_mark[t] = t
+
+    def before(step: int, lanes: list[Lane]) -> None:
+        if step in hand_out and on_state is not None:
+            on_state(step, member(pop.params, 0), member_state(pop.state, 0))
+        if step in groups:
+            join(step, lanes)
+
+    def select(t: int, lanes: list[Lane]) -> tuple[Tensors, list[bool], Tensors | None]:
+        """The stacked weights, divergence flags and running statistics of t's members."""
+        at = [where[(t, m.name)] for m in joined[t]]
+        params = {k: torch.stack([lanes[a].pop.params[k][i] for a, i in at])
+                  for k in pop.params}  # fmt: skip
+        flags = [lane.pop.diverged.tolist() for lane in lanes]
+        running = None
+        if RUNNING in pop.state:
+            running = {k: torch.stack([lanes[a].pop.state[RUNNING][k][i] for a, i in at])
+                       for k in pop.state[RUNNING]}  # fmt: skip
+        return params, [flags[a][i] for a, i in at], running
+
+    def record(step: int, lanes: list[Lane]) -> None:
+        measured: dict[str, Any] | None = None
+        for t in joined:
+            if step in traj_marks[t]:
+                params, diverged, running = select(t, lanes)
+                trajectory[t].extend(trajectory_rows(
+                    cmp, setup.init, setup.seed, joined[t], t, step, params, diverged,
+                    skip=0 if reference else 1, running=running))  # fmt: skip
+            if not reference or step not in curve_marks[t]:
+                continue
+            losses = lanes[0].losses or []
+            recent = losses[last_mark[t] - first : step - first]
+            last_mark[t] = step
+            batch_loss = float(torch.stack([x[0] for x in recent]).double().mean()) \
+                if recent else None  # fmt: skip
+            if measured is None:
+                running = pop.state.get(RUNNING)
+                original = carrying(pop.params, running, 0)
+                measured = original_measures(cmp, original, bool(pop.diverged[0]))
+            training[t].append(rows.make_row("training", seed=setup.seed, t=t, step=step,
+                                             batch_loss=batch_loss, **measured))  # fmt: skip
+
+    for t, members in groups.items():  # every t's marks, from its lanes' ends
+        end = max(spec[1] for spec in lane_specs(setup, members, t))
+        traj_marks[t] = log_spaced_steps(t, end, cfg.eval.trajectory_points)
+        curve_marks[t] = traj_marks[t] or log_spaced_steps(t, end, CURVE_POINTS)
+    marks = sorted({s for t in groups for s in (*traj_marks[t], *curve_marks[t])})
+    setup.trainer.train_lanes(lanes, record=marks, on_record=record, on_step=on_step,
+                              before=before)  # fmt: skip
+    runs: dict[int, PopulationRun] = {}
+    for k, t in enumerate(sorted(groups)):
+        params, diverged, running = select(t, lanes)
+        index = {m.name: i for i, m in enumerate(joined[t])}
+        trained = []
+        for m in groups[t]:
+            n_l2, n_perturbed = noise[(t, m.name)]
+            if m.name in index:
+                i = index[m.name]
+                lane = lanes[where[(t, m.name)][0]]
+                trained.append(TrainedMember(m, carrying(params, running, i), diverged[i], n_l2,
+                                             n_perturbed, lane.until))  # fmt: skip
+            else:
+                trained.append(TrainedMember(m, None, True, n_l2, n_perturbed, t,
+                                             undefined=undefined[(t, m.name)]))  # fmt: skip
+        assert trained[0].final is not None
+        runs[t] = PopulationRun(
+            members=trained, originals=[trained[0].final], trajectory=trajectory[t],
+            training=training[t],
+            member_steps=steps_of[t] + ((T - first) if k == 0 else 0),
+        )  # fmt: skip
+    return JoinedRun(runs, states, sum(r.member_steps for r in runs.values()))

@@ -103,6 +103,20 @@ class Population:
         p = clone(params)
         return cls.from_members([name], [p], [init_state(recipe, p)], 0)
 
+    def join(self, names: list[str], params: list[Tensors], states: list[OptState]) -> None:
+        """Add members at the current step (appended after the others, which keep their
+        indices): weights and optimizer state per member, not yet diverged."""
+        if not names:
+            return
+        new = stack(params)
+        self.params = {k: torch.cat([v, new[k].to(v.device)]) for k, v in self.params.items()}
+        extra = stack_state(states)
+        self.state = {slot: {k: torch.cat([v, extra[slot][k].to(v.device)])
+                             for k, v in d.items()} for slot, d in self.state.items()}  # fmt: skip
+        self.diverged = torch.cat([self.diverged.to(torch.device("cpu")),
+                                   torch.zeros(len(names), dtype=torch.bool)])  # fmt: skip
+        self.names = self.names + list(names)
+
 
 @dataclass
 class Lane:
@@ -424,16 +438,22 @@ class PopulationTrainer:
         record: Iterable[int] = (),
         on_record: Callable[[int, list[Lane]], None] | None = None,
         on_step: Callable[[int], None] | None = None,
+        before: Callable[[int, list[Lane]], None] | None = None,
     ) -> list[Lane]:
         """Train every lane from the common start step to its own ``until``, step by step.
 
         ``on_record(step, lanes)`` is called at each step in ``record`` (a lane that has
-        finished keeps its final state).
+        finished keeps its final state). ``before(step, lanes)`` is called at every step
+        before its record and its training: it may add members to a lane
+        (:meth:`Population.join`) or append lanes that start at this step (members that join
+        a seed's population at their perturbation time).
         """
         marks = set(record)
         step = lanes[0].pop.step
         if any(lane.pop.step != step for lane in lanes):
             raise ValueError("lanes must start at the same step")
+        if before is not None:
+            before(step, lanes)
         end = max(lane.until for lane in lanes)
         for lane in lanes:
             self.running_of(lane.pop)  # θ0's statistics in the state from the first record on
@@ -465,6 +485,11 @@ class PopulationTrainer:
             step += 1
             if on_step is not None:
                 on_step(step)
+            if before is not None:
+                before(step, lanes)
+                end = max(lane.until for lane in lanes)
+                for lane in lanes:
+                    self.running_of(lane.pop)
             if step in marks and on_record is not None:
                 on_record(step, lanes)
         return lanes
