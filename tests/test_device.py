@@ -90,7 +90,8 @@ def test_dry_run_prints_the_plan_and_a_projection_and_writes_nothing(
     assert main(["run", str(path), "--dry-run"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert set(tmp_path.rglob("*")) == before  # no run folder, nothing
-    assert out[0].startswith("plan: 1 parents (30 steps), 2 population units of 8 members, "
+    assert out[0].startswith("plan: 1 seed, one original each (60 steps, joined at every t), "
+                             "2 population units of 8 members, "
                              f"{minimum_steps(cfg):,} member-steps, 14 children measured")  # fmt: skip
     assert out[1].startswith("timed on cpu (10 real steps each): P = 1: ") and "P = 8: " in out[1]
     assert out[2].startswith("projected wall time with 1 worker: ")

@@ -21,6 +21,7 @@ from butterfly.experiment import Comparer, Resolved, make_setup
 from butterfly.experiment.setup import configure_torch
 from butterfly.experiment.spawn import log_spaced_steps
 from butterfly.sweep.plan import minimum_steps, plan
+from butterfly.sweep.scheduler import joins
 from butterfly.train import Population
 from butterfly.train.population import Lane, clone
 from butterfly.train.recipe import init_state
@@ -69,10 +70,14 @@ class Projection:
 
 
 def plan_line(seeds: int, parent_steps: int, units: int, population: int, member_steps: int,
-              measurements: int, points: int) -> str:  # fmt: skip
-    return (f"plan: {seeds} parents ({parent_steps:,} steps), {units} population units of "
-            f"{population} members, {member_steps:,} member-steps, {measurements} children "
-            f"measured, {points} trajectory points")  # fmt: skip
+              measurements: int, points: int, joined: int = 0) -> str:  # fmt: skip
+    """The plan in one line; ``joined``: the steps of each seed's one original, shared by the
+    populations of every t (else ``parent_steps``: parents trained to the last t)."""
+    start = (f"plan: {seeds} seed{'s' if seeds != 1 else ''}, one original each ({joined:,} "
+             "steps, joined at every t)" if joined else
+             f"plan: {seeds} parents ({parent_steps:,} steps)")  # fmt: skip
+    return (f"{start}, {units} population units of {population} members, {member_steps:,} "
+            f"member-steps, {measurements} children measured, {points} trajectory points")
 
 
 def the_plan(resolved: Resolved) -> str:
@@ -84,7 +89,8 @@ def the_plan(resolved: Resolved) -> str:
     points = sum(len(log_spaced_steps(u.t, cfg.child_end(u.t), cfg.eval.trajectory_points))
                  for u in units)  # fmt: skip
     return plan_line(len(cfg.seeds), len(cfg.seeds) * max(ts, default=0), len(units), P,
-                     minimum_steps(cfg), len(units) * (P - 1), points)  # fmt: skip
+                     minimum_steps(cfg), len(units) * (P - 1), points,
+                     cfg.recipe.steps if joins(resolved) else 0)  # fmt: skip
 
 
 def fmt_duration(seconds: float) -> str:
@@ -119,7 +125,9 @@ def project(resolved: Resolved, workers: int, timed_steps: int = 10) -> Projecti
     units = plan(cfg)
     T = cfg.recipe.steps
     ts = cfg.perturbation_steps()
-    parent_steps = len(cfg.seeds) * max(ts, default=0)
+    # the original trains alone up to the first t when populations are joined (then beside
+    # them, counted in the units), else the parent trains alone to the last t
+    parent_steps = len(cfg.seeds) * (min(ts, default=0) if joins(resolved) else max(ts, default=0))
     P = len(units[0].members) if units else 2
     setup = make_setup(resolved, cfg.seeds[0])
     step_s = {P: _time_steps(setup, P, timed_steps)}
