@@ -809,7 +809,8 @@ class RuntimeConfig(Strict):
     )
     max_population: int | None = Field(
         None, ge=1, description="train at most this many children per chunk of a population "
-        "(each chunk with its own original and control); CUDA: chosen from free memory"
+        "(each chunk with its own original and control; set, each t's population trains on its "
+        "own instead of joined with the seed's one original); CUDA: chosen from free memory"
     )
     ray_cpus: float = Field(1.0, gt=0, description="ray: CPUs each unit asks for")
     ray_gpus: float | None = Field(
