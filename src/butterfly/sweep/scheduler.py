@@ -9,6 +9,7 @@ every finished unit is handed to ``commit`` before the next wait."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -137,11 +138,9 @@ def schedule_seeds(
     again when the sweep is resumed)."""
     tasks = seed_tasks(todo, pool.slots, resolved.cfg.recipe.steps,
                        split=not resolved.cfg.eval.lyapunov)  # fmt: skip
-    count: dict[int, int] = {}
-    for task in tasks:
-        count[task.seed] = count.get(task.seed, 0) + 1
+    count = Counter(task.seed for task in tasks)
     full = {(u.seed, u.t): u for u in todo}
-    parts: dict[int, list[list[UnitResult]]] = {}
+    parts: dict[int, list[tuple[int, list[UnitResult]]]] = {}  # seed: (piece, its results)
     failed: set[int] = set()
     pending: dict[Future, SeedTask] = {}
     tries: dict[tuple[int, int], int] = {}
