@@ -17,7 +17,8 @@ PKG = "butterfly"
 
 # Stages, lowest first. A module may import its own stage and the stages below it.
 STAGES: list[set[str]] = [
-    {"rng", "layers", "imports", "atomic", "safepath", "version", "checkpoint", "config", "hf_local"},
+    {"rng", "layers", "imports", "atomic", "safepath", "version", "checkpoint", "config", "hf_local",
+     "figure_files"},
     {"data", "metrics", "align"},
     {"models"},
     {"train"},
@@ -172,10 +173,12 @@ def test_data_knows_no_models_and_the_report_reads_only_the_store() -> None:
             assert not any(t.startswith(("butterfly.models", "butterfly.train")) for t in targets)
         if mod.startswith("butterfly.report"):
             # the store, the row schema, the verdicts over a table, the stability search's pure
-            # maths (σ* of a grid is the search's own rule) and the config's defaults
+            # maths (σ* of a grid is the search's own rule), the config's defaults and the
+            # figure writer
             allowed = {"butterfly.experiment.rows", "butterfly.experiment.verdict",
                        "butterfly.experiment.threshold", "butterfly.sweep.store",
-                       "butterfly.sweep.rundir", "butterfly.atomic", "butterfly.safepath"}  # fmt: skip
+                       "butterfly.sweep.rundir", "butterfly.atomic", "butterfly.safepath",
+                       "butterfly.figure_files"}  # fmt: skip
             outside = [t for t in targets if not (t.startswith(("butterfly.report",
                                                                  "butterfly.config"))
                                                   or t in allowed)]  # fmt: skip

@@ -7,7 +7,7 @@ opening sentence, number format and config differences, on hand-made tables."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -599,15 +599,16 @@ def test_the_comparison_report_uses_one_palette_for_every_figure(
     runs: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     saved: list[Figure] = []
-    original = F.save_figure
-
-    def spy(fig: Figure, path: Path) -> Path:
-        saved.append(fig)
-        return original(fig, path)
-
     import butterfly.report.figures.registry as R
 
-    monkeypatch.setattr(R, "save_figure", spy)
+    original = R.save_figures
+
+    def spy(figs: Iterable[tuple[Figure, Path]]) -> list[Path]:
+        figs = list(figs)
+        saved.extend(fig for fig, _ in figs)
+        return original(figs)
+
+    monkeypatch.setattr(R, "save_figures", spy)
     H.build_report(list(runs["dirs"]), tmp_path / "both.html")
     colours: dict[str, set[tuple]] = {}
     for fig in saved:
@@ -922,3 +923,58 @@ def test_the_identity_table_counts_weight_matching_leaving_every_unit_in_place(r
     assert f"left every unit in place for {same} of {len(kids)} perturbed children" in _summary(df)
     # without weight matching there is no table
     assert identity_table(df.drop(columns=["fixed_point_fraction_wm"])).empty
+
+
+# ---- writing figures: a pool of processes, the same files as one by one -----------------------
+def _three_figures() -> list[Figure]:
+    from butterfly.report.figures.style import figure_grid, legend
+
+    figs = []
+    for k in range(3):
+        fig, axes = figure_grid(1, 2)
+        for j, ax in enumerate(axes[0]):
+            ax.plot(np.arange(10), np.arange(10) ** (k + j), label=f"line {k}")
+            ax.set_yscale("log")
+            ax.set_title(f"figure {k}, panel {j}")
+        legend(fig)
+        figs.append(fig)
+    return figs
+
+
+def test_figures_written_by_worker_processes_equal_those_written_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from butterfly import figure_files
+
+    monkeypatch.setenv(figure_files.WORKERS_ENV, "1")
+    here = figure_files.save_figures((f, tmp_path / "here" / f"f{i}.png")
+                                     for i, f in enumerate(_three_figures()))  # fmt: skip
+    monkeypatch.setenv(figure_files.WORKERS_ENV, "2")
+    pooled = figure_files.save_figures((f, tmp_path / "pool" / f"f{i}.png")
+                                       for i, f in enumerate(_three_figures()))  # fmt: skip
+    assert [p.name for p in here] == [p.name for p in pooled] == ["f0.png", "f1.png", "f2.png"]
+    for a, b in zip(here, pooled, strict=True):
+        assert a.read_bytes() == b.read_bytes()  # the same pixels, size and metadata
+        assert b.with_suffix(".pdf").read_bytes()[:5] == b"%PDF-"
+        assert a.with_suffix(".pdf").stat().st_size == pytest.approx(
+            b.with_suffix(".pdf").stat().st_size, rel=0.01)  # fmt: skip
+    assert plt.get_fignums() == []  # every figure closed
+    assert sorted(p.name for p in (tmp_path / "pool").iterdir()) == [
+        "f0.pdf", "f0.png", "f1.pdf", "f1.png", "f2.pdf", "f2.png"]  # no temporary file left
+
+
+def test_a_figure_that_cannot_be_pickled_is_written_here_and_a_bad_worker_count_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from matplotlib.ticker import FuncFormatter
+
+    from butterfly import figure_files
+
+    monkeypatch.setenv(figure_files.WORKERS_ENV, "2")
+    figs = _three_figures()
+    figs[1].axes[0].xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"<{v:g}>"))
+    paths = figure_files.save_figures((f, tmp_path / f"f{i}.png") for i, f in enumerate(figs))
+    assert all(p.is_file() and p.with_suffix(".pdf").is_file() for p in paths)
+    monkeypatch.setenv(figure_files.WORKERS_ENV, "zero")
+    with pytest.raises(ValueError, match="BUTTERFLY_FIGURE_WORKERS must be a whole number >= 1"):
+        figure_files.figure_workers()

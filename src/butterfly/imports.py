@@ -18,10 +18,12 @@ packages. Nothing read from a checkpoint or a run folder is ever imported
 
 from __future__ import annotations
 
+import ast
 import importlib
 import os
 import re
 import sys
+from pathlib import Path
 from typing import Any
 
 IMPORT_PATH = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
@@ -121,3 +123,21 @@ def name_of(obj: Any) -> str:
 def is_local(path: str) -> bool:
     """Whether only this process can resolve ``path`` (so the work must run here)."""
     return path.startswith(LOCAL)
+
+
+def unguarded_main() -> bool:
+    """Whether the main program is a script whose top level would run again in every spawned
+    worker process (no ``if __name__ == "__main__":`` test anywhere in it)."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if not path or not str(path).endswith(".py") or not Path(path).is_file():
+        return False
+    try:
+        tree = ast.parse(Path(path).read_text())
+    except (SyntaxError, UnicodeDecodeError, OSError):
+        return False
+    for node in ast.walk(tree):
+        left = getattr(node, "left", None) if isinstance(node, ast.Compare) else None
+        if isinstance(left, ast.Name) and left.id == "__name__":
+            return False
+    return True

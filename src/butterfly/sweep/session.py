@@ -17,7 +17,6 @@ is its own (plan and schedule units; rounds; two stages). The session owns the r
 
 from __future__ import annotations
 
-import ast
 import os
 import sys
 import time
@@ -35,7 +34,7 @@ from butterfly.config import STORED, ConfigError, RunConfig
 from butterfly.data.user import STORED_FILE, recall, save_stored
 from butterfly.experiment import Resolved, configure_torch
 from butterfly.experiment.setup import environment
-from butterfly.imports import is_local
+from butterfly.imports import is_local, unguarded_main
 from butterfly.safepath import inside
 from butterfly.sweep import rundir
 from butterfly.sweep.executors import Executor, check_executor, executor_kind, make_executor
@@ -130,24 +129,6 @@ def must_run_here(cfg: RunConfig) -> list[str]:
     """The config's objects that only this process can find (defined in a notebook, a lambda,
     a nested function): the work then runs in this process."""
     return [name for _, name in cfg.code_named() if is_local(name)]
-
-
-def unguarded_main() -> bool:
-    """Whether the main program is a script whose top level would run again in every spawned
-    worker process (no ``if __name__ == "__main__":`` test anywhere in it)."""
-    main = sys.modules.get("__main__")
-    path = getattr(main, "__file__", None)
-    if not path or not str(path).endswith(".py") or not Path(path).is_file():
-        return False
-    try:
-        tree = ast.parse(Path(path).read_text())
-    except (SyntaxError, UnicodeDecodeError, OSError):
-        return False
-    for node in ast.walk(tree):
-        left = getattr(node, "left", None) if isinstance(node, ast.Compare) else None
-        if isinstance(left, ast.Name) and left.id == "__name__":
-            return False
-    return True
 
 
 def store_data(cfg: RunConfig, run_dir: Path) -> None:

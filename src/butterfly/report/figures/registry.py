@@ -9,7 +9,7 @@ one more entry; nothing else decides whether or where it appears.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -18,6 +18,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from butterfly.experiment.rows import children, spawned
+from butterfly.figure_files import save_figures
 from butterfly.report.figures.barriers import (
     barrier_vs_fraction,
     barrier_vs_l2,
@@ -50,7 +51,6 @@ from butterfly.report.figures.style import (
     Palette,
     kids_of,
     palette_for,
-    save_figure,
 )
 from butterfly.report.figures.trajectories import (
     l2_from_init_figure,
@@ -307,13 +307,17 @@ FIGURES: list[FigureSpec] = [
 SPECS: dict[str, FigureSpec] = {f.file: f for f in FIGURES}
 
 
-def drawn(scope: Scope, data: Any, palette: Palette) -> list[tuple[FigureSpec, Figure]]:
-    """Every figure of ``scope`` that ``data`` supports, in the report's order."""
-    out = []
+def drawing(scope: Scope, data: Any, palette: Palette) -> Iterator[tuple[FigureSpec, Figure]]:
+    """Every figure of ``scope`` that ``data`` supports, in the report's order, each built when
+    it is asked for."""
     for spec in FIGURES:
         if spec.scope == scope and spec.build is not None and spec.when(data):
-            out.append((spec, spec.build(data, palette)))
-    return out
+            yield spec, spec.build(data, palette)
+
+
+def drawn(scope: Scope, data: Any, palette: Palette) -> list[tuple[FigureSpec, Figure]]:
+    """Every figure of ``scope`` that ``data`` supports, in the report's order."""
+    return list(drawing(scope, data, palette))
 
 
 def run_figures(
@@ -325,13 +329,35 @@ def run_figures(
     training: pd.DataFrame | None = None,
 ) -> list[tuple[FigureSpec, Figure]]:
     """Every figure one run's data supports, in the report's order, as open figures."""
+    return list(_run_drawing(df, traj, proxy, palette, thresholds, training))
+
+
+def _run_drawing(
+    df: pd.DataFrame,
+    traj: pd.DataFrame,
+    proxy: pd.DataFrame,
+    palette: Palette | None,
+    thresholds: pd.DataFrame | None,
+    training: pd.DataFrame | None,
+) -> Iterator[tuple[FigureSpec, Figure]]:
     data = RunData(df, traj, proxy, thresholds, training)
-    return drawn("run", data, palette_for(palette, df))
+    return drawing("run", data, palette_for(palette, df))
 
 
-def save_all(made: list[tuple[FigureSpec, Figure]], out: Path) -> list[tuple[FigureSpec, Path]]:
-    """The figures saved under ``out`` (PNG and PDF), in order."""
-    return [(spec, save_figure(fig, Path(out) / spec.file)) for spec, fig in made]
+def save_all(
+    made: Iterable[tuple[FigureSpec, Figure]], out: Path
+) -> list[tuple[FigureSpec, Path]]:
+    """The figures saved under ``out`` (PNG and PDF), in order. ``made`` may be built lazily
+    (:func:`drawing`): each figure is handed to a writer process as soon as it is built."""
+    specs: list[FigureSpec] = []
+
+    def pairs() -> Iterator[tuple[Figure, Path]]:
+        for spec, fig in made:
+            specs.append(spec)
+            yield fig, Path(out) / spec.file
+
+    paths = save_figures(pairs())
+    return list(zip(specs, paths, strict=True))
 
 
 def all_figures(
@@ -344,18 +370,18 @@ def all_figures(
     training: pd.DataFrame | None = None,
 ) -> list[tuple[FigureSpec, Path]]:
     """Every figure the data supports, saved under ``out`` (PNG and PDF), in the report's order."""
-    return save_all(run_figures(df, traj, proxy, palette, thresholds, training), out)
+    return save_all(_run_drawing(df, traj, proxy, palette, thresholds, training), out)
 
 
 def compared_figures(
     runs: Mapping[str, RunData], palette: Palette, out: Path
 ) -> list[tuple[FigureSpec, Path]]:
     """The figures that set several runs side by side, saved under ``out``."""
-    return save_all(drawn("compare", dict(runs), palette), out)
+    return save_all(drawing("compare", dict(runs), palette), out)
 
 
 def finetune_figures(
     df: pd.DataFrame, palette: Palette, out: Path
 ) -> list[tuple[FigureSpec, Path]]:
     """The figures of a fine-tuning folder's joined results, saved under ``out``."""
-    return save_all(drawn("finetune", df, palette), out)
+    return save_all(drawing("finetune", df, palette), out)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import matplotlib
 
@@ -33,8 +32,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from butterfly.atomic import atomic_path
 from butterfly.experiment.rows import PERTURBED_KINDS, children
+from butterfly.figure_files import save_figure  # noqa: F401  (re-exported)
 from butterfly.report.summary import (
     fmt_number,
     fmt_t,
@@ -134,20 +133,6 @@ def label_t(tf: float) -> str:
 
 def label_sigma(s: float) -> str:
     return f"σ = {fmt_number(float(s))}"
-
-
-def save_figure(fig: Figure, path: Path) -> Path:
-    """Write ``fig`` as PNG (``path``) and PDF beside it, and close it. Each file is written
-    atomically, so a symbolic link in its place is replaced, never written through."""
-    path = Path(path)
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=130, format="png")
-        with atomic_path(path.with_suffix(".pdf")) as tmp:
-            fig.savefig(tmp, format="pdf")
-    finally:
-        plt.close(fig)
-    return path
 
 
 def figure_grid(
