@@ -10,10 +10,11 @@ every finished unit is handed to ``commit`` before the next wait."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+from typing import Any, Generic, TypeVar
 
 from butterfly.experiment import Resolved
 from butterfly.sweep.executors import Executor
@@ -29,7 +30,68 @@ def _by_seed(units: list[Unit]) -> dict[int, list[Unit]]:
     return out
 
 
+T = TypeVar("T")
 RETRIES = 3  # a task whose worker process died is run again this many times at most
+
+
+class InFlight(Generic[T]):
+    """The tasks in flight on a pool, and what both scheduling loops do with them: wait for
+    the next to finish, and when a worker process dies (killed, out of memory), which breaks
+    the whole local pool, start the pool again and submit every task that was in flight again,
+    each at most :data:`RETRIES` times; ``give_up(task, error)`` is told of one that died more
+    often. Leaving the ``with`` block by an error cancels what is still queued."""
+
+    def __init__(
+        self,
+        pool: Executor,
+        bar: Progress,
+        start: Callable[[T], Future],
+        key: Callable[[T], Hashable],
+        give_up: Callable[[T, BaseException], None],
+    ):
+        self.pool, self.bar, self.start, self.key, self.give_up = pool, bar, start, key, give_up
+        self.pending: dict[Future, T] = {}
+        self.tries: Counter[Hashable] = Counter()
+
+    def __len__(self) -> int:
+        return len(self.pending)
+
+    def __enter__(self) -> InFlight[T]:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if kind is not None:
+            for fut in self.pending:
+                fut.cancel()
+
+    def submit(self, task: T) -> None:
+        self.pending[self.start(task)] = task
+
+    def finished(self) -> list[tuple[T, Any, BaseException | None]]:
+        """The tasks done since the last call, each with its result or its error (none when
+        the pool broke: its tasks were submitted again). Ctrl-C in a worker is raised here."""
+        done, _ = wait(self.pending, timeout=0.25, return_when=FIRST_COMPLETED)
+        self.pool.drain(self.bar)
+        if any(isinstance(f.exception(), BrokenProcessPool) for f in done):
+            lost = list(self.pending.values())  # a broken pool fails everything in flight
+            self.pending.clear()
+            self.pool.restart()
+            for task in lost:
+                self.tries[self.key(task)] += 1
+                if self.tries[self.key(task)] > RETRIES:
+                    self.give_up(task, RuntimeError(
+                        f"its worker process died {RETRIES + 1} times (killed, or out of "
+                        "memory?)"))  # fmt: skip
+                else:
+                    self.submit(task)
+            return []
+        out = []
+        for fut in done:
+            task, err = self.pending.pop(fut), fut.exception()
+            if isinstance(err, KeyboardInterrupt):
+                raise err
+            out.append((task, None if err is not None else fut.result(), err))
+        return out
 
 
 def joins(resolved: Resolved) -> bool:
@@ -61,64 +123,36 @@ def schedule(
     by_seed = _by_seed(todo)
     steps = 0
     Task = tuple[str, int, int | None, Unit | None]
-    pending: dict[Future, Task] = {}
-    tries: dict[tuple[int, int | None], int] = {}
 
-    def submit(task: Task) -> None:
+    def start(task: Task) -> Future:
         what, seed, _, unit = task
         if what == "parent":
-            fut = pool.submit(run_parent, resolved, seed, run_dir)
-        else:
-            fut = pool.submit(run_unit, resolved, unit, run_dir, pool.reporter)
-        pending[fut] = task
+            return pool.submit(run_parent, resolved, seed, run_dir)
+        return pool.submit(run_unit, resolved, unit, run_dir, pool.reporter)
 
-    for seed in by_seed:
-        submit(("parent", seed, None, None))
     ready: list[Unit] = []
     limit = 2 * pool.slots
-    try:
-        while pending or ready:
-            while ready and len(pending) < limit:
+    with InFlight[Task](
+        pool, bar, start, key=lambda task: task[1:3],
+        give_up=lambda task, err: fail(task[1], task[2], err),
+    ) as flight:  # fmt: skip
+        for seed in by_seed:
+            flight.submit(("parent", seed, None, None))
+        while flight or ready:
+            while ready and len(flight) < limit:
                 u = ready.pop(0)
-                submit(("unit", u.seed, u.t, u))
-            if not pending:
+                flight.submit(("unit", u.seed, u.t, u))
+            if not flight:
                 continue
-            finished, _ = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
-            pool.drain(bar)
-            broken = [f for f in finished if isinstance(f.exception(), BrokenProcessPool)]
-            if broken:
-                lost = list(pending.values())  # a broken pool fails everything in flight
-                pending.clear()
-                pool.restart()
-                for task in lost:
-                    key = (task[1], task[2])
-                    tries[key] = tries.get(key, 0) + 1
-                    if tries[key] > RETRIES:
-                        fail(task[1], task[2], RuntimeError(
-                            f"its worker process died {RETRIES + 1} times (killed, or out of "
-                            "memory?)"))  # fmt: skip
-                    else:
-                        submit(task)
-                continue
-            for fut in finished:
-                what, seed, t, _ = pending.pop(fut)
-                err = fut.exception()
+            for (what, seed, t, _), res, err in flight.finished():
                 if err is not None:
-                    if isinstance(err, KeyboardInterrupt):
-                        raise err
                     fail(seed, t, err)
-                    continue
-                res = fut.result()
-                if what == "parent":
+                elif what == "parent":
                     steps += res["steps"]
                     ready.extend(by_seed[seed])
                     ready.sort(key=lambda u: u.t)
                 else:
                     commit(res)
-    except BaseException:
-        for fut in pending:
-            fut.cancel()
-        raise
     return steps
 
 
@@ -142,65 +176,58 @@ def schedule_seeds(
     full = {(u.seed, u.t): u for u in todo}
     parts: dict[int, list[tuple[int, list[UnitResult]]]] = {}  # seed: (piece, its results)
     failed: set[int] = set()
-    pending: dict[Future, SeedTask] = {}
-    tries: dict[tuple[int, int], int] = {}
 
-    def submit(task: SeedTask) -> None:
-        pending[pool.submit(run_seed, resolved, task, run_dir, pool.reporter)] = task
+    def lost(task: SeedTask, err: BaseException) -> None:
+        failed.add(task.seed)
+        fail(task.seed, task.units[0].t, err)
 
-    for task in tasks:
-        submit(task)
-    try:
-        while pending:
-            finished, _ = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
-            pool.drain(bar)
-            if any(isinstance(f.exception(), BrokenProcessPool) for f in finished):
-                lost = list(pending.values())  # a broken pool fails everything in flight
-                pending.clear()
-                pool.restart()
-                for task in lost:
-                    key = (task.seed, task.piece)
-                    tries[key] = tries.get(key, 0) + 1
-                    if tries[key] > RETRIES:
-                        failed.add(task.seed)
-                        fail(task.seed, task.units[0].t, RuntimeError(
-                            f"its worker process died {RETRIES + 1} times (killed, or out of "
-                            "memory?)"))  # fmt: skip
-                    else:
-                        submit(task)
-                continue
-            for fut in finished:
-                task = pending.pop(fut)
-                err = fut.exception()
+    def start(task: SeedTask) -> Future:
+        return pool.submit(run_seed, resolved, task, run_dir, pool.reporter)
+
+    with InFlight[SeedTask](
+        pool, bar, start, key=lambda task: (task.seed, task.piece), give_up=lost
+    ) as flight:
+        for task in tasks:
+            flight.submit(task)
+        while flight:
+            for task, results, err in flight.finished():
                 if err is not None:
-                    if isinstance(err, KeyboardInterrupt):
-                        raise err
-                    failed.add(task.seed)
-                    fail(task.seed, task.units[0].t, err)
+                    lost(task, err)
                     continue
-                parts.setdefault(task.seed, []).append((task.piece, fut.result()))
+                parts.setdefault(task.seed, []).append((task.piece, results))
                 if task.seed in failed or len(parts[task.seed]) < count[task.seed]:
                     continue
-                done = [results for _, results in sorted(parts.pop(task.seed),
-                                                         key=lambda p: p[0])]  # fmt: skip
-                marks = {results[0].original for results in done if results}
-                if len(marks) > 1:
+                done = [r for _, r in sorted(parts.pop(task.seed), key=lambda p: p[0])]
+                try:
+                    merged = merge_seed(task.seed, done, full)
+                except NotDeterministic as e:
                     failed.add(task.seed)
-                    fail(task.seed, done[0][0].t, RuntimeError(
-                        f"the original of seed {task.seed} did not end bit-identical in the "
-                        f"{len(done)} pieces its children were split into: training is not "
-                        "deterministic"))  # fmt: skip
+                    fail(task.seed, done[0][0].t, e)
                     continue
-                by_t: dict[int, list[UnitResult]] = {}
-                for results in done:
-                    for r in results:
-                        by_t.setdefault(r.t, []).append(r)
-                for t in sorted(by_t):
-                    commit(merge(full[(task.seed, t)], by_t[t]))
-    except BaseException:
-        for fut in pending:
-            fut.cancel()
-        raise
+                for result in merged:
+                    commit(result)
+
+
+class NotDeterministic(RuntimeError):
+    """The pieces of one seed trained originals that did not end bit-identical."""
+
+
+def merge_seed(
+    seed: int, pieces: list[list[UnitResult]], units: Mapping[tuple[int, int], Unit]
+) -> list[UnitResult]:
+    """One seed's unit results, t by t, from its pieces' results (piece 0 first), after checking
+    that every piece's original ended bit-identical (:class:`NotDeterministic` if not)."""
+    marks = {results[0].original for results in pieces if results}
+    if len(marks) > 1:
+        raise NotDeterministic(
+            f"the original of seed {seed} did not end bit-identical in the {len(pieces)} pieces "
+            "its children were split into: training is not deterministic"
+        )
+    by_t: dict[int, list[UnitResult]] = {}
+    for results in pieces:
+        for r in results:
+            by_t.setdefault(r.t, []).append(r)
+    return [merge(units[(seed, t)], by_t[t]) for t in sorted(by_t)]
 
 
 def merge(unit: Unit, pieces: list[UnitResult]) -> UnitResult:
