@@ -30,18 +30,20 @@ install-all: $(FULL)
 run: $(CORE)
 	$(VENV)/bin/butterfly run
 
-## The default test run (slow tests excluded).
+## The default test run (slow tests excluded), in two processes (pytest-xdist; tests/conftest.py
+## keeps each test file in one of them). `$(PY) -m pytest tests/test_x.py` runs a file in one.
+XDIST := -n 2 --dist loadgroup
 test: $(FULL)
 	$(PY) -m ruff check src tests benchmarks examples
-	$(PY) -m pytest -q --durations=25
+	$(PY) -m pytest -q $(XDIST) --durations=25
 
 ## Only the slow tests (every preset's cpu scale, the warm-up finding); CI runs these too.
 test-slow: $(FULL)
-	$(PY) -m pytest -q -m slow --durations=0
+	$(PY) -m pytest -q $(XDIST) -m slow --durations=0
 
 ## Everything, slow end-to-end tests included.
 test-all: $(FULL)
-	$(PY) -m pytest -q -m ''
+	$(PY) -m pytest -q $(XDIST) -m ''
 
 lint: $(FULL)
 	$(PY) -m ruff check src tests benchmarks examples
