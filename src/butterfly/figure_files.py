@@ -30,6 +30,7 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
 from butterfly.atomic import atomic_path
+from butterfly.config.errors import ConfigError
 from butterfly.imports import unguarded_main
 
 WORKERS_ENV = "BUTTERFLY_FIGURE_WORKERS"
@@ -64,7 +65,7 @@ def figure_workers() -> int:
     env = os.environ.get(WORKERS_ENV, "").strip()
     if env:
         if not env.isdigit() or int(env) < 1:
-            raise ValueError(f"{WORKERS_ENV} must be a whole number >= 1, got {env!r}")
+            raise ConfigError(f"{WORKERS_ENV} must be a whole number >= 1, got {env!r}")
         return int(env)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, min(cores or 1, 8))

@@ -315,11 +315,6 @@ def drawing(scope: Scope, data: Any, palette: Palette) -> Iterator[tuple[FigureS
             yield spec, spec.build(data, palette)
 
 
-def drawn(scope: Scope, data: Any, palette: Palette) -> list[tuple[FigureSpec, Figure]]:
-    """Every figure of ``scope`` that ``data`` supports, in the report's order."""
-    return list(drawing(scope, data, palette))
-
-
 def run_figures(
     df: pd.DataFrame,
     traj: pd.DataFrame,
