@@ -958,7 +958,7 @@ def test_figures_written_by_worker_processes_equal_those_written_here(
         assert b.with_suffix(".pdf").read_bytes()[:5] == b"%PDF-"
         assert a.with_suffix(".pdf").stat().st_size == pytest.approx(
             b.with_suffix(".pdf").stat().st_size, rel=0.01)  # fmt: skip
-    assert plt.get_fignums() == []  # every figure closed
+    assert set(plt.get_fignums()) <= KEEP  # every figure closed (the module's shared ones stay)
     assert sorted(p.name for p in (tmp_path / "pool").iterdir()) == [
         "f0.pdf", "f0.png", "f1.pdf", "f1.png", "f2.pdf", "f2.png"]  # no temporary file left
 
