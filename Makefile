@@ -8,7 +8,7 @@ CORE   := $(VENV)/.core-$(HASH)
 FULL   := $(VENV)/.full-$(HASH)
 PIP    := $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: run test test-slow test-all lint install install-all clean
+.PHONY: run test test-slow test-presets test-all lint install install-all clean
 
 $(CORE): pyproject.toml
 	@test -x $(PY) || { echo "butterfly: creating the virtual environment $(VENV)"; $(PYTHON) -m venv $(VENV); }
@@ -37,9 +37,15 @@ test: $(FULL)
 	$(PY) -m ruff check src tests benchmarks examples
 	$(PY) -m pytest -q $(XDIST) --durations=25
 
-## Only the slow tests (every preset's cpu scale, the warm-up finding); CI runs these too.
+## Only the slow tests (the paper's claims at cpu scale, every other preset at a smaller size);
+## CI runs these too.
 test-slow: $(FULL)
 	$(PY) -m pytest -q $(XDIST) -m slow --durations=0
+
+## Every preset's cpu scale whole (those the slow tests run smaller): before a release, or after
+## changing a preset.
+test-presets: $(FULL)
+	$(PY) -m pytest -q $(XDIST) -m presets --durations=0
 
 ## Everything, slow end-to-end tests included.
 test-all: $(FULL)

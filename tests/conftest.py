@@ -48,16 +48,15 @@ from slurm_fixture import slurm_cluster  # noqa: E402, F401
 
 # `make test` runs the tests in two processes (pytest-xdist, `-n 2 --dist loadgroup`). Each test
 # file runs whole in one of them, so its module fixtures are built once; the SLURM files share one
-# (one local cluster); the slow preset runs are spread one by one, except the warm-up pair, which
-# runs beside the test that reads their results.
+# (one local cluster); the preset runs (slow, presets) are spread one by one.
 SHARED_GROUPS = {"test_slurm.py": "slurm", "test_slurm_local.py": "slurm"}
-WARMUP_TESTS = ("[table1-standard]", "[table1-warmup10x]", "test_warmup_lowers_early_barriers")
 
 
 def group_of(item: pytest.Item) -> str:
     name = item.path.name
-    if item.get_closest_marker("slow") is not None and name == "test_presets.py":
-        return "warmup" if any(w in item.nodeid for w in WARMUP_TESTS) else item.nodeid
+    long = item.get_closest_marker("slow") or item.get_closest_marker("presets")
+    if long is not None and name == "test_presets.py":
+        return item.nodeid
     return SHARED_GROUPS.get(name, name)
 
 

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 
 from butterfly.cli import main
-from butterfly.config import ConfigError, list_presets, load_config
+from butterfly.config import ConfigError, RunConfig, list_presets, load_config
 from butterfly.report.summary import summary_table
 from butterfly.sweep.pipelines import run_pipeline
+from butterfly.sweep.session import SweepOutcome
 
 NAMES = [name for name, _ in list_presets()]
 
@@ -199,17 +200,71 @@ def test_a_config_extends_a_preset_or_another_file(tmp_path: Path) -> None:
         load_config(tmp_path / "nobase.yaml")
 
 
-WARMUP_PAIR = ("table1-standard", "table1-warmup10x")
-FINISHED: dict[str, object] = {}  # results of the end-to-end runs, by preset
+WARMUP_PAIR = ("table1-standard", "table1-warmup10x")  # run whole by the warm-up test below
+# The presets whose cpu-scale run checks a claim of the paper (the warm-up test below, the
+# threshold and fine-tuning bars): CI runs them whole (marked slow). Every other preset runs
+# whole under the `presets` mark (`make test-presets`, `make test-all`) and at a smaller size
+# in CI (marked slow), which covers its code paths and its checks in a fraction of the time.
+CLAIMS = (*WARMUP_PAIR, "threshold-standard", "finetune-cifar100-to-cifar10")
+
+
+def whole_runs() -> list[object]:
+    return [pytest.param(n, marks=pytest.mark.slow if n in CLAIMS else pytest.mark.presets)
+            for n in cpu_runs() if n not in WARMUP_PAIR]  # fmt: skip
+
+
+def smaller(name: str) -> RunConfig:
+    """The preset's cpu scale with its first seed, its first and last perturbation time, a
+    quarter of its steps or epochs (at least 20 steps), three points on each path and at most three trajectory
+    points: every member kind, size, mask, model, data and optimiser of the preset."""
+    cfg = load_config(name)
+    t = cfg.perturb.times
+    keep = [t[0], t[-1]] if len(t) > 1 else list(t)
+    r = cfg.recipe
+    length = (f"recipe.epochs={r.epochs / 4}" if r.epochs is not None
+              else f"recipe.steps={min(r.steps, max(20, r.steps // 4))}")  # fmt: skip
+    over = [f"seeds=[{cfg.seeds[0]}]", f"perturb.times={keep}", length, "eval.alphas=3",
+            f"eval.trajectory_points={min(cfg.eval.trajectory_points, 3)}"]  # fmt: skip
+    if cfg.perturb.sigmas_at:
+        sizes = ", ".join(f"{k}: {cfg.perturb.sigmas_of(k)}" for k in keep)
+        over.append(f"perturb.sigmas_at={{{sizes}}}")
+    return load_config(name, over)
+
+
+def test_a_smaller_preset_keeps_all_but_its_seeds_times_steps_and_path_points() -> None:
+    for name in ("table1-perturb-norm", "workshop-insets", "finetune-multibert", "finetune-vit"):
+        whole, small = load_config(name).to_dict(), smaller(name).to_dict()
+        assert small["seeds"] == whole["seeds"][:1]
+        times = whole["perturb"]["times"]
+        assert small["perturb"]["times"] == [times[0], times[-1]]
+        assert small["eval"]["alphas"] == 3 and small["eval"]["trajectory_points"] <= 3
+        for key in ("steps", "epochs"):
+            assert (small["recipe"].pop(key, 0) or 0) <= (whole["recipe"].pop(key, 0) or 0)
+        for key in ("seeds", "perturb", "eval"):
+            whole.pop(key), small.pop(key)
+        assert small == whole, name  # model, data, recipe, pre-training, runtime as the preset
+    cfg = smaller("workshop-insets")
+    assert all(cfg.perturb.sigmas_of(t) == load_config("workshop-insets").perturb.sigmas_of(t)
+               for t in cfg.perturb.times)  # fmt: skip
+
+
+@pytest.mark.parametrize("name", whole_runs())
+def test_every_cpu_preset_runs_end_to_end(name: str, tmp_path: Path) -> None:
+    cfg = load_config(name)
+    out = run_pipeline(cfg, tmp_path / name, quiet=True)
+    _check(name, cfg, out, tmp_path / name)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", cpu_runs())
-def test_every_cpu_preset_runs_end_to_end(name: str, tmp_path: Path) -> None:
-    out = run_pipeline(load_config(name), tmp_path / name, quiet=True)
+@pytest.mark.parametrize("name", [n for n in cpu_runs() if n not in CLAIMS])
+def test_every_other_preset_runs_end_to_end_at_a_smaller_size(name: str, tmp_path: Path) -> None:
+    cfg = smaller(name)
+    out = run_pipeline(cfg, tmp_path / name, quiet=True)
+    _check(name, cfg, out, tmp_path / name)
+
+
+def _check(name: str, cfg: RunConfig, out: SweepOutcome, run: Path) -> None:
     df = out.results
-    if name in WARMUP_PAIR:
-        FINISHED[name] = df  # the warm-up test below reads these instead of running them again
     assert out.control_ok and len(df) > 0
     assert (df[df.control == 0].diverged == 0).all()
     kids = df[df.control == 0]
@@ -235,7 +290,7 @@ def test_every_cpu_preset_runs_end_to_end(name: str, tmp_path: Path) -> None:
         assert kids.barrier_train_loss.notna().all() and (kids.l2 > 0).all()
         print("\n" + summary_table(df).to_string(float_format=lambda v: f"{v:.3g}"))
     if name == "threshold-standard":
-        _threshold_bar(tmp_path / name)
+        _threshold_bar(run)
     if name == "lyapunov-standard":
         assert kids.lyapunov_exponent.notna().all() and kids.growth_rate.notna().all()
     if name.startswith("glue-") or name == "finetune-multibert":  # GLUE's metrics per member
@@ -246,13 +301,12 @@ def test_every_cpu_preset_runs_end_to_end(name: str, tmp_path: Path) -> None:
         assert kids.test_acc_b.between(0, 1).all() and df.ensemble_test_acc.isna().all()
         assert sorted(df.pretrain_steps.unique()) == [0, 30, 150]
     if name in ("workshop-insets", "workshop-gaussian"):  # each t with its own sizes
-        cfg = load_config(name)
-        for t_frac, g in kids.groupby("t_frac"):
-            assert sorted(set(g.sigma)) == sorted(cfg.perturb.sigmas_of(t_frac)), (name, t_frac)
+        for t_frac, g in kids.groupby("t_frac"):  # the step of a time is rounded: the nearest
+            at = min(cfg.perturb.times, key=lambda f: abs(f - t_frac))
+            assert sorted(set(g.sigma)) == sorted(cfg.perturb.sigmas_of(at)), (name, t_frac)
     if name.startswith("b3-layers-"):  # one residual block's weights only
         from butterfly.models import build_model
 
-        cfg = load_config(name)
         model = build_model(cfg.model, (1, 40), 10, seed=0)
         pat = cfg.perturb.layers[0].removesuffix("*")
         n = sum(p.numel() for k, p in model.named_parameters() if k.startswith(pat) and p.dim() > 1)
@@ -303,13 +357,15 @@ def _finetune_bar(df: object) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.presets
 def test_warmup_lowers_early_barriers_at_cpu_scale(tmp_path: Path) -> None:
     """Paper section 4.3: 10x warm-up gives lower barriers at t = 0 than the standard setting."""
     tables = {}
     for name in WARMUP_PAIR:
-        df = FINISHED.get(name)
-        if df is None:  # run on its own (-k): the end-to-end test did not run it
-            df = run_pipeline(load_config(name), tmp_path / name, quiet=True).results
+        cfg = load_config(name)
+        out = run_pipeline(cfg, tmp_path / name, quiet=True)
+        _check(name, cfg, out, tmp_path / name)  # as every preset's end-to-end run
+        df = out.results
         tables[name] = summary_table(df).xs(0.0, level="t_frac")
     std, warm = tables["table1-standard"], tables["table1-warmup10x"]
     print("\nmean train-loss barrier at t = 0 (rows: kind; columns: sigma)")
