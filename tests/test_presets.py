@@ -215,8 +215,8 @@ def whole_runs() -> list[object]:
 
 def smaller(name: str) -> RunConfig:
     """The preset's cpu scale with its first seed, its first and last perturbation time, a
-    quarter of its steps or epochs (at least 20 steps), three points on each path and at most three trajectory
-    points: every member kind, size, mask, model, data and optimiser of the preset."""
+    quarter of its steps or epochs (at least 20 steps), three points on each path and at most
+    three trajectory points: every member kind, size, mask, model, data and optimiser stays."""
     cfg = load_config(name)
     t = cfg.perturb.times
     keep = [t[0], t[-1]] if len(t) > 1 else list(t)
