@@ -125,7 +125,7 @@ def test_a_cancelled_task_loses_only_its_unit_and_detach_then_run_completes(
     victim = None
     while victim is None and time.monotonic() < deadline:
         held = [p for p in claims.glob("unit-*")] if claims.is_dir() else []
-        if held:
+        if held:  # a claim is never seen empty (stop 34's CI read one between create and write)
             victim = (held[0].name, held[0].read_text().split()[0])
         else:
             time.sleep(0.2)
@@ -176,3 +176,45 @@ def test_no_slurm_on_this_machine_is_one_sentence(
         " ".join(capsys.readouterr().err.split())  # fmt: skip
     assert not out.exists()
     assert os.environ["PATH"] == str(tmp_path)
+
+
+def _race(path: str, job: str, go: float) -> bool:
+    from butterfly.sweep.slurm import claim
+
+    while time.time() < go:
+        pass
+    return claim(Path(path), job)
+
+
+def test_racing_tasks_claim_a_unit_once_and_a_claim_is_never_seen_empty(tmp_path: Path) -> None:
+    """Claims are created whole: ``status`` and the reaper never read a claim still empty."""
+    import concurrent.futures as cf
+    import multiprocessing as mp
+    import threading
+
+    from butterfly.sweep.slurm import holder
+
+    with cf.ProcessPoolExecutor(4, mp_context=mp.get_context("spawn")) as pool:
+        list(pool.map(_race, [str(tmp_path / "warm-up")] * 4, ["0"] * 4, [0.0] * 4))
+        for round_ in range(20):
+            path = tmp_path / f"unit-{round_}"
+            seen: list[str | None] = []
+            stop = threading.Event()
+
+            def watch(path: Path = path, seen: list[str | None] = seen,
+                      stop: threading.Event = stop) -> None:  # fmt: skip
+                while not stop.is_set():
+                    if path.exists():
+                        seen.append(holder(path))
+
+            watcher = threading.Thread(target=watch)
+            watcher.start()
+            go = time.time() + 0.1
+            won = list(pool.map(_race, [str(path)] * 4, [f"{100 + i}" for i in range(4)],
+                                [go] * 4))  # fmt: skip
+            stop.set()
+            watcher.join()
+            assert sum(won) == 1
+            assert holder(path) == f"{100 + won.index(True)}"
+            assert None not in seen
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []

@@ -77,6 +77,33 @@ def read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def claim(path: Path, job: str) -> bool:
+    """Create ``path`` with this task's job id in it, if no task has: the claim is this task's.
+
+    The claim is written whole to a file of this task's own first and then hard-linked to
+    ``path``; ``link`` fails if ``path`` exists, so at most one task wins, and no one ever reads
+    a claim that exists but is still empty (``O_EXCL`` and then a write would allow that; link is
+    also the exclusive create that holds on NFS)."""
+    own = path.with_name(f".{path.name}.{os.uname().nodename}.{os.getpid()}")
+    own.write_text(f"{job} {os.uname().nodename} {time.time():.0f}\n", encoding="utf-8")
+    try:
+        os.link(own, path)
+    except FileExistsError:
+        return False
+    finally:
+        own.unlink(missing_ok=True)
+    return True
+
+
+def holder(path: Path) -> str | None:
+    """The job id of the task that holds the claim ``path``; None if no task holds it."""
+    try:
+        words = path.read_text(encoding="utf-8").split()
+    except OSError:
+        return None
+    return words[0] if words else None
+
+
 def job_of_this_task() -> str:
     """``ARRAYJOB_TASK`` (stable across requeues) or the plain job id."""
     array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
@@ -95,10 +122,7 @@ def give_back(run_dir: Path, key: str, why: str) -> None:
     """Record a lost attempt of ``key`` (its task ended without finishing) and free its claim,
     so that the work can be claimed again."""
     claim = folder(run_dir, "claims") / key
-    try:
-        job = claim.read_text(encoding="utf-8").split()[0]
-    except (OSError, IndexError):
-        job = "?"
+    job = holder(claim) or "?"
     n = len(attempts(run_dir, key))
     write_atomic(folder(run_dir, "lost") / f"{key}.{n:03d}.json",
                  json.dumps({"job": job, "why": why, "time": time.time()}))  # fmt: skip
@@ -370,14 +394,8 @@ class SlurmExecutor:
         """Give back the claims of tasks that are gone; fail work lost too often."""
         claims = folder(run_dir, "claims")
         for key in sorted(open_keys):
-            claim = claims / key
-            if not claim.is_file():
-                continue
-            try:
-                job = claim.read_text(encoding="utf-8").split()[0]
-            except (OSError, IndexError):
-                continue
-            if job in jobs or (folder(run_dir, "done") / f"{key}.json").is_file():
+            job = holder(claims / key)
+            if job is None or job in jobs or (folder(run_dir, "done") / f"{key}.json").is_file():
                 continue
             why = why_ended(run_dir, job)
             give_back(run_dir, key, why)
@@ -443,8 +461,7 @@ def status_lines(run_dir: Path, finished: set[tuple[int, int]]) -> list[str]:
         claim = folder(run_dir, "claims") / key
         if failed.is_file():
             where = f"failed: {read_json(failed)['error']}"
-        elif claim.is_file():
-            job = claim.read_text(encoding="utf-8").split()[0]
+        elif (job := holder(claim)) is not None:
             j = (jobs or {}).get(job)
             where = (f"task {job} {j.state.lower()}" if j else
                      f"task {job} gone ({why_ended(run_dir, job)})")  # fmt: skip

@@ -32,8 +32,10 @@ from butterfly.sweep.slurm import (
     TASK_WAIT_S,
     UNITS_ENV,
     attempts,
+    claim,
     folder,
     give_back,
+    holder,
     job_of_this_task,
     member_of,
     read_json,
@@ -47,17 +49,6 @@ class Stopped(Exception):
 
 def _stop(signum: int, frame: object) -> None:
     raise Stopped()
-
-
-def claim(path: Path, job: str) -> bool:
-    """Create ``path`` if no one has: the claim is this task's."""
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-        return False
-    with os.fdopen(fd, "w") as fh:
-        fh.write(f"{job} {os.uname().nodename} {time.time():.0f}\n")
-    return True
 
 
 class Worker:
@@ -116,12 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     worker = Worker(run_dir, job, max_attempts)
     signal.signal(signal.SIGTERM, _stop)
     # requeued (pre-empted, or by scontrol): what this task held before was lost
-    for held in folder(run_dir, "claims").glob("*"):
-        try:
-            if held.read_text(encoding="utf-8").split()[0] == job:
-                give_back(run_dir, held.name, "requeued (pre-empted or by scontrol requeue)")
-        except (OSError, IndexError):
-            pass
+    for held in folder(run_dir, "claims").glob("[!.]*"):
+        if holder(held) == job:
+            give_back(run_dir, held.name, "requeued (pre-empted or by scontrol requeue)")
     try:
         return work(worker, limit)
     except Stopped:  # stopped while waiting: nothing held
