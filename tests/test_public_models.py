@@ -851,3 +851,55 @@ def test_attention_forms_get_heads_only_where_heads_may_move(form: str, heads: i
     assert len(spec.head_groups()) == heads, spec.heads
     assert spec_error(model, spec, x) < 1e-12  # the residual stream is aligned in every form
     assert len(spec.perm_to_axes) >= 1 + 2 * heads
+
+
+def test_a_single_gradient_equals_torch_func_bit_for_bit_without_importing_dynamo() -> None:
+    """A perturbation's direction and a member trained alone use plain autograd; on models as
+    researchers write them its gradients and losses equal ``torch.func.grad_and_value``'s bit
+    for bit (BatchNorm's running statistics, tied weights, dropout, frozen layers)."""
+    import subprocess
+    import sys
+
+    from torch.func import grad_and_value
+
+    from butterfly.data import BatchStream, Dataset
+    from butterfly.train import PopulationTrainer
+    from public_models import FrozenWhiteningNet, MiniGPT
+
+    x, y, xt, yt = image_tensors()
+    ids = torch.randint(0, 50, (64, 1, 12), generator=torch.Generator().manual_seed(1))
+    tokens = torch.cat([ids, torch.ones_like(ids)], 1)
+    cases = [
+        (ConvBN(), (x, y, xt, yt, 4)),
+        (resnet18(0), (x, y, xt, yt, 4)),
+        (FrozenWhiteningNet((3, 8, 8), 4, p=0.3), (x, y, xt, yt, 4)),
+        (MiniGPT((2, 12), 50, dropout=0.1), (tokens, ids[:, 0], tokens[:8], ids[:8, 0], 50)),
+    ]
+    cfg = build_config({"recipe": {"steps": 4, "batch_size": 16}})
+    for model, (xs, ys, xts, yts, k) in cases:
+        model.eval()  # key None: as the model is (measuring); a key: training mode, seeded
+        data = Dataset("own", xs, ys, xts, yts, k)
+        trainer = PopulationTrainer(model, data, BatchStream(len(ys), 16, 0), cfg.recipe)
+        reference = grad_and_value(trainer._loss_running, has_aux=True)
+        params = {n: v.detach().clone() for n, v in trainable(model).items()}
+        xb, yb = trainer.batch(0)
+        for key in (None, ("perturb", 0, 3)):
+            with trainer._noise(key):
+                got, (loss, after) = trainer._single(params, trainer.running0, xb, yb)
+            with trainer._noise(key):
+                want, (loss_w, after_w) = reference(params, trainer.running0, xb, yb)
+            name = type(model).__name__
+            assert got.keys() == want.keys(), name
+            assert all(torch.equal(got[n], want[n]) for n in want), name
+            assert torch.equal(loss, loss_w) and not loss.requires_grad, name
+            assert all(torch.equal(after[n], after_w[n]) for n in after_w), name
+    # a sweep's worker never pays for torch.func's first call (it imports torch._dynamo)
+    code = ("import sys, torch; from butterfly.train import PopulationTrainer\n"
+            "from butterfly.data import BatchStream, Dataset\nfrom butterfly.config import "
+            "build_config\nfrom butterfly.models import MLP\nm = MLP((8,), 3, 16, 1)\n"
+            "x = torch.randn(32, 8); y = torch.randint(0, 3, (32,))\n"
+            "t = PopulationTrainer(m, Dataset('d', x, y, x, y, 3), BatchStream(32, 8, 0), "
+            "build_config({}).recipe)\np = {k: v.detach() for k, v in m.named_parameters()}\n"
+            "t.single_gradient(p, x, y, ('perturb', 0))\nprint('torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.stdout.strip() == "False", out.stderr

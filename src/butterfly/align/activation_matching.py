@@ -14,7 +14,6 @@ import copy
 import numpy as np
 import torch
 import torch.fx
-from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from butterfly.align.permute import Perms
@@ -104,6 +103,8 @@ def activation_matching(
         if p in spec.heads:  # a GroupNorm's channels: groups as blocks, channels within
             perms[p] = torch.from_numpy(heads_assignment([c], spec.heads[p][1])[0]).long()
             continue
+        from scipy.optimize import linear_sum_assignment  # here: 0.6 s a worker need not pay
+
         rows, cols = linear_sum_assignment(c, maximize=True)
         assert (rows == np.arange(len(rows))).all()
         perms[p] = torch.from_numpy(cols).long()

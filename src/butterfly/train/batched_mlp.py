@@ -11,6 +11,11 @@ several times faster (see ``benchmarks/sweep_speed.py``). The maths is that of
 
 Every operation is a per-member batched matrix product, an element-wise op or a reduction
 within one member, so a member's numbers never depend on the other members.
+
+The step's intermediates (pre-activations, back-propagated errors) are written into buffers
+kept from one step to the next (``out=``, in place): the same kernels, so bit-identical
+numbers, without allocating (and first touching) a few MB per step, which measured a quarter
+of the step at the default sweep's population size (``benchmarks/sweep_speed.py``).
 """
 
 from __future__ import annotations
@@ -30,6 +35,18 @@ class BatchedMLP:
         n = len(model.hidden)
         self.layers = [(f"hidden.{i}.weight", f"hidden.{i}.bias") for i in range(n)]
         self.layers.append(("out.weight", "out.bias"))
+        self._buffers: dict[tuple, torch.Tensor] = {}  # the step's intermediates, reused
+
+    def _buffer(self, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        """A buffer for one intermediate of the step, kept per shape (populations of a few sizes
+        may train in turn; a population's size changes only when members join or leave)."""
+        key = (name, shape, like.dtype, like.device)
+        buf = self._buffers.get(key)
+        if buf is None:
+            if len(self._buffers) >= 64:  # sizes long gone
+                self._buffers.clear()
+            buf = self._buffers[key] = torch.empty(shape, dtype=like.dtype, device=like.device)
+        return buf
 
     @staticmethod
     def supports(model: torch.nn.Module) -> bool:
@@ -53,7 +70,8 @@ class BatchedMLP:
         B = x.shape[0]
         acts = [x.flatten(1).expand(P, -1, -1)]  # inputs to each layer
         for i, (w, b) in enumerate(self.layers):
-            z = torch.baddbmm(params[b].unsqueeze(1), acts[-1], params[w].transpose(1, 2))
+            z = torch.baddbmm(params[b].unsqueeze(1), acts[-1], params[w].transpose(1, 2),
+                              out=self._buffer(f"z{i}", (P, B, params[w].shape[1]), params[w]))  # fmt: skip
             if i < len(self.layers) - 1:
                 acts.append(z.relu_())  # in place: the backward pass needs only relu(z) > 0
             else:
@@ -61,7 +79,7 @@ class BatchedMLP:
         logp = torch.log_softmax(logits, dim=-1)
         idx = y.view(1, B, 1).expand(P, B, 1)
         losses = -logp.gather(-1, idx).squeeze(-1).mean(-1)
-        g = logp.exp()
+        g = logp.exp_()
         g.scatter_add_(-1, idx, torch.full((P, B, 1), -1.0, dtype=g.dtype, device=g.device))
         g.div_(B)
         grads: Tensors = {}
@@ -71,6 +89,7 @@ class BatchedMLP:
             grads[b] = g.sum(1)
             if i > 0:
                 # relu's backward as autograd computes it: one fused kernel (a float-by-bool
-                # mask product was a third of the step), bit-identical
-                g = _relu_backward(torch.bmm(g, params[w]), acts[i], 0.0)
+                # mask product was a third of the step), bit-identical, in place
+                d = torch.bmm(g, params[w], out=self._buffer(f"d{i}", tuple(acts[i].shape), g))
+                g = _relu_backward.grad_input(d, acts[i], 0.0, grad_input=d)
         return grads, losses

@@ -179,6 +179,33 @@ def user_loss(
     return loss
 
 
+def plain_grad_and_value(
+    fn: Callable[..., tuple[torch.Tensor, Any]],
+) -> Callable[..., tuple[Tensors, tuple[torch.Tensor, Any]]]:
+    """``torch.func.grad_and_value(fn, has_aux=True)`` for unstacked parameters, with plain
+    autograd: the same operations and backward formulas, so bit-identical gradients, without
+    torch.func's first call, which imports ``torch._dynamo`` (2 to 3 s in every worker
+    process). Inputs the loss does not use get zero gradients, as under torch.func. Called
+    inside a torch.func transform (Lyapunov's ``jvp`` through a step), it is torch.func's."""
+    transformed = grad_and_value(fn, has_aux=True)
+    wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+
+    def run(params: Tensors, *args: Any) -> tuple[Tensors, tuple[torch.Tensor, Any]]:
+        if any(wrapped(v) for v in params.values()):
+            return transformed(params, *args)
+        with torch.enable_grad():
+            leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+            loss, aux = fn(leaves, *args)
+            found = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+        grads = {k: torch.zeros_like(v) if g is None else g
+                 for (k, v), g in zip(leaves.items(), found, strict=True)}  # fmt: skip
+        if isinstance(aux, dict):
+            aux = {k: v.detach() for k, v in aux.items()}
+        return grads, (loss.detach(), aux)
+
+    return run
+
+
 RUNNING = "running"  # the optimizer-state slot that holds each member's running statistics
 
 
@@ -235,8 +262,9 @@ class PopulationTrainer:
         self.loss = (loss if not self.running0 else
                      lambda p, x, y: self._loss_running(p, self.running0, x, y)[0])  # fmt: skip
         self.autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(recipe.precision)
-        self._single = grad_and_value(self._loss_running, has_aux=True)
-        self._vmapped = vmap(self._single, in_dims=(0, 0, None, None), randomness="same")
+        self._single = plain_grad_and_value(self._loss_running)  # a member at a time
+        self._vmapped = vmap(grad_and_value(self._loss_running, has_aux=True),
+                             in_dims=(0, 0, None, None), randomness="same")  # fmt: skip
         # BatchNorm under vmap is not member-independent (measured on CPU: with BatchNorm1d a
         # member's numbers depend on its position in the population and on the population's
         # size), so `auto` trains models with running statistics one member at a time
