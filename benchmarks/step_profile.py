@@ -3,11 +3,15 @@
 One population of the default sweep (the MNIST-1D MLP, P members sharing every batch, SGD with
 momentum) is trained for a few hundred steps under ``torch.profiler``; the table lists every
 ATen op per step (calls, self time). The same run times the hand-batched gradient side by side
-with the formulation it replaced (relu's backward as a product with a float-converted bool
-mask, which was a third of the step) and checks that both give bit-identical gradients.
+with the formulations it replaced, and checks that all give bit-identical gradients:
 
-    python benchmarks/step_profile.py            # P = 10 (a default-sweep population)
-    python benchmarks/step_profile.py --members 32
+* fresh buffers: every intermediate allocated anew each step (relu's backward out of place),
+  as before the step's intermediates were kept in buffers;
+* mask product: relu's backward as a product with a float-converted bool mask, which was a
+  third of the step before it became one fused kernel.
+
+    python benchmarks/step_profile.py            # P = 49: the default sweep's mean population
+    python benchmarks/step_profile.py --members 10
 """
 
 from __future__ import annotations
@@ -29,6 +33,39 @@ from butterfly.train.population import clone
 from butterfly.train.recipe import init_state
 
 Tensors = dict[str, torch.Tensor]
+
+
+class FreshBuffersMLP(BatchedMLP):
+    """The formulation before the step's buffers were kept: every intermediate allocated anew,
+    relu's backward out of place."""
+
+    @torch.no_grad()
+    def grad_and_loss(
+        self, params: Tensors, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[Tensors, torch.Tensor]:
+        P = params[self.layers[0][0]].shape[0]
+        B = x.shape[0]
+        acts = [x.flatten(1).expand(P, -1, -1)]
+        for i, (w, b) in enumerate(self.layers):
+            z = torch.baddbmm(params[b].unsqueeze(1), acts[-1], params[w].transpose(1, 2))
+            if i < len(self.layers) - 1:
+                acts.append(z.relu_())
+            else:
+                logits = z
+        logp = torch.log_softmax(logits, dim=-1)
+        idx = y.view(1, B, 1).expand(P, B, 1)
+        losses = -logp.gather(-1, idx).squeeze(-1).mean(-1)
+        g = logp.exp()
+        g.scatter_add_(-1, idx, torch.full((P, B, 1), -1.0, dtype=g.dtype))
+        g.div_(B)
+        grads: Tensors = {}
+        for i in range(len(self.layers) - 1, -1, -1):
+            w, b = self.layers[i]
+            grads[w] = torch.bmm(g.transpose(1, 2), acts[i])
+            grads[b] = g.sum(1)
+            if i > 0:
+                g = torch.ops.aten.threshold_backward(torch.bmm(g, params[w]), acts[i], 0.0)
+        return grads, losses
 
 
 class MaskProductMLP(BatchedMLP):
@@ -69,7 +106,7 @@ class MaskProductMLP(BatchedMLP):
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--members", type=int, default=10, help="population size P")
+    ap.add_argument("--members", type=int, default=49, help="population size P")
     ap.add_argument("--steps", type=int, default=200, help="steps per timing repeat")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -87,21 +124,25 @@ def main() -> int:
     print(f"torch {torch.__version__}, 1 thread, P = {P}, batch {cfg.recipe.batch_size}, "
           f"load average {one:.2f} (1 min) {five:.2f} (5 min)")
 
-    # the two formulations of the gradient, side by side, alternating
+    # the formulations of the gradient, side by side, alternating
     x, y = trainer.batch(0)
-    new, old = BatchedMLP(model), MaskProductMLP(model)
-    g_new, l_new = new.grad_and_loss(pop.params, x, y)
-    g_old, l_old = old.grad_and_loss(pop.params, x, y)
-    same = torch.equal(l_new, l_old) and all(torch.equal(g_new[k], g_old[k]) for k in g_new)
-    times: dict[str, list[float]] = {"fused relu backward": [], "mask product (before)": []}
+    impls = {"kept buffers (now)": BatchedMLP(model), "fresh buffers": FreshBuffersMLP(model),
+             "mask product": MaskProductMLP(model)}  # fmt: skip
+    ref_g, ref_l = impls["kept buffers (now)"].grad_and_loss(pop.params, x, y)
+    same = True
+    for impl in impls.values():
+        g, loss = impl.grad_and_loss(pop.params, x, y)
+        same = same and torch.equal(loss, ref_l) and all(torch.equal(g[k], ref_g[k]) for k in g)
+    times: dict[str, list[float]] = {name: [] for name in impls}
     for _ in range(9):
-        for name, impl in (("fused relu backward", new), ("mask product (before)", old)):
+        for name, impl in impls.items():
             start = time.perf_counter()
             for _ in range(50):
                 impl.grad_and_loss(pop.params, x, y)
             times[name].append((time.perf_counter() - start) / 50)
-    base = statistics.median(times["mask product (before)"])
-    print("gradient and loss of the population (median of 9 alternating repeats):")
+    base = statistics.median(times["mask product"])
+    print("gradient and loss of the population (median of 9 alternating repeats; speed-up "
+          "against the mask product):")  # fmt: skip
     for name, ts in times.items():
         print(f"  {name:24s} {statistics.median(ts) * 1e6:8.0f} us   "
               f"{base / statistics.median(ts):5.2f}x")
